@@ -1,0 +1,208 @@
+"""One YAML schema for the CLI, the jobs and the tests, validated into dataclasses.
+
+A config is a YAML mapping whose sections match the dataclasses below. Validation is strict: an
+unknown key, a value of the wrong type or out of range is a :class:`~fedmrg.errors.ConfigError`
+whose message names the file and the dotted key (and suggests the closest known key for typos).
+
+Named configs ship inside the package (``fedmrg/configs/<name>.yaml``); ``load_config`` accepts a
+name or a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from fedmrg.errors import ConfigError
+
+PartitionKind = Literal["style", "label", "iid"]
+SourceKind = Literal["iu-xray", "synthetic"]
+ReportDataset = Literal["iu_xray", "mimic_cxr"]
+
+
+@dataclass
+class DataConfig:
+    """How studies are read and turned into tensors."""
+
+    dataset: ReportDataset = "iu_xray"  # which R2Gen cleaning rules apply to report text
+    include_impression: bool = False  # target text = FINDINGS (R2Gen) or FINDINGS + IMPRESSION
+    image_size: int = 224  # S in the [V, 1, S, S] study tensor
+    max_views: int = 2  # frontal + lateral; extra views are dropped
+    augment: bool = True  # train-time augmentation (small affine, contrast, noise)
+
+    def check(self, where: str) -> None:
+        _require(self.image_size >= 16, where, "image_size", "must be at least 16")
+        _require(self.max_views >= 1, where, "max_views", "must be at least 1")
+
+
+@dataclass
+class BenchmarkConfig:
+    """What ``fedmrg prepare-data`` builds (every field has a CLI flag of the same name)."""
+
+    source: SourceKind = "iu-xray"
+    reports: Optional[str] = None  # path or URL of NLMCXR_reports.tgz; None = offline default
+    studies: Optional[int] = None  # None = every usable study of the source
+    sites: int = 3
+    partition: PartitionKind = "style"
+    image_size: int = 256  # rendered resolution before each site's acquisition profile
+    seed: int = 0
+    dirichlet_alpha: float = 0.5  # label skew for partition=label (smaller = more skewed)
+    test_global_fraction: float = 0.1  # held out from every site
+    public_fraction: float = 0.15  # reports only, for the demo tokenizer and base LLM
+    splits: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test per site
+    workers: int = 0  # rendering processes; 0 = one per CPU core
+
+    def check(self, where: str) -> None:
+        _require(self.sites >= 1, where, "sites", "must be at least 1")
+        _require(self.studies is None or self.studies >= 1, where, "studies", "must be at least 1")
+        _require(32 <= self.image_size <= 2048, where, "image_size", "must be in [32, 2048]")
+        _require(self.dirichlet_alpha > 0, where, "dirichlet_alpha", "must be > 0")
+        for key in ("test_global_fraction", "public_fraction"):
+            _require(0 <= getattr(self, key) < 0.5, where, key, "must be in [0, 0.5)")
+        _require(
+            len(self.splits) == 3 and all(s >= 0 for s in self.splits) and abs(sum(self.splits) - 1) < 1e-6,
+            where,
+            "splits",
+            "must be three non-negative fractions (train, val, test) that sum to 1",
+        )
+        _require(self.workers >= 0, where, "workers", "must be >= 0")
+
+
+@dataclass
+class Config:
+    """The whole configuration; later rooms (model, train, fl, eval) add their sections here."""
+
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
+def _require(ok: bool, where: str, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {key}: {reason}")
+
+
+def named_configs() -> list[str]:
+    """Names of the configs shipped in the package."""
+    folder = resources.files("fedmrg") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a named config (``tiny``, ``demo``) or a YAML file, apply dotted-key overrides, validate.
+
+    ``overrides`` maps dotted keys to values (``{"benchmark.sites": 4}``); ``None`` values are
+    ignored so that unset CLI flags keep the config's value.
+    """
+    text, where = _read_config_text(name_or_path)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    raw.setdefault("name", Path(str(name_or_path)).stem)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    return parse_config(raw, where)
+
+
+def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
+    """Validate a mapping into a :class:`Config` (strict: unknown keys are errors)."""
+    return _build(Config, raw, where, prefix="")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The plain mapping that ``parse_config`` turns back into the same config."""
+    return dataclasses.asdict(config)
+
+
+def _read_config_text(name_or_path: str | Path) -> tuple[str, str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path.read_text(encoding="utf-8"), str(path)
+    names = named_configs()
+    if str(name_or_path) not in names:
+        raise ConfigError(
+            f"{name_or_path}: neither a config file nor a named config (named configs: {', '.join(names)})"
+        )
+    resource = resources.files("fedmrg") / "configs" / f"{name_or_path}.yaml"
+    return resource.read_text(encoding="utf-8"), f"config '{name_or_path}'"
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: {prefix}{key}: unknown key{hint}")
+    values = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, where, prefix=f"{prefix}{key}.")
+        else:
+            values[key] = _coerce(value, hint, where, f"{prefix}{key}")
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(where if not prefix else f"{where}: {prefix.rstrip('.')}")
+    return obj
+
+
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    """Check ``value`` against a type hint (int, float, bool, str, Optional, Literal, list[...])."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}: must be a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a schema bug, not user input
