@@ -1,0 +1,124 @@
+"""The R2Gen ``annotation.json`` layout, for IU X-ray, MIMIC-CXR and our benchmark sites.
+
+``{"train": [row, ...], "val": [...], "test": [...]}`` where a row is
+``{"id": str, "report": str, "image_path": [str, ...], "split": str}``; MIMIC-CXR rows also carry
+``study_id`` and ``subject_id``. Image paths are relative to an image root: by default the
+``images/`` folder beside annotation.json (R2Gen's ``--image_dir``). Extra keys are kept.
+
+A wrong schema (not JSON, missing keys, wrong types, unknown split) is an error naming the file,
+the row and the key. Rows whose images are missing are skipped, counted and listed, because the
+rest of the file is still usable; a file with no usable row is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmrg.data.reports import Skipped
+from fedmrg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Annotation:
+    """A validated annotation file: rows per split, the image root, and what was skipped."""
+
+    path: Path
+    image_root: Path
+    splits: dict[str, list[dict[str, Any]]]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        if split not in SPLITS:
+            raise DataError(f"{self.path}: unknown split '{split}' (expected one of {', '.join(SPLITS)})")
+        return self.splits.get(split, [])
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.splits.values())
+
+
+def read_annotation(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, check_images: bool = True
+) -> Annotation:
+    """Read and validate an R2Gen-layout annotation file."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent / "images"
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: the top level must be an object with keys {', '.join(SPLITS)}")
+    unknown = [k for k in data if k not in SPLITS]
+    if unknown:
+        raise DataError(f"{path}: unknown split '{unknown[0]}' (expected keys {', '.join(SPLITS)})")
+    if not data:
+        raise DataError(f"{path}: no split (expected keys {', '.join(SPLITS)})")
+    splits: dict[str, list[dict[str, Any]]] = {}
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}
+    for split, rows in data.items():
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: {split}: must be a list of rows, got {type(rows).__name__}")
+        kept = []
+        for index, row in enumerate(rows):
+            row = _validated_row(row, f"{path}: {split}[{index}]")
+            if row["id"] in seen:
+                raise DataError(f"{path}: {split}[{index}]: id '{row['id']}' appears twice (also in {seen[row['id']]})")
+            seen[row["id"]] = split
+            missing = [p for p in row["image_path"] if check_images and not (root / p).is_file()]
+            if missing:
+                skipped.append(Skipped(f"{split}/{row['id']}", f"image not found: {root / missing[0]}"))
+                continue
+            kept.append(row)
+        splits[split] = kept
+    if not any(splits.values()):
+        reason = f"; first: {skipped[0].reason}" if skipped else ""
+        raise DataError(f"{path}: no usable study ({len(skipped)} skipped{reason})")
+    if skipped:
+        log.warning("%s: skipped %d studies with missing images (first: %s)", path, len(skipped), skipped[0].reason)
+    return Annotation(path=path, image_root=root, splits=splits, skipped=skipped)
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _validated_row(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be an object, got {type(row).__name__}")
+    for key in ("id", "report", "image_path"):
+        if key not in row:
+            raise DataError(f"{where}: missing key '{key}'")
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        raise DataError(f"{where}: 'id' must be a string")
+    if not isinstance(row["report"], str):
+        raise DataError(f"{where} (id={row['id']}): 'report' must be a string")
+    paths = row["image_path"]
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise DataError(f"{where} (id={row['id']}): 'image_path' must be a non-empty list of paths")
+    return {**row, "id": str(row["id"]), "image_path": paths}
+
+
+def write_annotation(path: str | os.PathLike, splits: dict[str, list[dict[str, Any]]]) -> None:
+    """Write rows per split in the R2Gen layout (every split key present, even if empty)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {split: [{**row, "split": split} for row in splits.get(split, [])] for split in SPLITS}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1, ensure_ascii=False)

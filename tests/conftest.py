@@ -1,0 +1,68 @@
+"""Shared fixtures. The real IU X-ray archive is cached under $FEDMRG_DATA_DIR/cache (the Makefile
+points it at the repo's data/ folder), so it is fetched from the package index at most once."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FEDMRG_DATA_DIR", str(REPO / "data"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPORT_XML = """<?xml version="1.0" encoding="utf-8"?>
+<eCitation>
+   <meta type="rr"/>
+   <uId id="{uid}"/>
+   <pmcId id="{number}"/>
+   <MedlineCitation Owner="Indiana University" Status="supplied by publisher">
+      <Article PubModel="Electronic">
+         <Abstract>
+            <AbstractText Label="COMPARISON">None.</AbstractText>
+            <AbstractText Label="INDICATION">XXXX-year-old male, chest pain.</AbstractText>
+            {findings}
+            <AbstractText Label="IMPRESSION">{impression}</AbstractText>
+         </Abstract>
+      </Article>
+   </MedlineCitation>
+   <MeSH>
+      {mesh}
+   </MeSH>
+   {images}
+</eCitation>
+"""
+
+
+def report_xml(uid="CXR1", number=1, findings="The heart is normal in size. The lungs are clear.",
+               impression="No acute disease.", major=("normal",), automatic=(), n_images=2) -> bytes:
+    """An ecgen-radiology document shaped like the real ones (FINDINGS=None leaves the section out)."""
+    findings_xml = "" if findings is None else f'<AbstractText Label="FINDINGS">{findings}</AbstractText>'
+    mesh = "".join(f"<major>{m}</major>" for m in major) + "".join(f"<automatic>{a}</automatic>" for a in automatic)
+    images = "".join(
+        f'<parentImage id="{uid}_IM-0001-{k}001"><figureId>F{k}</figureId><caption>Xray Chest PA and Lateral</caption>'
+        f"<panel type=\"single\"><url>/hadoop/storage/radiology/extract/{uid}_IM-0001-{k}001.jpg</url></panel></parentImage>"
+        for k in range(1, n_images + 1)
+    )
+    return REPORT_XML.format(uid=uid, number=number, findings=findings_xml, impression=impression, mesh=mesh,
+                             images=images).encode()
+
+
+def write_archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    """The real NLMCXR_reports.tgz (fetched once from the torchxrayvision wheel, then cached)."""
+    from fedmrg.data.iuxray import resolve_reports_archive
+
+    return resolve_reports_archive(None)
