@@ -150,8 +150,15 @@ def _checked_archive(path: Path) -> Path:
             if not any(_is_report_xml(m) for m in tar):
                 raise DataError(f"{path}: no ecgen-radiology/*.xml reports inside this archive")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{path}: corrupt or truncated report archive ({exc})") from None
+        raise DataError(f"{path}: corrupt or truncated report archive ({_archive_problem(exc)})") from None
     return path
+
+
+def _archive_problem(exc: BaseException) -> str:
+    """One line: tarfile's auto-detection error lists every compression it tried."""
+    if isinstance(exc, tarfile.ReadError) and "could not be opened" in str(exc):
+        return "not a gzip, bzip2, xz or plain tar file"
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
 
 
 def _is_report_xml(member: tarfile.TarInfo) -> bool:
@@ -225,6 +232,6 @@ def read_archive(path: Path, progress: bool = True) -> tuple[list[SourceReport],
                 except DataError as exc:
                     skipped.append(Skipped(member.name, str(exc).split(": ", 1)[-1]))
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{path}: corrupt or truncated report archive ({exc})") from None
+        raise DataError(f"{path}: corrupt or truncated report archive ({_archive_problem(exc)})") from None
     reports.sort(key=lambda r: (report_number(r.source_file) or 0, r.uid))
     return reports, skipped

@@ -1,0 +1,29 @@
+"""The `fedmrg` command: subcommands, config printing, one-line errors."""
+
+import subprocess
+import sys
+
+import yaml
+
+from fedmrg.cli import main
+
+
+def test_config_prints_validated_yaml(capsys):
+    assert main(["config", "--config", "tiny"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["benchmark"]["source"] == "synthetic" and printed["data"]["image_size"] == 64
+
+
+def test_bad_config_is_exit_2_without_traceback(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  imagesize: 3\n")
+    assert main(["config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedmrg: error: ") and "data.imagesize: unknown key" in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "fedmrg.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("prepare-data", "show-data", "config"):
+        assert command in result.stdout
