@@ -67,7 +67,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     summary = build_benchmark(cfg.benchmark, args.out, include_impression=cfg.data.include_impression,
                               reuse=args.reuse, force=args.force, progress=not args.quiet)
     print(format_summary(summary))
-    print(f"benchmark written to {args.out}")
+    print(f"benchmark ready in {args.out}")
     return 0
 
 

@@ -18,7 +18,7 @@ from fedmrg.data.images import load_image
 
 
 def _study_strip(image_root: Path, paths: list[str], height: int = 160) -> np.ndarray:
-    """Views of one study resized to a common height and placed side by side."""
+    """The first two views of a study at a common height, side by side."""
     from PIL import Image
 
     views = []
@@ -26,8 +26,10 @@ def _study_strip(image_root: Path, paths: list[str], height: int = 160) -> np.nd
         view = load_image(image_root / rel)
         width = max(1, round(view.shape[1] * height / view.shape[0]))
         views.append(np.asarray(Image.fromarray(view).resize((width, height), Image.BILINEAR)))
+    if len(views) == 1:  # keep the grid even: a blank where a lateral would be
+        views.append(np.ones_like(views[0]))
     gap = np.ones((height, 4), dtype=np.float32)
-    return np.concatenate([part for v in views for part in (v, gap)][:-1], axis=1)
+    return np.concatenate([views[0], gap, views[1]], axis=1)
 
 
 def show_data(bench_dir: str | os.PathLike, out: str | os.PathLike, per_site: int = 3, seed: int = 0) -> Path:
