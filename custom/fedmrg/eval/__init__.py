@@ -1,0 +1,1 @@
+"""Evaluation: NLG metrics (pycocoevalcap), an offline CheXpert-style labeler, clinical efficacy."""
