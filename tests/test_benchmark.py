@@ -64,17 +64,16 @@ def test_images_load_and_follow_each_site_profile(built):
     assert "dicom-mono1" in storages  # at least one hospital stores inverted DICOM
 
 
-def test_build_is_deterministic_for_a_seed(built, tmp_path):
+def test_build_is_deterministic_for_a_seed_and_any_number_of_workers(built, tmp_path):
     again = tmp_path / "again"
-    assert _build(again, "--studies", "90", "--sites", "3") == 0
-    for group in ("site-1", "site-2", "site-3", "test-global"):
-        a = json.loads((built / group / "annotation.json").read_text())
-        b = json.loads((again / group / "annotation.json").read_text())
-        assert a == b
-    row = a["test"][0]
-    first = load_image(built / "test-global" / "images" / row["image_path"][0])
-    second = load_image(again / "test-global" / "images" / row["image_path"][0])
-    assert np.array_equal(first, second)
+    assert main([*SYNTHETIC[:-1], "2", "--out", str(again), "--studies", "90", "--sites", "3"]) == 0
+    files = sorted(p.relative_to(built) for p in built.rglob("*") if p.is_file() and p.name != "benchmark.json")
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file() and p.name != "benchmark.json")
+    for rel in files:  # every annotation and every image file, byte for byte
+        assert (built / rel).read_bytes() == (again / rel).read_bytes(), rel
+    first, second = (json.loads((b / "benchmark.json").read_text()) for b in (built, again))
+    first.pop("build_seconds"), second.pop("build_seconds")
+    assert first == second
 
 
 def test_existing_output_is_kept_unless_asked(built, capsys):
@@ -111,16 +110,57 @@ def test_force_replaces_an_existing_build(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-@pytest.mark.parametrize("partition", ["label", "iid"])
-def test_other_partitions(tmp_path, partition):
-    assert _build(tmp_path / "b", "--studies", "80", "--sites", "2", "--partition", partition) == 0
-    summary = json.loads((tmp_path / "b" / "benchmark.json").read_text())
-    assert summary["request"]["partition"] == partition
+def test_label_partition_skews_findings_more_than_iid(tmp_path):
+    spread = {}
+    for partition in ("label", "iid"):
+        out = tmp_path / partition
+        assert _build(out, "--studies", "200", "--sites", "2", "--partition", partition) == 0
+        summary = json.loads((out / "benchmark.json").read_text())
+        assert summary["request"]["partition"] == partition
+        prevalence = [summary["prevalence"][f"site-{k}"] for k in (1, 2)]
+        spread[partition] = sum(abs(prevalence[0][c] - prevalence[1][c]) for c in prevalence[0])
+        if partition == "iid":
+            sizes = [sum(summary["counts"][f"site-{k}"][s] for s in SPLITS) for k in (1, 2)]
+            assert abs(sizes[0] - sizes[1]) <= 1
+    assert spread["label"] > spread["iid"]
+
+
+def test_force_never_deletes_a_folder_that_is_not_a_benchmark(tmp_path, capsys):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    assert _build(precious, "--force") == 2
+    assert "is not a benchmark folder; refusing to replace it" in capsys.readouterr().err
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_source_problems_are_skipped_and_listed(tmp_path):
+    from conftest import report_xml, write_archive
+
+    members = {f"ecgen-radiology/{k}.xml": report_xml(uid=f"CXR{k}", number=k) for k in range(1, 41)}
+    members["ecgen-radiology/41.xml"] = report_xml(uid="CXR41", findings=None)
+    members["ecgen-radiology/42.xml"] = report_xml(uid="CXR42", n_images=0)
+    members["ecgen-radiology/43.xml"] = report_xml(uid="CXR43", major=("No Indexing",))
+    members["ecgen-radiology/44.xml"] = report_xml(uid="CXR1")  # the same study id again
+    members["ecgen-radiology/45.xml"] = b"<eCitation><broken"
+    archive = write_archive(tmp_path / "NLMCXR_reports.tgz", members)
+    out = tmp_path / "b"
+    assert main(["prepare-data", "--source", "iu-xray", "--reports", str(archive), "--sites", "2",
+                 "--partition", "iid", "--image-size", "64", "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert summary["source"]["usable_studies"] == 40
+    reasons = {item["item"]: item["reason"] for item in summary["skipped"]["items"]}
+    assert reasons["ecgen-radiology/41.xml"] == "no FINDINGS section"
+    assert reasons["ecgen-radiology/42.xml"] == "no images (parentImage) in the source"
+    assert reasons["ecgen-radiology/43.xml"].startswith("not indexed by NLM")
+    assert reasons["ecgen-radiology/44.xml"].startswith("duplicate study id CXR1")
+    assert "well-formed" in reasons["ecgen-radiology/45.xml"]
+    assert summary["skipped"]["count"] == 5
 
 
 def test_too_few_studies_for_the_sites_is_a_clear_error(tmp_path, capsys):
     assert _build(tmp_path / "b", "--studies", "8", "--sites", "6", "--partition", "iid") == 2
-    assert "too few for train/val/test" in capsys.readouterr().err
+    assert "would get no val study" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 

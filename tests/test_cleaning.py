@@ -29,10 +29,12 @@ def test_iu_xray_cleaning_matches_r2gen(raw, expected):
     assert clean_iu_xray(raw) == expected
 
 
-def test_iu_xray_keeps_dots_beyond_three_halvings():
-    # 3 halvings reduce up to 8 dots to one; 9 dots leave two, which then split a sentence oddly
-    assert clean_iu_xray("a" + "." * 8 + " b") == "a . b ."
-    assert clean_iu_xray("a" + "." * 9 + " b") == "a . b ."
+def test_repeated_characters_are_halved_a_fixed_number_of_times():
+    # R2Gen halves "  " six times for MIMIC-CXR: up to 64 spaces become one, 70 leave two
+    assert clean_mimic_cxr("a" + " " * 64 + "b") == "a b ."
+    assert clean_mimic_cxr("a" + " " * 70 + "b") == "a  b ."
+    # IU X-ray does not touch spaces at all
+    assert clean_iu_xray("a   b") == "a   b ."
 
 
 def test_mimic_cleaning_handles_newlines_underscores_and_spaces():

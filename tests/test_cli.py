@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -23,7 +24,9 @@ def test_bad_config_is_exit_2_without_traceback(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "fedmrg.cli", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).with_name("fedmrg")
+    assert script.is_file(), "the fedmrg console script is not installed next to python"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for command in ("prepare-data", "show-data", "config"):
         assert command in result.stdout

@@ -35,7 +35,9 @@ def test_unknown_key_is_an_error_that_suggests_the_right_one(tmp_path):
     [
         ({"benchmark": {"sites": "3"}}, "benchmark.sites: must be an integer"),
         ({"benchmark": {"sites": True}}, "benchmark.sites: must be an integer"),
-        ({"benchmark": {"sites": 0}}, "sites: must be at least 1"),
+        ({"benchmark": {"sites": 0}}, "benchmark.sites: must be at least 1"),
+        ({"benchmark": {"seed": -1}}, r"benchmark.seed: must be in \[0, 2\*\*32\)"),
+        ({"benchmark": {"test_global_fraction": 0.0}}, "test_global_fraction: must be > 0"),
         ({"benchmark": {"partition": "random"}}, "benchmark.partition: 'random' is not one of"),
         ({"benchmark": {"splits": [0.5, 0.5]}}, "splits: must be three"),
         ({"data": {"augment": "yes"}}, "data.augment: must be true or false"),
@@ -45,6 +47,29 @@ def test_unknown_key_is_an_error_that_suggests_the_right_one(tmp_path):
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(raw)
+
+
+def test_empty_section_keeps_defaults_and_takes_overrides(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("benchmark:\ndata:\n")
+    assert load_config(path).benchmark.sites == 3
+    assert load_config(path, {"benchmark.sites": 5}).benchmark.sites == 5
+    path.write_text("benchmark: 5\n")
+    with pytest.raises(ConfigError, match="benchmark: must be a mapping"):
+        load_config(path, {"benchmark.sites": 5})
+
+
+def test_non_utf8_config_is_reported(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text"):
+        load_config(path)
+
+
+def test_a_folder_named_like_a_config_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert load_config("tiny").name == "tiny"
 
 
 def test_overrides_apply_dotted_keys_and_ignore_unset_flags():

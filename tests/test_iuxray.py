@@ -62,7 +62,8 @@ def test_archive_sources_paths_wheels_and_bad_files(tmp_path):
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.write(archive, "torchxrayvision/data/NLMCXR_reports.tgz")
     extracted = resolve_reports_archive(wheel, tmp_path / "cache")
-    assert extracted.parent == tmp_path / "cache" and extracted.read_bytes() == archive.read_bytes()
+    assert extracted.is_relative_to(tmp_path / "cache") and extracted.read_bytes() == archive.read_bytes()
+    assert not (tmp_path / "cache" / "NLMCXR_reports.tgz").exists()  # the default's cache slot stays untouched
     assert resolve_reports_archive(f"file://{archive}", tmp_path / "cache2").read_bytes() == archive.read_bytes()
 
     empty = tmp_path / "empty.tgz"

@@ -74,6 +74,8 @@ class BenchmarkConfig:
             "must be three non-negative fractions (train, val, test) that sum to 1",
         )
         _require(self.workers >= 0, where, "workers", "must be >= 0")
+        _require(0 <= self.seed < 2**32, where, "seed", "must be in [0, 2**32)")
+        _require(self.test_global_fraction > 0, where, "test_global_fraction", "must be > 0 (the held-out test set)")
 
 
 @dataclass
@@ -86,8 +88,9 @@ class Config:
 
 
 def _require(ok: bool, where: str, key: str, reason: str) -> None:
+    """``where`` is "file: section", so the message names the dotted key: "file: section.key: reason"."""
     if not ok:
-        raise ConfigError(f"{where}: {key}: {reason}")
+        raise ConfigError(f"{where}.{key}: {reason}" if ": " in where else f"{where}: {key}: {reason}")
 
 
 def named_configs() -> list[str]:
@@ -128,10 +131,13 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 def _read_config_text(name_or_path: str | Path) -> tuple[str, str]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or "/" in str(name_or_path) or path.is_file():
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        return path.read_text(encoding="utf-8"), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     names = named_configs()
     if str(name_or_path) not in names:
         raise ConfigError(
@@ -145,7 +151,11 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # an empty section in YAML reads as null
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"{part}: must be a mapping of settings, got {node[part]!r}")
+        node = node[part]
     node[leaf] = value
 
 
@@ -162,6 +172,8 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     values = {}
     for key, value in raw.items():
         hint = hints[key]
+        if dataclasses.is_dataclass(hint) and value is None:
+            continue  # an empty section keeps its defaults
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, where, prefix=f"{prefix}{key}.")
         else:

@@ -112,7 +112,6 @@ def build_benchmark(
         cfg.partition, [studies[i].text for i in pooled], [keys[i] for i in pooled], cfg.sites, cfg.seed,
         cfg.dirichlet_alpha)
     site_members = [[pooled[j] for j in np.flatnonzero(site_of == s)] for s in range(cfg.sites)]
-    _check_sizes(site_members, cfg)
     profiles = site_profiles(cfg.sites, cfg.seed)
 
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
@@ -126,6 +125,8 @@ def build_benchmark(
         counts = {}
         for group, (members, group_profiles) in groups.items():
             splits = _group_splits(group, members, keys, cfg, rng)
+            fractions = {"train": 0.0, "val": 0.0, "test": 1.0} if group == TEST_GLOBAL else dict(zip(SPLITS, cfg.splits))
+            _check_not_empty(group, splits, fractions)
             profile_of = dict(zip(members, group_profiles))
             rows = {
                 split: [_row(studies[i], image_paths[studies[i].report.uid], profile_of[i], group) for i in indices]
@@ -186,6 +187,9 @@ def _load_studies(
             skipped.append(Skipped(report.source_file or report.uid, "no FINDINGS section"))
         elif not report.image_ids:
             skipped.append(Skipped(report.source_file or report.uid, "no images (parentImage) in the source"))
+        elif any(term.lower().startswith("no indexing") for term in report.mesh_major):
+            # the renderer draws the indexers' terms: without them the image would not match the text
+            skipped.append(Skipped(report.source_file or report.uid, "not indexed by NLM (no MeSH terms to render)"))
         else:
             findings = findings_from_mesh(report.mesh_major)
             studies.append(_Study(report, text, findings, finding_categories(findings), min(2, len(report.image_ids))))
@@ -204,28 +208,32 @@ def _request(cfg: BenchmarkConfig, include_impression: bool, source: dict[str, A
     request["reports"] = source["sha256"]
     request["include_impression"] = include_impression
     request["format_version"] = FORMAT_VERSION
+    request["fedmrg_version"] = __version__  # a newer renderer or partitioner may draw other studies
     return request
 
 
 def _existing(out: Path, request: dict[str, Any], reuse: bool, force: bool) -> dict[str, Any] | None:
     if not out.exists():
         return None
+    is_benchmark = (out / "benchmark.json").is_file()
+    if not out.is_dir() or not (is_benchmark or not any(out.iterdir())):
+        raise DataError(f"{out}: exists and is not a benchmark folder; refusing to replace it")
     if force:
         return None
-    marker = out / "benchmark.json"
-    if reuse and marker.is_file():
-        existing = json.loads(marker.read_text(encoding="utf-8"))
+    if reuse and is_benchmark:
+        existing = load_benchmark(out)
         if existing.get("request") == request:
             return existing
         raise DataError(f"{out}: holds a benchmark built with other settings; use --force to rebuild it")
     raise DataError(f"{out}: already exists; use --force to replace it (or --reuse to keep a matching build)")
 
 
-def _check_sizes(site_members: list[list[int]], cfg: BenchmarkConfig) -> None:
-    for s, members in enumerate(site_members):
-        if len(members) < 3:
+def _check_not_empty(group: str, splits: dict[str, list[int]], fractions: dict[str, float]) -> None:
+    """Every split that should hold studies does: an empty one would make an unusable benchmark."""
+    for split, indices in splits.items():
+        if fractions[split] > 0 and not indices:
             raise DataError(
-                f"{site_name(s)} would get {len(members)} studies: too few for train/val/test; "
+                f"{group} would get no {split} study ({sum(map(len, splits.values()))} studies in all); "
                 f"use more studies or fewer sites"
             )
 
@@ -264,10 +272,16 @@ def _write_public(folder: Path, studies: list[_Study]) -> None:
 
 
 def _replace(tmp: Path, out: Path) -> None:
+    """Put the finished build in place; the previous one is restored if that fails."""
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -312,7 +326,7 @@ def _render_all(
     total_views = sum(j.n_views for j in jobs)
     bar = tqdm(total=total_views, desc="rendering radiographs", unit="view", disable=not progress)
     paths: dict[str, list[str]] = {}
-    for uid, written in _map(_render_and_store, jobs, cfg.workers or os.cpu_count() or 1):
+    for uid, written in _map(_render_and_store, jobs, cfg.workers or len(os.sched_getaffinity(0))):
         paths[uid] = written
         bar.update(len(written))
     bar.close()
@@ -338,9 +352,13 @@ def load_benchmark(folder: str | os.PathLike) -> dict[str, Any]:
     if not marker.is_file():
         raise DataError(f"{folder}: not a benchmark folder (no benchmark.json); build one with `fedmrg prepare-data`")
     try:
-        return json.loads(marker.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{marker}: not valid JSON ({exc.msg})") from None
+        summary = json.loads(marker.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{marker}: not valid JSON ({exc})") from None
+    missing = [k for k in ("request", "counts", "acquisition", "prevalence") if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise DataError(f"{marker}: not a benchmark summary (missing {', '.join(missing)})")
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -356,7 +374,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             continue
         storage = summary["acquisition"].get(group, {}).get("storage", "mixed")
         prevalence = summary["prevalence"][group]
-        common = sorted((c for c in prevalence if c != "normal"), key=lambda c: -prevalence[c])[:3]
+        common = sorted((c for c in prevalence if c != "normal" and prevalence[c] > 0), key=lambda c: -prevalence[c])[:3]
         findings = ", ".join(f"{c} {prevalence[c]:.0%}" for c in common)
         lines.append(
             f"{group:<12}{counts['train']:>7}{counts['val']:>6}{counts['test']:>6}{counts['views']:>7}  "

