@@ -98,12 +98,93 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_parser(sub) -> None:
+    p = sub.add_parser(
+        "label", help="label reports for the 14 CheXpert observations (rule-based, offline)",
+        description="Label each report of a CSV (columns id,report; others ignored) for the 14 CheXpert "
+                    "observations: 1 positive, 0 negative, -1 uncertain, empty when not mentioned.",
+    )
+    p.add_argument("--in", dest="inp", required=True, metavar="REPORTS_CSV", help="CSV with columns id,report")
+    p.add_argument("--out", required=True, metavar="LABELS_CSV", help="CSV to write: id and the 14 observations")
+    p.set_defaults(handler=_cmd_label)
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    import time
+
+    from fedmrg.eval.io import read_reports_csv, write_labels_csv
+    from fedmrg.eval.labeler import label_matrix
+    from fedmrg.eval.observations import OBSERVATIONS, POSITIVE
+
+    reports = read_reports_csv(args.inp)
+    start = time.perf_counter()
+    labels = label_matrix(list(reports.values()))
+    seconds = time.perf_counter() - start
+    write_labels_csv(args.out, list(reports), labels)
+    positives = (labels == POSITIVE).sum(axis=0)
+    counts = ", ".join(f"{name} {int(n)}" for name, n in zip(OBSERVATIONS, positives) if n)
+    print(f"{len(reports)} reports labeled in {seconds:.2f} s -> {args.out}; positives: {counts or 'none'}")
+    return 0
+
+
+def _score_parser(sub) -> None:
+    p = sub.add_parser(
+        "score", help="NLG metrics and clinical efficacy of generated reports against references",
+        description="BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen protocol) and CE precision/recall/F1 "
+                    "(micro, macro, example, micro5) of generated reports against references.",
+    )
+    p.add_argument("--pred", required=True, help="JSON object mapping id to generated report")
+    p.add_argument("--ref", required=True,
+                   help="JSON object mapping id to reference report, or an R2Gen annotation.json (see --split)")
+    p.add_argument("--out", required=True, help="scores JSON to write")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="rows of an annotation.json --ref to score against (default: test)")
+    p.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"],
+                   help="whose text cleaning to apply before scoring (default: iu_xray)")
+    p.add_argument("--per-study", action="store_true", help="also write the NLG scores of every study")
+    p.set_defaults(handler=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from fedmrg.eval.io import check_nonempty, check_same_ids, read_id_texts, read_references
+    from fedmrg.eval.report import format_scores, score_reports, write_scores
+
+    predictions = read_id_texts(args.pred)
+    references = read_references(args.ref, args.split)
+    check_same_ids(predictions, references, args.pred, args.ref)
+    check_nonempty(predictions, args.pred)
+    check_nonempty(references, args.ref)
+    scores = score_reports(predictions, references, dataset=args.dataset, per_study=args.per_study)
+    write_scores(args.out, scores)
+    print(format_scores(scores))
+    print(f"scores written to {args.out}")
+    return 0
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="compare scores files: a markdown table and a bar plot (PNG)")
+    p.add_argument("results", nargs="+", metavar="RESULTS",
+                   help="scores.json files from 'fedmrg score' (row name: the file's stem, or its folder's "
+                        "name for scores.json)")
+    p.add_argument("--out", required=True, help="markdown file to write; the plot goes beside it (.png)")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fedmrg.eval.report import write_report
+
+    table, plot = write_report(args.results, args.out)
+    print(f"report written to {table}, plot to {plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmrg", description="Federated chest X-ray report generation on NVIDIA FLARE")
     parser.add_argument("--version", action="version", version=f"fedmrg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_prepare_data_parser, _show_data_parser, _config_parser):
+    for add in (_prepare_data_parser, _show_data_parser, _config_parser, _label_parser, _score_parser,
+                _report_parser):
         add(sub)
     return parser
 
