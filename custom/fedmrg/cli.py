@@ -21,6 +21,24 @@ from fedmrg.errors import FedMRGError
 log = logging.getLogger("fedmrg")
 
 
+def _positive_int(text: str) -> int:
+    return _bounded_int(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+    return value
+
+
 def _add_config_flag(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "--config", default=default,
@@ -75,14 +93,16 @@ def _show_data_parser(sub) -> None:
     p = sub.add_parser("show-data", help="draw a grid of studies per site (PNG)")
     p.add_argument("bench_dir", help="a folder built by prepare-data")
     p.add_argument("--out", default="preview.png", help="PNG to write (default: preview.png)")
-    p.add_argument("--per-site", type=int, default=3, help="studies per site (default: 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-site", type=_positive_int, default=3, help="studies per site (default: 3)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="which studies are drawn")
     p.set_defaults(handler=_cmd_show_data)
 
 
 def _cmd_show_data(args: argparse.Namespace) -> int:
     from fedmrg.data.preview import show_data
 
+    if not args.out.lower().endswith(".png"):
+        raise FedMRGError(f"{args.out}: the preview is a PNG; give a path ending in .png")
     print(f"preview written to {show_data(args.bench_dir, args.out, per_site=args.per_site, seed=args.seed)}")
     return 0
 
@@ -197,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except FedMRGError as exc:
         print(f"fedmrg: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output, full disk, ...: the file and the reason, not a traceback
+        print(f"fedmrg: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedmrg: interrupted", file=sys.stderr)
