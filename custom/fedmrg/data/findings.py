@@ -458,12 +458,14 @@ _THICKENING_WORDS = (
     (("paratracheal", "mediastinum"), "mediastinal_widening"),
 )
 
+# "Opacity" and "Density" are coded alike: where they sit decides what is drawn.
+_OPACITY_OR_DENSITY = _lesion("opacity", mediastinum="mediastinal_widening", pleura="pleural_thickening",
+                              bone="sclerotic_bone_lesion", breast="nipple_shadow", heart="other", nodes="hilar_adenopathy")
+
 _HEAD_RULES: dict[str, _Rule] = {
     # lung parenchyma
-    "opacity": _lesion("opacity", mediastinum="mediastinal_widening", pleura="pleural_thickening",
-                       bone="sclerotic_bone_lesion", breast="nipple_shadow", heart="other", nodes="hilar_adenopathy"),
-    "density": _lesion("opacity", mediastinum="mediastinal_widening", pleura="pleural_thickening",
-                       bone="sclerotic_bone_lesion", breast="nipple_shadow", heart="other", nodes="hilar_adenopathy"),
+    "opacity": _OPACITY_OR_DENSITY,
+    "density": _OPACITY_OR_DENSITY,
     "infiltrate": _lesion("opacity"),
     "airspace disease": _lesion("opacity"),
     "consolidation": _kinds("consolidation"),
