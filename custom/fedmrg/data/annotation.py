@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedmrg.data.files import load_json
 from fedmrg.data.reports import Skipped
 from fedmrg.errors import DataError
 
@@ -51,7 +52,7 @@ def read_annotation(
     """Read and validate an R2Gen-layout annotation file."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent / "images"
-    data = _load_json(path)
+    data = load_json(path, what="annotation file")
     if not isinstance(data, dict):
         raise DataError(f"{path}: the top level must be an object with keys {', '.join(SPLITS)}")
     unknown = [k for k in data if k not in SPLITS]
@@ -83,18 +84,6 @@ def read_annotation(
     if skipped:
         log.warning("%s: skipped %d studies with missing images (first: %s)", path, len(skipped), skipped[0].reason)
     return Annotation(path=path, image_root=root, splits=splits, skipped=skipped)
-
-
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(f"{path}: annotation file not found")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def _validated_row(row: Any, where: str) -> dict[str, Any]:

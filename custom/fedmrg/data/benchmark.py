@@ -42,6 +42,7 @@ from fedmrg.config import BenchmarkConfig
 from fedmrg.data import iuxray
 from fedmrg.data.acquisition import AcquisitionProfile, apply_profile, site_profiles, write_view
 from fedmrg.data.annotation import SPLITS, write_annotation
+from fedmrg.data.files import load_json
 from fedmrg.data.findings import CATEGORIES, Finding, finding_categories, findings_from_mesh
 from fedmrg.data.partition import assign_sites, stratified_split, stratum_keys
 from fedmrg.data.render import render_study
@@ -351,10 +352,7 @@ def load_benchmark(folder: str | os.PathLike) -> dict[str, Any]:
     marker = Path(folder) / "benchmark.json"
     if not marker.is_file():
         raise DataError(f"{folder}: not a benchmark folder (no benchmark.json); build one with `fedmrg prepare-data`")
-    try:
-        summary = json.loads(marker.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{marker}: not valid JSON ({exc})") from None
+    summary = load_json(marker)
     missing = [k for k in ("request", "counts", "acquisition", "prevalence") if not isinstance(summary, dict) or k not in summary]
     if missing:
         raise DataError(f"{marker}: not a benchmark summary (missing {', '.join(missing)})")

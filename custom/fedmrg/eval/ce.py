@@ -22,7 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from fedmrg.errors import DataError
-from fedmrg.eval.io import some
+from fedmrg.data.files import some
 from fedmrg.eval.nlg import prepare_text
 from fedmrg.eval.observations import MICRO5, OBSERVATIONS, POSITIVE
 
