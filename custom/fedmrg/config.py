@@ -78,13 +78,139 @@ class BenchmarkConfig:
         _require(self.test_global_fraction > 0, where, "test_global_fraction", "must be > 0 (the held-out test set)")
 
 
+PromptMode = Literal["none", "prompt", "promptbook"]
+DiagnosisLoss = Literal["ce", "balanced", "logit_adjusted"]
+AdapterMode = Literal["single", "dual"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class EncoderConfig:
+    """The learnable MONAI ViT (2-D) that encodes every view of a study."""
+
+    patch_size: int = 16
+    hidden_size: int = 256
+    mlp_dim: int = 512
+    layers: int = 4
+    heads: int = 4
+    dropout: float = 0.0
+    pretrained: Optional[str] = None  # local file of ViT weights (.safetensors, .pt, .pth); never a hub id
+
+    def check(self, where: str) -> None:
+        for key in ("patch_size", "hidden_size", "mlp_dim", "layers", "heads"):
+            _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+        _require(self.hidden_size % self.heads == 0, where, "hidden_size", "must be divisible by heads")
+        _require(0 <= self.dropout < 1, where, "dropout", "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    """The report generator: frozen LLM + encoder, prompts, projector, diagnosis head, adapters."""
+
+    base_llm: Optional[str] = None  # local Hugging Face checkpoint directory (`--base-llm` overrides)
+    load_in_4bit: bool = True  # NF4 with double quantization (bitsandbytes); false = plain weights in `dtype`
+    dtype: DType = "auto"  # compute / unquantized weight dtype; auto = bfloat16 on CUDA, float32 on CPU
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    visual_tokens: int = 16  # LLM tokens per view after pooling the patch grid (a square); 0 = every patch
+    prompt_mode: PromptMode = "promptbook"  # MRG-LLM instance-specific prompts (DESIGN 1)
+    num_prompts: int = 8  # n prompt tokens
+    num_books: int = 4  # K prompt sets (promptbook mode)
+    customizer_hidden: int = 128  # width of the MLP that maps image features to affine parameters
+    diagnosis: bool = True  # diagnosis head + diagnosis-driven prompt (DESIGN 2)
+    diagnosis_loss: DiagnosisLoss = "logit_adjusted"
+    predicted_prompt_mix: float = 0.0  # share of training prompts built from predictions by the end (linear ramp)
+    contrastive: bool = True  # client-aware contrastive learning (DESIGN 3)
+    contrastive_dim: int = 128
+    temperature: float = 0.07
+    adapters: AdapterMode = "dual"  # DESIGN 4: generic (shared) + specialized (stays at the site)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None = PEFT's default for the model family
+    mutual_boosting: float = 0.5  # mu, weight of the symmetric KL between the two paths; 0 = off
+    instruction: str = "Write the findings section of the chest X-ray report."
+    max_report_tokens: int = 128  # target reports are truncated to this many tokens in training
+
+    def check(self, where: str) -> None:
+        _require(self.visual_tokens >= 0, where, "visual_tokens", "must be >= 0")
+        _require(self.visual_tokens == 0 or round(self.visual_tokens ** 0.5) ** 2 == self.visual_tokens, where,
+                 "visual_tokens", "must be a square number (a g x g grid per view) or 0")
+        for key in ("num_prompts", "num_books", "customizer_hidden", "contrastive_dim", "lora_rank", "lora_alpha",
+                    "max_report_tokens"):
+            _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+        _require(0 <= self.predicted_prompt_mix <= 1, where, "predicted_prompt_mix", "must be in [0, 1]")
+        _require(self.temperature > 0, where, "temperature", "must be > 0")
+        _require(0 <= self.lora_dropout < 1, where, "lora_dropout", "must be in [0, 1)")
+        _require(self.mutual_boosting >= 0, where, "mutual_boosting", "must be >= 0")
+        _require(self.target_modules is None or len(self.target_modules) > 0, where, "target_modules",
+                 "must name at least one module, or be null for the family default")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, shared by centralized training and each site's local rounds."""
+
+    epochs: int = 10
+    max_steps: Optional[int] = None  # optimizer steps; stops early when reached
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05  # share of the steps with a linear warm-up, then cosine decay to 0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+    diagnosis_weight: float = 1.0
+    contrastive_weight: float = 0.1
+    seed: int = 0
+    num_workers: int = 0  # data loader processes
+    device: str = "auto"  # auto = cuda if available, else cpu
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    log_every: int = 10  # optimizer steps between TensorBoard points
+
+    def check(self, where: str) -> None:
+        for key in ("epochs", "batch_size", "grad_accum", "log_every"):
+            _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+        _require(self.max_steps is None or self.max_steps >= 1, where, "max_steps", "must be at least 1")
+        _require(self.lr > 0, where, "lr", "must be > 0")
+        _require(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
+        _require(0 <= self.warmup_ratio < 1, where, "warmup_ratio", "must be in [0, 1)")
+        for key in ("grad_clip", "diagnosis_weight", "contrastive_weight"):
+            _require(getattr(self, key) >= 0, where, key, "must be >= 0")
+        _require(self.num_workers >= 0, where, "num_workers", "must be >= 0")
+        _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), where, "device",
+                 "must be auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class GenerateConfig:
+    """Decoding of reports (beam search)."""
+
+    num_beams: int = 3
+    max_new_tokens: int = 100
+    min_new_tokens: int = 5
+    repetition_penalty: float = 1.2
+    no_repeat_ngram_size: int = 0  # 0 = off
+    length_penalty: float = 1.0
+    batch_size: int = 8
+
+    def check(self, where: str) -> None:
+        for key in ("num_beams", "max_new_tokens", "batch_size"):
+            _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+        _require(0 <= self.min_new_tokens <= self.max_new_tokens, where, "min_new_tokens",
+                 "must be in [0, max_new_tokens]")
+        _require(self.repetition_penalty >= 1, where, "repetition_penalty", "must be >= 1")
+        _require(self.no_repeat_ngram_size >= 0, where, "no_repeat_ngram_size", "must be >= 0")
+
+
 @dataclass
 class Config:
-    """The whole configuration; later rooms (model, train, fl, eval) add their sections here."""
+    """The whole configuration; the federated room adds its section here."""
 
     name: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 def _require(ok: bool, where: str, key: str, reason: str) -> None:
