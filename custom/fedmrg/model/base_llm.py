@@ -1,0 +1,348 @@
+"""The demo base LLM (``fedmrg make-base-llm``): a small LLaMA trained on a benchmark's public reports.
+
+Real deployments use a real pretrained LLM (a local copy of e.g. LLaMA or Qwen2). For the demo and
+the tests, which must run offline on a CPU, this module builds a stand-in from the benchmark's
+``public/reports.jsonl`` (reports that belong to no site):
+
+- a byte-level BPE tokenizer trained on the cleaned reports (any text can be encoded, so the
+  instruction and the diagnosis prompt need no special vocabulary); ``tokenizer(text)`` prepends
+  ``<s>`` (bos) and never appends ``</s>`` (eos), as LLaMA's tokenizer does; decoding round-trips;
+- a ``LlamaForCausalLM`` trained as a causal LM on ``<s> report </s>``, one report per row, so
+  greedy decoding from bos writes a report-like text and stops.
+
+Reports are cleaned with the R2Gen rules (:func:`fedmrg.data.cleaning.clean_report`), as the
+report generator's targets are. The build is deterministic for a seed on a given device. The
+output is a Hugging Face checkpoint (safetensors) plus ``base_llm.json``, the build summary, which
+also marks the folder as a base LLM build that a later build may replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from fedmrg.model.llm import resolve_device  # first: it quiets a bitsandbytes notice that importing transformers logs
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
+
+from fedmrg import __version__
+from fedmrg.data.cleaning import CLEANERS, clean_report
+from fedmrg.data.files import read_utf8
+from fedmrg.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "base_llm.json"
+KIND = "fedmrg-base-llm"
+FORMAT_VERSION = 1
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+MAX_POSITIONS = 1024  # room for instruction + prompts + visual tokens + report in the generator
+
+
+@dataclass(frozen=True)
+class BaseLLMSize:
+    """Architecture and training schedule of one base LLM size."""
+
+    vocab_size: int  # upper bound: BPE stops earlier when the corpus has no more frequent pairs
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    max_tokens: int  # longer reports are truncated (bos + text + eos)
+    cpu_threads: int | None  # torch threads when training on the CPU; None = torch's default
+
+
+# tiny trains on one CPU thread: its small matrix products gain nothing from more, and when other
+# processes share the cores (an FL simulation, a test run) two spinning threads made it 30-100x slower.
+BASE_LLM_SIZES: dict[str, BaseLLMSize] = {
+    "tiny": BaseLLMSize(vocab_size=1024, hidden_size=128, layers=2, heads=4, intermediate_size=384,
+                        epochs=12, batch_size=16, lr=4e-3, max_tokens=128, cpu_threads=1),
+    "small": BaseLLMSize(vocab_size=4096, hidden_size=512, layers=6, heads=8, intermediate_size=1024,
+                         epochs=8, batch_size=16, lr=1e-3, max_tokens=160, cpu_threads=None),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------------
+
+
+def corpus_file(corpus: str | os.PathLike) -> Path:
+    """``reports.jsonl`` of a benchmark's public folder, of a benchmark folder, or the file itself."""
+    path = Path(corpus)
+    if path.is_dir():
+        for candidate in (path / "reports.jsonl", path / "public" / "reports.jsonl"):
+            if candidate.is_file():
+                return candidate
+        raise DataError(f"{path}: no reports.jsonl (expected a benchmark's public folder, a benchmark folder, "
+                        "or a reports.jsonl file)")
+    if not path.exists():
+        raise DataError(f"{path}: corpus not found")
+    return path
+
+
+def read_reports(path: Path) -> list[str]:
+    """The ``report`` of every line of a JSONL file (blank lines skipped), as written."""
+    reports = []
+    for number, line in enumerate(read_utf8(path, "corpus").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(row, dict) or "report" not in row:
+            raise DataError(f'{path}, line {number}: missing "report" (each line is {{"id": ..., "report": ...}})')
+        report = row["report"]
+        if not isinstance(report, str) or not report.strip():
+            raise DataError(f'{path}, line {number}: "report" must be a non-empty string')
+        reports.append(report)
+    if not reports:
+        raise DataError(f"{path}: no reports (empty corpus)")
+    return reports
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, max_length: int = MAX_POSITIONS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of at most ``vocab_size`` tokens that prepends bos."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bpe.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=max_length,
+    )
+
+
+def _encode(texts: list[str], tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> list[list[int]]:
+    """``bos text eos`` per report, cut to ``max_tokens`` (a cut report keeps no eos)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [([tokenizer.bos_token_id] + row + [tokenizer.eos_token_id])[:max_tokens] for row in ids]
+
+
+# --------------------------------------------------------------------------------------------
+# Model and training
+# --------------------------------------------------------------------------------------------
+
+
+def _build_model(size: BaseLLMSize, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        intermediate_size=size.intermediate_size,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _batches(rows: list[list[int]], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of row indices, each of rows of similar length (less padding)."""
+    order = torch.randperm(len(rows), generator=generator).tolist()
+    pool = batch_size * 8
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: len(rows[i]))
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _collate(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _train(
+    model: LlamaForCausalLM, rows: list[list[int]], size: BaseLLMSize, epochs: int, pad_id: int,
+    generator: torch.Generator, progress: bool,
+) -> list[float]:
+    """Train with AdamW (warm-up then cosine decay); the mean loss of each epoch."""
+    device = model.device
+    steps_per_epoch = -(-len(rows) // size.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    total = steps_per_epoch * epochs
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    model.train()
+    losses = []
+    with tqdm(total=total, desc="training base LLM", unit="step", disable=not progress) as bar:
+        for epoch in range(epochs):
+            epoch_loss = 0.0
+            for batch in _batches(rows, size.batch_size, generator):
+                loss = model(**_collate([rows[i] for i in batch], pad_id, device)).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                epoch_loss += loss.item() / steps_per_epoch
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            losses.append(epoch_loss)
+            log.debug("base LLM epoch %d/%d: mean loss %.4f", epoch + 1, epochs, epoch_loss)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def greedy_sample(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, max_new_tokens: int) -> str:
+    """What the model writes from bos alone, greedily."""
+    start = torch.tensor([[tokenizer.bos_token_id]], device=model.device)
+    out = model.generate(start, attention_mask=torch.ones_like(start), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+@contextlib.contextmanager
+def _cpu_threads(count: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with ``count`` torch threads (on the CPU; None = leave as it is)."""
+    if count is None or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# The build
+# --------------------------------------------------------------------------------------------
+
+
+def _check_out(out: Path) -> None:
+    """Only an empty folder or a previous base LLM build may be replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not (out / SUMMARY).is_file():
+        raise DataError(f"{out}: exists, is not empty and holds no base LLM build ({SUMMARY}); "
+                        "refusing to replace it (choose another --out, or empty it)")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def make_base_llm(
+    corpus: str | os.PathLike,
+    out: str | os.PathLike,
+    size: str = "tiny",
+    *,
+    dataset: str = "iu_xray",
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the demo base LLM on ``corpus`` and save it to ``out``; the summary (also in base_llm.json).
+
+    ``epochs`` overrides the size's schedule; ``device`` is where it trains (``auto`` = CUDA when
+    present; a build is reproducible for a seed on the same device). ``out`` is written whole or
+    not at all (a temporary sibling renamed at the end). Bad corpus lines are a DataError, bad
+    arguments a ConfigError.
+    """
+    if size not in BASE_LLM_SIZES:
+        raise ConfigError(f"base LLM size {size!r}: must be one of {', '.join(BASE_LLM_SIZES)}")
+    if dataset not in CLEANERS:
+        raise ConfigError(f"dataset {dataset!r}: must be one of {', '.join(CLEANERS)} (the report cleaning rules)")
+    spec = BASE_LLM_SIZES[size]
+    epochs = spec.epochs if epochs is None else epochs
+    if epochs < 1:
+        raise ConfigError(f"epochs {epochs}: must be at least 1")
+    out = Path(out).resolve()
+    _check_out(out)
+    source = corpus_file(corpus)
+    started = time.time()
+    texts = [clean_report(report, dataset) for report in read_reports(source)]
+    tokenizer = train_tokenizer(texts, spec.vocab_size)
+    rows = _encode(texts, tokenizer, spec.max_tokens)
+    target = resolve_device(device)
+    with torch.random.fork_rng(devices=[]), _cpu_threads(spec.cpu_threads, target):
+        torch.manual_seed(seed)
+        model = _build_model(spec, tokenizer).to(target)
+        generator = torch.Generator().manual_seed(seed)
+        log.info("training a %s base LLM (%.2fM parameters) on %d reports from %s for %d epochs", size,
+                 model.num_parameters() / 1e6, len(rows), source, epochs)
+        losses = _train(model, rows, spec, epochs, tokenizer.pad_token_id, generator, progress)
+        sample = greedy_sample(model, tokenizer, spec.max_tokens)
+    model.cpu()
+    summary = {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"fedmrg {__version__}",
+        "corpus": str(source.resolve()),
+        "dataset": dataset,
+        "size": size,
+        "architecture": asdict(spec),
+        "seed": seed,
+        "epochs": epochs,
+        "reports": len(rows),
+        "tokens": sum(len(row) for row in rows),
+        "vocab_size": len(tokenizer),
+        "params": model.num_parameters(),
+        "first_loss": round(losses[0], 4),
+        "final_loss": round(losses[-1], 4),
+        "losses": [round(loss, 4) for loss in losses],
+        "sample": sample,
+        "seconds": round(time.time() - started, 1),
+    }
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("base LLM saved to %s: loss %.3f -> %.3f in %.1f s; sample: %s", out, summary["first_loss"],
+             summary["final_loss"], summary["seconds"], summary["sample"])
+    return summary
