@@ -1,0 +1,126 @@
+"""Diagnosis head and diagnosis-driven prompts (DESIGN 2, FedMRG after PromptMRG).
+
+The head classifies each of the 14 CheXpert observations into one of four states (``STATES``)
+from the pooled image feature; the states become prompt text such as
+``"cardiomegaly: positive; pleural effusion: negative"``. Training targets come from the
+labeler run on the ground-truth reports.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedmrg.eval.observations import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+
+STATES = ("blank", "positive", "negative", "uncertain")  # class index 0..3
+BLANK, STATE_POSITIVE, STATE_NEGATIVE, STATE_UNCERTAIN = range(4)
+LOSSES = ("ce", "balanced", "logit_adjusted")
+NOTHING_MENTIONED = "no observations mentioned"  # the prompt when every observation is blank
+
+_LABEL_OF_STATE = {STATE_POSITIVE: POSITIVE, STATE_NEGATIVE: NEGATIVE, STATE_UNCERTAIN: UNCERTAIN}
+
+
+def states_from_labels(labels: np.ndarray) -> torch.LongTensor:
+    """Labeler matrix [N, 14] (NaN / 1 / 0 / -1) -> state indices [N, 14]."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
+        raise ValueError(f"labels must be [N, {len(OBSERVATIONS)}], got {list(labels.shape)}")
+    states = np.full(labels.shape, BLANK, dtype=np.int64)
+    for state, label in _LABEL_OF_STATE.items():
+        states[labels == label] = state
+    bad = ~np.isnan(labels) & (states == BLANK)
+    if bad.any():
+        raise ValueError(f"labels must be NaN, 1, 0 or -1; got {sorted(set(labels[bad].tolist()))[:5]}")
+    return torch.from_numpy(states)
+
+
+def labels_from_states(states: Tensor | np.ndarray) -> np.ndarray:
+    """State indices [N, 14] -> the labeler's float32 matrix (NaN for blank), for CE scoring."""
+    states = states.detach().cpu().numpy() if isinstance(states, Tensor) else np.asarray(states)
+    _check_states(states)
+    labels = np.full(states.shape, np.nan, dtype=np.float32)
+    for state, label in _LABEL_OF_STATE.items():
+        labels[states == state] = label
+    return labels
+
+
+def diagnosis_prompt(states_row: Sequence[int]) -> str:
+    """``"cardiomegaly: positive; pleural effusion: negative"`` in OBSERVATIONS order, blanks left out."""
+    states = np.asarray(states_row).reshape(1, -1)
+    _check_states(states)
+    parts = [f"{name.lower()}: {STATES[state]}" for name, state in zip(OBSERVATIONS, states[0]) if state != BLANK]
+    return "; ".join(parts) or NOTHING_MENTIONED
+
+
+def class_counts(states: Tensor) -> Tensor:
+    """State indices [N, 14] -> counts [14, 4] (long)."""
+    _check_states(states)
+    return F.one_hot(states.long(), len(STATES)).sum(dim=0)
+
+
+class DiagnosisHead(nn.Module):
+    """Linear classifier of the pooled feature into 14 x 4 state logits.
+
+    Losses:
+
+    - ``ce``: cross-entropy, averaged over studies and observations;
+    - ``balanced``: cross-entropy weighted per observation by ``w_c ∝ 1 / (count_c + 1)``,
+      normalised so that the mean weight over the training set is 1;
+    - ``logit_adjusted``: cross-entropy on ``logits + tau * log(prior)`` with the prior from
+      ``(counts + 1)`` (Menon et al., logit adjustment); :meth:`predict` uses the raw logits, which
+      then estimate the class-balanced posterior.
+
+    Until :meth:`set_class_counts` is called the counts are zero, which makes the prior uniform and
+    the weights 1: ``balanced`` and ``logit_adjusted`` then equal ``ce``.
+    """
+
+    def __init__(self, in_dim: int, loss: str = "logit_adjusted", tau: float = 1.0) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"diagnosis loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.loss_mode = loss
+        self.tau = tau
+        self.classifier = nn.Linear(in_dim, len(OBSERVATIONS) * len(STATES))
+        self.register_buffer("class_counts", torch.zeros(len(OBSERVATIONS), len(STATES)))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """[B, in_dim] -> logits [B, 14, 4]."""
+        return self.classifier(pooled).reshape(-1, len(OBSERVATIONS), len(STATES))
+
+    def set_class_counts(self, counts: Tensor) -> None:
+        """Training-set state counts [14, 4]; kept in a persistent buffer, so they are saved."""
+        counts = torch.as_tensor(counts, dtype=self.class_counts.dtype)
+        if tuple(counts.shape) != tuple(self.class_counts.shape):
+            raise ValueError(f"class counts must be {list(self.class_counts.shape)}, got {list(counts.shape)}")
+        if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+            raise ValueError("class counts must be finite and non-negative")
+        self.class_counts.copy_(counts)
+
+    def loss(self, logits: Tensor, states: Tensor) -> Tensor:
+        """Scalar loss of logits [B, 14, 4] against state indices [B, 14]."""
+        smoothed = self.class_counts + 1
+        if self.loss_mode == "logit_adjusted":
+            prior = smoothed / smoothed.sum(dim=-1, keepdim=True)
+            logits = logits + self.tau * prior.log()
+        nll = -F.log_softmax(logits.float(), dim=-1).gather(-1, states.long()[..., None]).squeeze(-1)
+        if self.loss_mode == "balanced":
+            weights = smoothed.sum(dim=-1, keepdim=True) / (len(STATES) * smoothed)  # [14, 4]
+            nll = nll * weights.expand(states.shape[0], -1, -1).gather(-1, states.long()[..., None]).squeeze(-1)
+        return nll.mean()
+
+    def predict(self, logits: Tensor) -> Tensor:
+        """State indices [B, 14]: argmax of the unadjusted logits."""
+        return logits.argmax(dim=-1)
+
+
+def _check_states(states: Tensor | np.ndarray) -> None:
+    shape = tuple(states.shape)
+    if len(shape) != 2 or shape[1] != len(OBSERVATIONS):
+        raise ValueError(f"states must be [N, {len(OBSERVATIONS)}], got {list(shape)}")
+    if shape[0] and (states.min() < 0 or states.max() >= len(STATES)):
+        raise ValueError(f"states must be indices in 0..{len(STATES) - 1}")
