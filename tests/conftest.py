@@ -66,3 +66,24 @@ def real_archive() -> Path:
     from fedmrg.data.iuxray import resolve_reports_archive
 
     return resolve_reports_archive(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory) -> Path:
+    """The `tiny` benchmark (synthetic reports, 2 sites, 64 px), built once per test session."""
+    from fedmrg.config import load_config
+    from fedmrg.data.benchmark import build_benchmark
+
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    build_benchmark(load_config("tiny").benchmark, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_llm(tiny_bench, tmp_path_factory) -> Path:
+    """A small base LLM trained for a moment on the tiny benchmark's public reports."""
+    from fedmrg.model.base_llm import make_base_llm
+
+    out = tmp_path_factory.mktemp("llm") / "base"
+    make_base_llm(tiny_bench / "public", out, "tiny", epochs=2, progress=False)
+    return out

@@ -8,8 +8,10 @@ print one line, ``fedmrg: error: ...``, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -198,13 +200,212 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_base_llm_parser(sub) -> None:
+    p = sub.add_parser(
+        "make-base-llm", help="train the demo base LLM (BPE tokenizer + small LLaMA) on the public reports",
+        description="Train a byte-level BPE tokenizer and a small LLaMA-architecture causal LM on a benchmark's public "
+                    "report split (disjoint from every site) and save both with save_pretrained: a stand-in for a "
+                    "pretrained LLM in the demo and the tests.",
+    )
+    p.add_argument("--corpus", required=True, help="a benchmark's public/ folder (reports.jsonl), or the .jsonl file")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--size", choices=["tiny", "small"], default="tiny", help="model size (default: tiny)")
+    p.add_argument("--dataset", choices=["iu_xray", "mimic_cxr"], default="iu_xray", help="report cleaning rules")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the size's own)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_make_base_llm)
+
+
+def _cmd_make_base_llm(args: argparse.Namespace) -> int:
+    from fedmrg.model.base_llm import make_base_llm
+
+    summary = make_base_llm(args.corpus, args.out, args.size, dataset=args.dataset, seed=args.seed,
+                            epochs=args.epochs, progress=not args.quiet)
+    print(json.dumps(summary, indent=1))
+    print(f"base LLM written to {args.out}")
+    return 0
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="RUN", help="a model folder written by `fedmrg train`")
+    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
+    p.add_argument("--site-adapter", metavar="DIR",
+                   help="a site's specialized adapter (PEFT folder) to use with the model's generic one")
+    p.add_argument("--adapters", choices=["auto", "generic", "dual"], default="auto",
+                   help="generic alone (a new site), generic+specialized, or auto: dual when there is one")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the model's train.device)")
+
+
+def _load_model(args: argparse.Namespace):
+    from fedmrg.model.mrg import MRGModel
+
+    return MRGModel.load(args.model, base_llm=args.base_llm, device=args.device, site_adapter=args.site_adapter)
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="centralized training of the report generator on one or more sites",
+        description="Train on the train split of every --data site (their val split gives a validation loss). "
+                    "Checkpoints each epoch into RUN/checkpoint and resumes from it when run again with the same "
+                    "config (raise --max-steps or train.epochs to train longer).",
+    )
+    _add_config_flag(p, "demo")
+    p.add_argument("--data", required=True, action="append", metavar="SITE_DIR",
+                   help="a site folder (annotation.json + images); repeat for several")
+    p.add_argument("--base-llm", metavar="DIR", help="local Hugging Face checkpoint of the frozen LLM (model.base_llm)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (model, checkpoint/, tb/)")
+    p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps")
+    p.add_argument("--epochs", type=_positive_int, help="override train.epochs")
+    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:N)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fedmrg.model.training import train_centralized
+
+    cfg = load_config(args.config, {"train.epochs": args.epochs, "train.device": args.device})
+    summary = train_centralized(cfg, args.data, args.out, base_llm=args.base_llm, max_steps=args.max_steps,
+                                progress=not args.quiet)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"trained {summary['steps']} steps ({summary['epochs']} epochs, {summary['seconds_this_run']} s); "
+          f"last epoch loss {last.get('loss', float('nan')):.3f}; model in {args.out}")
+    return 0
+
+
+def _generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="write the report of one study (its views as image files)")
+    _add_model_flags(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="the study's views: PNG, JPG or DICOM")
+    p.add_argument("--json", action="store_true", help="print {report, findings} as JSON")
+    p.set_defaults(handler=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from fedmrg.model.inference import generate_for, study_batch
+
+    model = _load_model(args)
+    row = generate_for(model, study_batch(model, args.images), adapters=args.adapters)[0]
+    if args.json:
+        print(json.dumps(row, indent=1))
+    else:
+        print(row["report"])
+        findings = "; ".join(f"{name}: {state}" for name, state in row["findings"].items())
+        print(f"\npredicted findings: {findings or 'none stated'}")
+    return 0
+
+
+def _add_split_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="SITE_DIR", help="site (or test-global) folder to score on")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
+    p.add_argument("--out", required=True, help="scores JSON to write; the reports go beside it")
+    p.add_argument("--limit", type=_positive_int, help="only the first N studies of the split (quick checks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="generate the reports of a split and score them (NLG + CE)",
+        description="Generate a report for every study of the split, score them as `fedmrg score` does, and write "
+                    "OUT (scores), OUT-stem.predictions.json (id -> report, readable by `fedmrg score --pred`) and "
+                    "OUT-stem.findings.json (id -> predicted findings).",
+    )
+    _add_model_flags(p)
+    _add_split_flags(p)
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedmrg.model.batches import study_loader
+    from fedmrg.model.inference import generate_split
+
+    model = _load_model(args)
+    loader = study_loader(model.cfg, [args.data], args.split, train=False,
+                          batch_size=model.cfg.generate.batch_size, limit=args.limit)
+    rows = generate_split(model, loader, adapters=args.adapters, progress=not args.quiet)
+    findings = {key: row["findings"] for key, row in rows.items()}
+    return _score_and_write(args, {key: row["report"] for key, row in rows.items()}, loader, model.cfg.data.dataset,
+                            findings)
+
+
+def _score_and_write(args: argparse.Namespace, predictions: dict, loader, dataset: str, extra: dict) -> int:
+    """Score ``predictions`` against the loader's references; write scores, reports and ``extra`` beside."""
+    from fedmrg.eval.report import format_scores, score_reports, write_scores
+    from fedmrg.model.batches import loader_records
+
+    references = {str(r["id"]): r["report"] for r in loader_records(loader)}
+    scores = score_reports(predictions, references, dataset=dataset)
+    out = Path(args.out)
+    write_scores(out, scores)
+    _write_json(out.with_name(f"{out.stem}.predictions.json"), predictions)
+    _write_json(out.with_name(f"{out.stem}.{'findings' if args.handler is _cmd_evaluate else 'retrieved'}.json"),
+                extra)
+    print(format_scores(scores))
+    print(f"scores written to {out}; reports to {out.with_name(out.stem + '.predictions.json')}")
+    return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _retrieve_parser(sub) -> None:
+    p = sub.add_parser(
+        "retrieve-baseline", help="baseline: copy the training report whose findings match best",
+        description="For each study of the split, take the training report whose labeler findings best match the "
+                    "findings the model predicts (--model), or the reference report's own findings (--oracle, an "
+                    "upper bound for copying), and score the copies like `fedmrg evaluate`.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="RUN", help="model whose diagnosis head predicts the findings")
+    source.add_argument("--oracle", action="store_true", help="use the reference reports' own findings")
+    p.add_argument("--train-data", action="append", metavar="SITE_DIR",
+                   help="sites whose train reports are retrieved from (default: --data); repeat for several")
+    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
+    p.add_argument("--device", help="cpu, cuda, cuda:N")
+    p.add_argument("--config", default="demo", help="config for --oracle (text cleaning, image size)")
+    _add_split_flags(p)
+    p.set_defaults(handler=_cmd_retrieve, site_adapter=None)
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fedmrg.eval.retrieval import retrieve
+    from fedmrg.model.batches import split_records, study_loader
+    from fedmrg.model.batches import loader_records
+    from fedmrg.model.diagnosis import labels_from_states
+
+    model = _load_model(args) if args.model else None
+    cfg = model.cfg if model else load_config(args.config)
+    loader = study_loader(cfg, [args.data], args.split, train=False, batch_size=cfg.generate.batch_size,
+                          limit=args.limit)
+    candidates = [row for site in (args.train_data or [args.data])
+                  for row in split_records(site, "train", cfg.data.dataset)[0]]
+    if not candidates:
+        raise FedMRGError(f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from")
+    if model is None:
+        query = np.stack([r["states"] for r in loader_records(loader)])
+    else:
+        if model.diagnosis is None:
+            raise FedMRGError(f"{args.model}: the model has no diagnosis head (model.diagnosis: false); use --oracle")
+        query = np.concatenate([model.predict_states(batch).numpy() for batch in loader])
+    chosen = retrieve(labels_from_states(query), labels_from_states(np.stack([c["states"] for c in candidates])))
+    ids = [str(r["id"]) for r in loader_records(loader)]
+    predictions = {key: candidates[index]["report"] for key, index in zip(ids, chosen)}
+    retrieved = {key: str(candidates[index]["id"]) for key, index in zip(ids, chosen)}
+    return _score_and_write(args, predictions, loader, cfg.data.dataset, retrieved)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmrg", description="Federated chest X-ray report generation on NVIDIA FLARE")
     parser.add_argument("--version", action="version", version=f"fedmrg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_prepare_data_parser, _show_data_parser, _config_parser, _label_parser, _score_parser,
-                _report_parser):
+                _report_parser, _make_base_llm_parser, _train_parser, _generate_parser, _evaluate_parser,
+                _retrieve_parser):
         add(sub)
     return parser
 

@@ -26,7 +26,7 @@ class StudyDataset(Dataset):
     def __init__(
         self, records: Sequence[dict], image_root: PathLike, transform: Callable | None
     ) -> None:
-        root = Path(image_root)
+        root = Path(image_root).absolute()  # absolute, so a transform's own root cannot prefix it again
         super().__init__([_with_resolved_paths(record, root) for record in records], transform)
 
     def _transform(self, index: int) -> dict:

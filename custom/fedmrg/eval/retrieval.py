@@ -1,0 +1,41 @@
+"""Retrieval baseline: answer each study with the training report whose findings match best.
+
+It shows what generation adds over copying a report: given the findings a model predicts for a
+study (or, for an oracle row, the reference report's own labels), pick the training report whose
+labeler findings agree most. Agreement is ranked by the F1 overlap of the positive observations
+(what clinical efficacy scores), then by how many of the 14 observations have the same state
+(positive / negative / uncertain / not mentioned); remaining ties go to the earliest training report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmrg.eval.observations import OBSERVATIONS, POSITIVE
+
+_NOT_MENTIONED = 9.0  # stands in for NaN so that "not mentioned" equals itself
+
+
+def _checked(labels: np.ndarray, name: str) -> np.ndarray:
+    labels = np.asarray(labels, dtype=float)
+    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
+        raise ValueError(f"{name}: expected a [N, {len(OBSERVATIONS)}] label matrix, got shape {labels.shape}")
+    return np.nan_to_num(labels, nan=_NOT_MENTIONED)
+
+
+def match_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``[Q, N]`` ranking scores: positive-set F1 first, then the number of equal states as a tie-break."""
+    q, c = _checked(query, "query"), _checked(candidates, "candidates")
+    q_pos, c_pos = (q == POSITIVE).astype(float), (c == POSITIVE).astype(float)
+    overlap = q_pos @ c_pos.T
+    sizes = q_pos.sum(1)[:, None] + c_pos.sum(1)[None, :]
+    f1 = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), 1.0)
+    same_states = (q[:, None, :] == c[None, :, :]).sum(-1)
+    return f1 * (len(OBSERVATIONS) + 1) + same_states
+
+
+def retrieve(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Index of the best-matching candidate for every query row (the first one among equals)."""
+    if len(candidates) == 0:
+        raise ValueError("no candidate reports to retrieve from")
+    return np.argmax(match_scores(query, candidates), axis=1)

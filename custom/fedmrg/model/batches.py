@@ -1,0 +1,83 @@
+"""From annotation rows to training batches: cleaned target text and diagnosis targets.
+
+The report generator learns and is scored on R2Gen-cleaned text, and its diagnosis head learns the
+labeler's reading of the site's own ground-truth reports; both are computed once per split here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fedmrg.config import Config
+from fedmrg.data.annotation import read_annotation
+from fedmrg.data.cleaning import clean_report
+from fedmrg.data.dataset import StudyDataset, collate_studies
+from fedmrg.data.transforms import eval_transforms, train_transforms
+from fedmrg.errors import DataError
+from fedmrg.eval.labeler import label_matrix
+from fedmrg.model.diagnosis import states_from_labels
+
+
+def with_targets(records: Sequence[dict], dataset: str) -> list[dict]:
+    """Copies of ``records`` with ``report`` cleaned and ``states`` ([14] diagnosis classes) added."""
+    cleaned = [clean_report(str(record["report"]), dataset) for record in records]
+    states = states_from_labels(label_matrix(cleaned)).numpy() if cleaned else np.zeros((0, 14), np.int64)
+    return [{**record, "report": text, "states": row} for record, text, row in zip(records, cleaned, states)]
+
+
+def collate_with_targets(batch: list[dict]) -> dict:
+    """:func:`collate_studies`, with ``states`` stacked into a LongTensor ``[B, 14]``."""
+    out = collate_studies(batch)
+    out["states"] = torch.as_tensor(np.stack(out["states"]), dtype=torch.long)
+    return out
+
+
+def split_records(site_dir: str | os.PathLike, split: str, dataset: str) -> tuple[list[dict], Path]:
+    """Rows of one split of a site's annotation.json, with targets, and the folder images are under."""
+    site = Path(site_dir)
+    annotation = read_annotation(site / "annotation.json" if site.is_dir() else site)
+    rows = annotation.splits.get(split, [])
+    return with_targets(rows, dataset), annotation.image_root
+
+
+def study_loader(
+    cfg: Config, sites: Sequence[str | os.PathLike], split: str, *, train: bool, batch_size: int | None = None,
+    seed: int = 0, limit: int | None = None,
+) -> DataLoader:
+    """One loader over the ``split`` studies of every site in ``sites`` (each with its own image root).
+
+    ``limit`` keeps the first studies of each site (quick checks).
+    """
+    datasets = []
+    for site in sites:
+        records, image_root = split_records(site, split, cfg.data.dataset)
+        records = records[:limit] if limit else records
+        if records:
+            datasets.append(StudyDataset(records, image_root, _transform(cfg, image_root, train)))
+    if not datasets:
+        raise DataError(f"{', '.join(map(str, sites))}: no '{split}' studies to {'train on' if train else 'use'}")
+    dataset = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=train, drop_last=False,
+        collate_fn=collate_with_targets, num_workers=cfg.train.num_workers, generator=generator,
+        persistent_workers=cfg.train.num_workers > 0,
+    )
+
+
+def _transform(cfg: Config, image_root: Path, train: bool):
+    if train:
+        return train_transforms(cfg.data.image_size, image_root, cfg.data.max_views, augment=cfg.data.augment)
+    return eval_transforms(cfg.data.image_size, image_root, cfg.data.max_views)
+
+
+def loader_records(loader: DataLoader) -> list[dict]:
+    """The records behind a :func:`study_loader`, in loader order when it does not shuffle."""
+    parts = getattr(loader.dataset, "datasets", [loader.dataset])
+    return [record for part in parts for record in part.data]

@@ -1,0 +1,422 @@
+"""The report generator: one module that composes every mechanism of the design.
+
+LLM input, per study (DESIGN "Data flow at one site")::
+
+    [bos] instruction | n customized prompts | V x M visual tokens | "diagnosis: ... report:" | report [eos]
+
+Sequences are left-padded and positions count only attended tokens (``cumsum(mask) - 1``), the
+rule Hugging Face ``generate`` applies, so a study is seen the same way in training and decoding
+(a missing second view is masked out, not a hole in the positions).
+
+Parameters fall in two groups that cover every trainable tensor exactly once:
+
+- shared (federated): encoder, projector, prompt customizer, diagnosis head, the generic
+  contrastive head and the ``generic`` LoRA adapter;
+- local (stay at the site): the ``specialized`` LoRA adapter and the client contrastive head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from fedmrg import __version__
+from fedmrg.config import Config, config_to_dict, parse_config
+from fedmrg.errors import ConfigError
+from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.model.adapters import (
+    GENERIC,
+    SPECIALIZED,
+    active_adapters,
+    adapter_dir,
+    adapter_names,
+    adapter_parameters,
+    attach_adapters,
+    load_adapter_weights,
+    save_adapters,
+    symmetric_kl,
+)
+from fedmrg.model.contrastive import ContrastiveHeads, PrototypeBank, info_nce, prototype_nce
+from fedmrg.model.customizer import PromptCustomizer
+from fedmrg.model.diagnosis import DiagnosisHead, diagnosis_prompt
+from fedmrg.model.encoder import StudyEncoder, load_encoder_weights
+from fedmrg.model.llm import LLMInfo, load_llm
+from fedmrg.model.projector import VisualProjector
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "fedmrg_model.json"
+MODULES_FILE = "modules.safetensors"
+ADAPTERS_DIR = "adapters"
+_POSITIVE_STATE = 1  # diagnosis class index of "positive" (see diagnosis.STATES)
+_SHARED_MODULES = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.")
+_LOCAL_MODULES = ("contrastive.client.",)
+
+
+class MRGModel(nn.Module):
+    """Frozen LLM with adapters + learnable encoder, prompts, projector, diagnosis and contrastive heads."""
+
+    def __init__(self, cfg: Config, llm, tokenizer: PreTrainedTokenizerBase, info: LLMInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+        self.tokenizer = tokenizer
+        m = cfg.model
+        self.llm: PeftModel = attach_adapters(llm, m)
+        embed_dim = info.embed_dim
+        self.encoder = StudyEncoder(m.encoder, cfg.data.image_size, cfg.data.max_views)
+        if m.encoder.pretrained:
+            load_encoder_weights(self.encoder, m.encoder.pretrained)
+        self.projector = VisualProjector(self.encoder.out_dim, embed_dim, self.encoder.grid, m.visual_tokens)
+        init_std = float(self._embedding().weight.float().std())
+        self.customizer = PromptCustomizer(m.prompt_mode, m.num_prompts, m.num_books, self.encoder.out_dim, embed_dim,
+                                           m.customizer_hidden, init_std=init_std)
+        self.diagnosis = DiagnosisHead(self.encoder.out_dim, m.diagnosis_loss) if m.diagnosis else None
+        self.contrastive = (ContrastiveHeads(self.encoder.out_dim, embed_dim, m.contrastive_dim)
+                            if m.contrastive else None)
+        observations = len(OBSERVATIONS)
+        self.register_buffer("prototypes", torch.zeros(observations, m.contrastive_dim, device=info.device),
+                             persistent=False)
+        self.register_buffer("prototype_available", torch.zeros(observations, dtype=torch.bool, device=info.device),
+                             persistent=False)
+        self.prototype_collector: PrototypeBank | None = None
+        self.predicted_prompt_prob = 0.0  # training only; the trainer ramps it to model.predicted_prompt_mix
+        for name, module in self.named_children():  # the LLM is already in place (device_map)
+            if name != "llm":
+                module.to(info.device)
+        self._instruction_ids = self._ids(m.instruction)
+
+    # ----------------------------------------------------------------------------------- building
+    @classmethod
+    def build(cls, cfg: Config, base_llm: str | os.PathLike | None = None, device: str | None = None) -> "MRGModel":
+        """Load the frozen LLM named by ``base_llm`` (or ``cfg.model.base_llm``) and attach everything."""
+        path = base_llm or cfg.model.base_llm
+        if not path:
+            raise ConfigError("model.base_llm: no base LLM given (a local checkpoint folder; `--base-llm DIR`)")
+        cfg.model.base_llm = str(Path(path).resolve()) if Path(path).exists() else str(path)
+        llm, tokenizer, info = load_llm(path, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype,
+                                        device=device or cfg.train.device)
+        return cls(cfg, llm, tokenizer, info)
+
+    # ---------------------------------------------------------------------------------- parameters
+    def shared_state_dict(self) -> dict[str, torch.Tensor]:
+        """The federated parameters (detached copies on the CPU), by name."""
+        return _detached(self._shared_parameters())
+
+    def local_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters that never leave the site (detached copies on the CPU), by name."""
+        return _detached(self._local_parameters())
+
+    def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        _load_exactly(self._shared_parameters(), state, "shared state")
+
+    def load_local_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        _load_exactly(self._local_parameters(), state, "local state")
+
+    def _shared_parameters(self) -> dict[str, nn.Parameter]:
+        params = {k: p for k, p in self.named_parameters() if p.requires_grad and k.startswith(_SHARED_MODULES)}
+        params.update({f"llm.{k}": p for k, p in adapter_parameters(self.llm, GENERIC).items()})
+        return params
+
+    def _local_parameters(self) -> dict[str, nn.Parameter]:
+        params = {k: p for k, p in self.named_parameters() if p.requires_grad and k.startswith(_LOCAL_MODULES)}
+        if SPECIALIZED in adapter_names(self.cfg.model):
+            params.update({f"llm.{k}": p for k, p in adapter_parameters(self.llm, SPECIALIZED).items()})
+        return params
+
+    def set_prototypes(self, prototypes: torch.Tensor, available: torch.Tensor) -> None:
+        """Per-observation prototypes of generic-head features (the server's, or a centralized run's own)."""
+        if tuple(prototypes.shape) != tuple(self.prototypes.shape) or tuple(available.shape) != (len(OBSERVATIONS),):
+            raise ValueError(f"prototypes must be {tuple(self.prototypes.shape)} with a [{len(OBSERVATIONS)}] mask, "
+                             f"got {tuple(prototypes.shape)} and {tuple(available.shape)}")
+        self.prototypes.copy_(F.normalize(prototypes.float(), dim=-1))
+        self.prototype_available.copy_(available.bool())
+
+    # ------------------------------------------------------------------------------------ forward
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every loss of one batch, and their weighted sum under ``"loss"``.
+
+        ``batch`` is a :func:`~fedmrg.model.batches.collate_with_targets` batch: ``image``,
+        ``view_mask``, ``report`` (cleaned text) and ``states`` (``[B, 14]`` diagnosis classes).
+        """
+        m, t = self.cfg.model, self.cfg.train
+        image, view_mask = self._to_device(batch["image"]), self._to_device(batch["view_mask"])
+        truth = self._to_device(batch["states"])
+        encoded = self.encoder(image, view_mask)
+        losses: dict[str, torch.Tensor] = {}
+        states = truth
+        if self.diagnosis is not None:
+            logits = self.diagnosis(encoded.pooled)
+            losses["diagnosis"] = self.diagnosis.loss(logits, truth)
+            states = self._training_prompt_states(truth, self.diagnosis.predict(logits))
+        report_ids = [self._ids(text)[: m.max_report_tokens] + [self.tokenizer.eos_token_id] for text in batch["report"]]
+        embeds, mask, positions, labels = self._sequences(encoded, states, report_ids)
+        losses.update(self._language_losses(embeds, mask, positions, labels))
+        if self.contrastive is not None:
+            losses.update(self._contrastive_losses(encoded.pooled, report_ids, truth))
+        losses["loss"] = self._total(losses, m.mutual_boosting, t.diagnosis_weight, t.contrastive_weight)
+        return losses
+
+    @staticmethod
+    def _total(losses: dict[str, torch.Tensor], mu: float, diagnosis_weight: float,
+               contrastive_weight: float) -> torch.Tensor:
+        weights = {"lm_generic": 1.0, "lm_dual": 1.0, "mutual_kl": mu, "diagnosis": diagnosis_weight,
+                   "contrastive_prototype": contrastive_weight, "contrastive_generic": contrastive_weight,
+                   "contrastive_client": contrastive_weight}
+        return sum(weights[name] * value for name, value in losses.items())
+
+    def _training_prompt_states(self, truth: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """Ground truth in training (PromptMRG), with a scheduled share of studies using predictions."""
+        if not self.training:
+            return predicted
+        if self.predicted_prompt_prob <= 0:
+            return truth
+        use_predicted = torch.rand(truth.shape[0], device=truth.device) < self.predicted_prompt_prob
+        return torch.where(use_predicted[:, None], predicted, truth)
+
+    def _language_losses(self, embeds, mask, positions, labels) -> dict[str, torch.Tensor]:
+        tail = int((labels != -100).sum(1).max()) + 1  # logits needed: the report positions and the one before
+        targets = labels[:, -tail + 1:]
+        valid = targets != -100
+        paths = {"lm_generic": (GENERIC,)}
+        if SPECIALIZED in adapter_names(self.cfg.model):
+            paths["lm_dual"] = (GENERIC, SPECIALIZED)
+        logits, losses = {}, {}
+        for name, adapters in paths.items():
+            with active_adapters(self.llm, adapters):
+                out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=tail)
+            logits[name] = out.logits[:, :-1]
+            losses[name] = F.cross_entropy(logits[name].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        if "lm_dual" in logits and self.cfg.model.mutual_boosting > 0:
+            losses["mutual_kl"] = symmetric_kl(logits["lm_generic"], logits["lm_dual"], valid)
+        return losses
+
+    def _contrastive_losses(self, pooled, report_ids, truth) -> dict[str, torch.Tensor]:
+        tau = self.cfg.model.temperature
+        text = self._mean_text_embedding(report_ids)
+        z = self.contrastive(pooled, text)
+        positives = truth == _POSITIVE_STATE
+        if self.training and self.prototype_collector is not None:
+            self.prototype_collector.add(z["generic_image"].detach().cpu(), positives.cpu())
+        return {
+            "contrastive_prototype": prototype_nce(z["generic_image"], positives, self.prototypes,
+                                                   self.prototype_available, tau),
+            "contrastive_generic": info_nce(z["generic_image"], z["generic_text"], tau),
+            "contrastive_client": info_nce(z["client_image"], z["client_text"], tau),
+        }
+
+    def _mean_text_embedding(self, report_ids: list[list[int]]) -> torch.Tensor:
+        """The report side of image-report InfoNCE: mean frozen input embedding of its tokens."""
+        with torch.no_grad():
+            rows = [self._embed(ids[:-1] or ids).float().mean(0) for ids in report_ids]  # drop eos unless alone
+        return torch.stack(rows)
+
+    # ---------------------------------------------------------------------------- sequence making
+    def _sequences(self, encoded, states: torch.Tensor, report_ids: list[list[int]] | None):
+        """Left-padded input embeddings, attention mask, positions and labels (-100 outside the report)."""
+        batch = states.shape[0]
+        prompts = self.customizer(encoded.pooled)
+        visual, visual_mask = self.projector(encoded.tokens, encoded.view_mask)
+        head = self._embed(self._head_ids()).unsqueeze(0).expand(batch, -1, -1)
+        fixed = torch.cat([head, prompts.to(head.dtype), visual.to(head.dtype)], dim=1)
+        fixed_mask = torch.cat([torch.ones(batch, head.shape[1] + prompts.shape[1], dtype=torch.bool,
+                                           device=fixed.device), visual_mask], dim=1)
+        tails = [self._ids(self._diagnosis_text(states[i])) for i in range(batch)]
+        reports = report_ids or [[] for _ in range(batch)]
+        lengths = [len(a) + len(b) for a, b in zip(tails, reports)]
+        total = fixed.shape[1] + max(lengths)
+        embeds = fixed.new_zeros(batch, total, fixed.shape[-1])
+        mask = torch.zeros(batch, total, dtype=torch.bool, device=fixed.device)
+        labels = torch.full((batch, total), -100, dtype=torch.long, device=fixed.device)
+        for i, (tail_ids, report) in enumerate(zip(tails, reports)):
+            start = total - lengths[i] - fixed.shape[1]
+            embeds[i, start: start + fixed.shape[1]] = fixed[i]
+            mask[i, start: start + fixed.shape[1]] = fixed_mask[i]
+            embeds[i, total - lengths[i]:] = self._embed(tail_ids + report)
+            mask[i, total - lengths[i]:] = True
+            if report:
+                labels[i, total - len(report):] = torch.tensor(report, device=fixed.device)
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)
+        return embeds, mask.long(), positions, labels
+
+    def _head_ids(self) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self._instruction_ids
+
+    def _diagnosis_text(self, states_row: torch.Tensor) -> str:
+        if self.diagnosis is None:
+            return " report:"
+        return f" diagnosis: {diagnosis_prompt(states_row.tolist())}. report:"
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        table = self._embedding()
+        return table(torch.tensor(ids, dtype=torch.long, device=table.weight.device))
+
+    def _embedding(self) -> nn.Embedding:
+        return self.llm.get_input_embeddings()
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.info.device, non_blocking=True)
+
+    # --------------------------------------------------------------------------------- generation
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) and no gradients for the block; the previous mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def predict_states(self, batch: dict) -> torch.Tensor | None:
+        """Predicted diagnosis classes ``[B, 14]`` (None without a diagnosis head)."""
+        if self.diagnosis is None:
+            return None
+        with self._evaluating():
+            encoded = self.encoder(self._to_device(batch["image"]), self._to_device(batch["view_mask"]))
+            return self.diagnosis.predict(self.diagnosis(encoded.pooled)).cpu()
+
+    def generate(self, batch: dict, adapters: str = "auto", **overrides) -> list[str]:
+        """Reports for a batch of studies (beam search; ``overrides`` replace ``cfg.generate`` fields).
+
+        ``adapters``: "generic" (a site without its own adapter), "dual" (generic + specialized),
+        or "auto" (dual when the model has a specialized adapter).
+        """
+        with self._evaluating():
+            encoded = self.encoder(self._to_device(batch["image"]), self._to_device(batch["view_mask"]))
+            if self.diagnosis is not None:
+                states = self.diagnosis.predict(self.diagnosis(encoded.pooled))
+            else:
+                states = torch.zeros(encoded.pooled.shape[0], len(OBSERVATIONS), dtype=torch.long)
+            embeds, mask, positions, _ = self._sequences(encoded, states, None)
+            with active_adapters(self.llm, self._generation_adapters(adapters)), warnings.catch_warnings():
+                # the prompt holds no token ids, so the penalty covers the generated text only: as intended
+                warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
+                out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                        **self._generation_kwargs(overrides))
+        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _generation_adapters(self, adapters: str) -> tuple[str, ...]:
+        available = adapter_names(self.cfg.model)
+        if adapters == "auto":
+            return available
+        if adapters == "generic":
+            return (GENERIC,)
+        if adapters == "dual":
+            if SPECIALIZED not in available:
+                raise ConfigError("adapters 'dual': this model has no specialized adapter (model.adapters: single)")
+            return available
+        raise ValueError(f"adapters must be auto, generic or dual, got {adapters!r}")
+
+    def _generation_kwargs(self, overrides: dict) -> dict:
+        g = {**config_to_dict(self.cfg)["generate"], **overrides}
+        return dict(
+            num_beams=g["num_beams"], max_new_tokens=g["max_new_tokens"], min_new_tokens=g["min_new_tokens"],
+            repetition_penalty=g["repetition_penalty"], no_repeat_ngram_size=g["no_repeat_ngram_size"],
+            length_penalty=g["length_penalty"], do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    # ------------------------------------------------------------------------------- save / load
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the run folder: config and base LLM reference, small modules, PEFT adapters."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self._module_state().items()},
+                  str(directory / MODULES_FILE))
+        save_adapters(self.llm, directory / ADAPTERS_DIR, adapter_names(self.cfg.model))
+        meta = {"fedmrg_version": __version__, "config": config_to_dict(self.cfg),
+                "llm": {"path": self.info.path, "family": self.info.family, "embed_dim": self.info.embed_dim}}
+        (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, base_llm: str | os.PathLike | None = None,
+             device: str | None = None, site_adapter: str | os.PathLike | None = None) -> "MRGModel":
+        """Rebuild a saved model (``base_llm`` overrides the recorded LLM path, e.g. on another host).
+
+        ``site_adapter``: a folder holding a specialized adapter (PEFT format) to use instead of the
+        saved one, e.g. a hospital's own adapter on top of a federated global model.
+        """
+        directory = Path(directory)
+        meta = _read_model_file(directory)
+        cfg = parse_config(meta["config"], f"{directory / MODEL_FILE}: config")
+        if site_adapter is not None:
+            cfg.model.adapters = "dual"
+        model = cls.build(cfg, base_llm=base_llm or meta["llm"]["path"], device=device)
+        if model.info.embed_dim != meta["llm"]["embed_dim"]:
+            raise ConfigError(f"{directory}: trained on an LLM of width {meta['llm']['embed_dim']}, "
+                              f"the base LLM given has width {model.info.embed_dim}")
+        model._load_modules(directory / MODULES_FILE)
+        for name in adapter_names(cfg.model):
+            folder = Path(site_adapter) if (name == SPECIALIZED and site_adapter) else adapter_dir(
+                directory / ADAPTERS_DIR, name)
+            load_adapter_weights(model.llm, folder, name)
+        return model
+
+    def _module_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the LLM: the learnable modules with their buffers, and the prototypes."""
+        state = {f"{name}.{key}": value for name, module in self.named_children() if name != "llm"
+                 for key, value in module.state_dict().items()}
+        state["prototypes"], state["prototype_available"] = self.prototypes, self.prototype_available
+        return state
+
+    def _load_modules(self, path: Path) -> None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found (a model folder written by `fedmrg train`)")
+        state = load_file(str(path))
+        prototypes, available = state.pop("prototypes", None), state.pop("prototype_available", None)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("llm.")]
+        if missing or unexpected:
+            raise ConfigError(f"{path}: does not match the model config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+        if prototypes is not None and available is not None:
+            self.set_prototypes(prototypes, available)
+
+
+def _read_model_file(directory: Path) -> dict:
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise ConfigError(f"{directory}: not a FedMRG model folder ({MODEL_FILE} missing)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not {"config", "llm"} <= meta.keys():
+        raise ConfigError(f"{path}: expected the keys 'config' and 'llm'")
+    return meta
+
+
+def _detached(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in params.items()}
+
+
+def _load_exactly(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``state`` into ``params``; the keys and shapes must match exactly."""
+    missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(f"{what}: keys do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise ValueError(f"{what}: {name} has shape {tuple(value.shape)}, the model has {tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
