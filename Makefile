@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 DEMO_DIR := $(DATA)/demo
+SITE := $(DEMO_DIR)/bench/site-1
+RUN := $(DEMO_DIR)/centralized-site-1
+RESULTS := $(DEMO_DIR)/results
+FEDMRG = FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/fedmrg
 
 .PHONY: install test demo clean-demo
 
@@ -24,8 +28,15 @@ test: $(STAMP)
 	FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/python -m pytest
 
 demo: $(STAMP)
-	FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/fedmrg prepare-data --config demo --out $(DEMO_DIR)/bench --reuse
-	FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/fedmrg show-data $(DEMO_DIR)/bench --out $(DEMO_DIR)/preview.png
+	$(FEDMRG) prepare-data --config demo --out $(DEMO_DIR)/bench --reuse
+	$(FEDMRG) show-data $(DEMO_DIR)/bench --out $(DEMO_DIR)/preview.png
+	test -f $(DEMO_DIR)/base-llm/config.json || $(FEDMRG) make-base-llm --corpus $(DEMO_DIR)/bench/public --out $(DEMO_DIR)/base-llm --quiet
+	$(FEDMRG) train --config demo --data $(SITE) --base-llm $(DEMO_DIR)/base-llm --out $(RUN) --quiet
+	$(FEDMRG) evaluate --model $(RUN) --data $(SITE) --out $(RESULTS)/generated.json --quiet
+	$(FEDMRG) retrieve-baseline --model $(RUN) --data $(SITE) --out $(RESULTS)/retrieved.json --quiet
+	$(FEDMRG) retrieve-baseline --oracle --config demo --data $(SITE) --out $(RESULTS)/retrieved-oracle.json --quiet
+	$(FEDMRG) report $(RESULTS)/generated.json $(RESULTS)/retrieved.json $(RESULTS)/retrieved-oracle.json --out $(RESULTS)/table.md
+	cat $(RESULTS)/table.md
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

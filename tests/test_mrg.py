@@ -244,7 +244,7 @@ def test_other_llm_families_load_train_and_generate(family, tiny_base_llm, site,
 
 
 @pytest.mark.slow
-def test_train_resume_evaluate_and_retrieve_from_the_command_line(tiny_bench, tiny_base_llm, site, tmp_path):
+def test_train_resume_evaluate_and_retrieve_from_the_command_line(tiny_bench, tiny_base_llm, site, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--config", "tiny", "--data", str(site), "--base-llm", str(tiny_base_llm), "--out", str(run), "--quiet"]
     assert main(["train", *common, "--max-steps", "2"]) == 0
@@ -253,6 +253,11 @@ def test_train_resume_evaluate_and_retrieve_from_the_command_line(tiny_bench, ti
     assert main(["train", *common, "--max-steps", "5"]) == 0
     second = json.loads((run / "train_summary.json").read_text())
     assert second["resumed"] and second["steps"] > 2
+    record = json.loads((site / "annotation.json").read_text())["test"][0]
+    capsys.readouterr()
+    assert main(["generate", "--model", str(run), "--json", *(str(site / "images" / p) for p in record["image_path"])]) == 0
+    generated = json.loads(capsys.readouterr().out)
+    assert generated["report"] and isinstance(generated["findings"], dict)
     scores = tmp_path / "eval" / "scores.json"
     assert main(["evaluate", "--model", str(run), "--data", str(tiny_bench / "test-global"), "--out", str(scores),
                  "--limit", "6", "--quiet"]) == 0
@@ -291,3 +296,11 @@ def test_retrieval_prefers_the_same_positive_findings():
     query2 = np.full((1, 14), nan)
     query2[0, 1] = 1
     assert retrieve(query2, candidates).tolist() == [0]
+
+
+def test_a_hub_id_as_base_llm_fails_with_how_to_copy_it(site, tmp_path, capsys):
+    code = main(["train", "--config", "tiny", "--data", str(site), "--base-llm", "meta-llama/Llama-3.2-1B",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "meta-llama/Llama-3.2-1B" in err and "--local-dir" in err
+    assert not (tmp_path / "run" / "checkpoint").exists()

@@ -222,8 +222,10 @@ def _cmd_make_base_llm(args: argparse.Namespace) -> int:
 
     summary = make_base_llm(args.corpus, args.out, args.size, dataset=args.dataset, seed=args.seed,
                             epochs=args.epochs, progress=not args.quiet)
-    print(json.dumps(summary, indent=1))
-    print(f"base LLM written to {args.out}")
+    print(f"{summary['reports']} reports, {summary['tokens']} tokens, vocabulary {summary['vocab_size']}, "
+          f"{summary['params']:,} parameters; loss {summary['first_loss']:.2f} -> {summary['final_loss']:.2f} "
+          f"in {summary['seconds']} s\nsample: {summary['sample']}")
+    print(f"base LLM written to {args.out} (summary in base_llm.json)")
     return 0
 
 

@@ -12,6 +12,7 @@ Adapters are stored in PEFT's own format (``<dir>/<name>/adapter_config.json`` +
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,9 +47,11 @@ def attach_adapters(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     """Wrap the frozen LLM in a PeftModel carrying the config's adapters, all trainable."""
     names = adapter_names(cfg)
     try:
-        model = get_peft_model(llm, lora_config(cfg), adapter_name=names[0])
-        for name in names[1:]:
-            model.add_adapter(name, lora_config(cfg))
+        with warnings.catch_warnings():  # PEFT asks transformers 5 about checkpointing by a deprecated name
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            model = get_peft_model(llm, lora_config(cfg), adapter_name=names[0])
+            for name in names[1:]:
+                model.add_adapter(name, lora_config(cfg))
     except ValueError as exc:  # PEFT: unknown family without target_modules, or no module matched
         raise ConfigError(
             f"model.target_modules: cannot place LoRA adapters on this '{llm.config.model_type}' model ({exc}); "
