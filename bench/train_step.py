@@ -55,13 +55,9 @@ def timed_steps(step, steps: int, warmup: int, device: torch.device) -> list[flo
 
 def ours(model: MRGModel, cfg, batch, steps: int, warmup: int) -> tuple[list[float], int]:
     trainer = Trainer(model, cfg, total_steps=10_000)
-    model.train()
 
     def step():
-        with trainer._autocast():
-            losses = model(batch)
-        losses["loss"].backward()
-        trainer._optimizer_step(losses)
+        trainer.train_step(batch)
 
     encoded = model.encoder(model._to_device(batch["image"]), model._to_device(batch["view_mask"]))
     report_ids = [model._ids(t)[: cfg.model.max_report_tokens] + [model.tokenizer.eos_token_id] for t in batch["report"]]

@@ -145,9 +145,7 @@ def test_a_short_run_lowers_the_loss_on_its_own_batch(tiny_base_llm, site):
     before = losses_of(fresh, batch)["loss"]
     trainer = Trainer(fresh, cfg, total_steps=12)
     for _ in range(12):
-        fresh.train()
-        trainer.model(batch)["loss"].backward()
-        trainer._optimizer_step({})
+        trainer.train_step(batch)
     after = losses_of(fresh, batch)
     assert after["loss"] < before
     assert after["lm_generic"] != pytest.approx(after["lm_dual"])  # the specialized adapter learned something
@@ -236,9 +234,7 @@ def test_other_llm_families_load_train_and_generate(family, tiny_base_llm, site,
     before = losses_of(variant, batch)["lm_generic"]
     trainer = Trainer(variant, cfg, total_steps=8)
     for _ in range(8):
-        variant.train()
-        variant(batch)["loss"].backward()
-        trainer._optimizer_step({})
+        trainer.train_step(batch)
     assert losses_of(variant, batch)["lm_generic"] < before
     assert len(variant.generate(batch, max_new_tokens=5)) == len(batch["id"])
 

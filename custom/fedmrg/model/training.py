@@ -139,6 +139,15 @@ class Trainer:
         self.state.history.append({"epoch": self.state.epochs_done, "step": self.state.step, **means})
         return means
 
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch (no accumulation): forward, backward, update."""
+        self.model.train()
+        with self._autocast():
+            losses = self.model(batch)
+        losses["loss"].backward()
+        self._optimizer_step(losses)
+        return losses
+
     @property
     def done(self) -> bool:
         return self.state.step >= self.total_steps
