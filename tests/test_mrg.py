@@ -248,7 +248,10 @@ def test_train_resume_evaluate_and_retrieve_from_the_command_line(tiny_bench, ti
     assert first["steps"] == 2 and not first["resumed"]
     assert main(["train", *common, "--max-steps", "5"]) == 0
     second = json.loads((run / "train_summary.json").read_text())
-    assert second["resumed"] and second["steps"] > 2
+    assert second["resumed"] and second["steps"] == 5
+    assert main(["train", *common]) == 0  # no limit: finishes the interrupted epoch, then the rest
+    third = json.loads((run / "train_summary.json").read_text())
+    assert third["steps"] == third["planned_steps"] and third["epochs"] == 2
     record = json.loads((site / "annotation.json").read_text())["test"][0]
     capsys.readouterr()
     assert main(["generate", "--model", str(run), "--json", *(str(site / "images" / p) for p in record["image_path"])]) == 0
@@ -300,3 +303,48 @@ def test_a_hub_id_as_base_llm_fails_with_how_to_copy_it(site, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "meta-llama/Llama-3.2-1B" in err and "--local-dir" in err
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_retrieval_ranks_by_positive_f1_before_equal_states():
+    from fedmrg.eval.retrieval import retrieve
+
+    query = np.full((1, 14), np.nan)
+    query[0, :2] = 1
+    a = np.zeros(14)  # positives {0..3}: F1 0.67, every other state differs from the query's
+    a[:4] = 1
+    b = np.full(14, np.nan)  # positives {0..4}: F1 0.57, but 9 more states equal the query's
+    b[:5] = 1
+    assert retrieve(query, np.stack([b, a])).tolist() == [1]
+
+
+def test_a_saved_model_loads_without_the_pretrained_encoder_file(tiny_base_llm, tmp_path):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "vit.safetensors"
+    donor = MRGModel.build(tiny_cfg(), tiny_base_llm, device="cpu")
+    save_file({k: v.contiguous() for k, v in donor.encoder.vit.state_dict().items()}, str(weights))
+    cfg = tiny_cfg()
+    cfg.model.encoder.pretrained = str(weights)
+    model = MRGModel.build(cfg, tiny_base_llm, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder.vit.state_dict().values(),
+                                                  donor.encoder.vit.state_dict().values()))
+    model.save(tmp_path / "run")
+    weights.unlink()
+    loaded = MRGModel.load(tmp_path / "run", device="cpu")
+    assert torch.equal(loaded.shared_state_dict()["encoder.view_embedding"], model.shared_state_dict()["encoder.view_embedding"])
+
+
+def test_load_refuses_another_base_llm(model, tiny_bench, tmp_path):
+    from fedmrg.model.base_llm import make_base_llm
+
+    model.save(tmp_path / "run")
+    make_base_llm(tiny_bench / "public", tmp_path / "other-llm", "tiny", epochs=1, seed=7, progress=False)
+    with pytest.raises(ConfigError, match="not the base LLM this model was trained on"):
+        MRGModel.load(tmp_path / "run", base_llm=tmp_path / "other-llm", device="cpu")
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_start_again(tiny_base_llm, site, tmp_path):
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)  # what a run killed during its first epoch leaves
+    summary = train_centralized(tiny_cfg(), [site], run, base_llm=tiny_base_llm, max_steps=1, progress=False)
+    assert summary["steps"] == 1 and not summary["resumed"]

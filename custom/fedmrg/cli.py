@@ -337,12 +337,13 @@ def _score_and_write(args: argparse.Namespace, predictions: dict, loader, datase
     from fedmrg.model.batches import loader_records
 
     references = {str(r["id"]): r["report"] for r in loader_records(loader)}
-    scores = score_reports(predictions, references, dataset=dataset)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kind = "findings" if args.handler is _cmd_evaluate else "retrieved"
+    _write_json(out.with_name(f"{out.stem}.predictions.json"), predictions)  # kept even if scoring fails
+    _write_json(out.with_name(f"{out.stem}.{kind}.json"), extra)
+    scores = score_reports(predictions, references, dataset=dataset)
     write_scores(out, scores)
-    _write_json(out.with_name(f"{out.stem}.predictions.json"), predictions)
-    _write_json(out.with_name(f"{out.stem}.{'findings' if args.handler is _cmd_evaluate else 'retrieved'}.json"),
-                extra)
     print(format_scores(scores))
     print(f"scores written to {out}; reports to {out.with_name(out.stem + '.predictions.json')}")
     return 0
@@ -386,7 +387,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     candidates = [row for site in (args.train_data or [args.data])
                   for row in split_records(site, "train", cfg.data.dataset)[0]]
     if not candidates:
-        raise FedMRGError(f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from")
+        raise FedMRGError(f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from "
+                          "(a test-only folder such as test-global needs --train-data SITE_DIR)")
     if model is None:
         query = np.stack([r["states"] for r in loader_records(loader)])
     else:

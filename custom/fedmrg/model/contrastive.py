@@ -46,7 +46,8 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 
     ``a`` and ``b`` are [B, d] and L2-normalised (the similarities are cosines).
     """
-    logits = a.float() @ b.float().T / temperature
+    with torch.autocast(a.device.type, enabled=False):  # cosines / 0.07 need more than bf16's 3 digits
+        logits = a.float() @ b.float().T / temperature
     target = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
@@ -59,7 +60,8 @@ def prototype_nce(features: Tensor, positives: Tensor, prototypes: Tensor, avail
     ``-log softmax_c'(cos(f, p_c') / temperature)`` at that class, the softmax running over the
     available prototypes; the mean over pairs. Zero (with a graph to ``features``) without pairs.
     """
-    logits = features.float() @ prototypes.float().T / temperature  # [B, C]
+    with torch.autocast(features.device.type, enabled=False):  # as in info_nce: fp32 cosines
+        logits = features.float() @ prototypes.float().T / temperature  # [B, C]
     logits = logits.masked_fill(~available[None, :], torch.finfo(logits.dtype).min)
     log_prob = F.log_softmax(logits, dim=-1)
     pairs = positives & available[None, :]

@@ -109,7 +109,8 @@ class DiagnosisHead(nn.Module):
             logits = logits + self.tau * prior.log()
         nll = -F.log_softmax(logits.float(), dim=-1).gather(-1, states.long()[..., None]).squeeze(-1)
         if self.loss_mode == "balanced":
-            weights = smoothed.sum(dim=-1, keepdim=True) / (len(STATES) * smoothed)  # [14, 4]
+            weights = 1.0 / smoothed  # [14, 4], then scaled to a mean of 1 over the training studies
+            weights = weights * smoothed.sum(dim=-1, keepdim=True) / (weights * smoothed).sum(dim=-1, keepdim=True)
             nll = nll * weights.expand(states.shape[0], -1, -1).gather(-1, states.long()[..., None]).squeeze(-1)
         return nll.mean()
 

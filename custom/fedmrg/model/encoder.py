@@ -58,6 +58,9 @@ class StudyEncoder(nn.Module):
             dropout_rate=cfg.dropout,
             spatial_dims=2,
         )
+        for name, parameter in self.vit.named_parameters():
+            if "norm_cross_attn" in name:  # MONAI builds it in every block; unused without cross-attention
+                parameter.requires_grad_(False)
         side = image_size // cfg.patch_size
         self.grid: tuple[int, int] = (side, side)
         self.out_dim: int = cfg.hidden_size

@@ -17,6 +17,7 @@ Parameters fall in two groups that cover every trainable tensor exactly once:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ ADAPTERS_DIR = "adapters"
 _POSITIVE_STATE = 1  # diagnosis class index of "positive" (see diagnosis.STATES)
 _SHARED_MODULES = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.")
 _LOCAL_MODULES = ("contrastive.client.",)
+_FINGERPRINT_BYTES = 1 << 20
 
 
 class MRGModel(nn.Module):
@@ -80,7 +82,7 @@ class MRGModel(nn.Module):
         if m.encoder.pretrained:
             load_encoder_weights(self.encoder, m.encoder.pretrained)
         self.projector = VisualProjector(self.encoder.out_dim, embed_dim, self.encoder.grid, m.visual_tokens)
-        init_std = float(self._embedding().weight.float().std())
+        init_std = float(self._embedding().weight[:8192].float().std())  # a sample: no fp32 copy of a big table
         self.customizer = PromptCustomizer(m.prompt_mode, m.num_prompts, m.num_books, self.encoder.out_dim, embed_dim,
                                            m.customizer_hidden, init_std=init_std)
         self.diagnosis = DiagnosisHead(self.encoder.out_dim, m.diagnosis_loss) if m.diagnosis else None
@@ -97,6 +99,7 @@ class MRGModel(nn.Module):
             if name != "llm":
                 module.to(info.device)
         self._instruction_ids = self._ids(m.instruction)
+        self._llm_fingerprint = llm_fingerprint(info.path)
 
     # ----------------------------------------------------------------------------------- building
     @classmethod
@@ -343,7 +346,8 @@ class MRGModel(nn.Module):
                   str(directory / MODULES_FILE))
         save_adapters(self.llm, directory / ADAPTERS_DIR, adapter_names(self.cfg.model))
         meta = {"fedmrg_version": __version__, "config": config_to_dict(self.cfg),
-                "llm": {"path": self.info.path, "family": self.info.family, "embed_dim": self.info.embed_dim}}
+                "llm": {"path": self.info.path, "family": self.info.family, "embed_dim": self.info.embed_dim,
+                        "fingerprint": self._llm_fingerprint}}
         (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return directory
 
@@ -358,12 +362,15 @@ class MRGModel(nn.Module):
         directory = Path(directory)
         meta = _read_model_file(directory)
         cfg = parse_config(meta["config"], f"{directory / MODEL_FILE}: config")
+        cfg.model.encoder.pretrained = None  # the trained encoder is in modules.safetensors
         if site_adapter is not None:
             cfg.model.adapters = "dual"
-        model = cls.build(cfg, base_llm=base_llm or meta["llm"]["path"], device=device)
-        if model.info.embed_dim != meta["llm"]["embed_dim"]:
-            raise ConfigError(f"{directory}: trained on an LLM of width {meta['llm']['embed_dim']}, "
-                              f"the base LLM given has width {model.info.embed_dim}")
+        llm_path = base_llm or meta["llm"]["path"]
+        recorded = meta["llm"].get("fingerprint")
+        if recorded and Path(llm_path).is_dir() and llm_fingerprint(llm_path) != recorded:
+            raise ConfigError(f"{llm_path}: not the base LLM this model was trained on (its files differ from "
+                              f"{meta['llm']['path']} at training time); pass that checkpoint with --base-llm")
+        model = cls.build(cfg, base_llm=llm_path, device=device)
         model._load_modules(directory / MODULES_FILE)
         for name in adapter_names(cfg.model):
             folder = Path(site_adapter) if (name == SPECIALIZED and site_adapter) else adapter_dir(
@@ -390,6 +397,25 @@ class MRGModel(nn.Module):
                               f"unexpected {unexpected[:3]})")
         if prototypes is not None and available is not None:
             self.set_prototypes(prototypes, available)
+
+
+def llm_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a checkpoint folder: its config and tokenizer files, and for each weight
+    file its size and first and last MiB (a retrained model differs there; hashing GBs would not pay)."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if not file.is_file():
+            continue
+        if file.suffix in (".safetensors", ".bin"):
+            size = file.stat().st_size
+            with file.open("rb") as handle:
+                head = handle.read(_FINGERPRINT_BYTES)
+                handle.seek(max(0, size - _FINGERPRINT_BYTES))
+                tail = handle.read(_FINGERPRINT_BYTES)
+            digest.update(f"{file.name}:{size}".encode() + head + tail)
+        elif file.name == "config.json" or file.name.startswith("tokenizer"):
+            digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
 
 
 def _read_model_file(directory: Path) -> dict:

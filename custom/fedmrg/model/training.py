@@ -8,6 +8,7 @@ previous one (a centralized run supplies its own; a federated site receives the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -39,7 +40,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer.pt"
 SUMMARY_FILE = "train_summary.json"
-_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps")}
+# Settings that may differ when a run resumes: how long, where, and how it logs or decodes.
+_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "device"), ("train", "num_workers"),
+                      ("train", "log_every"), ("model", "base_llm")}
+_RESUMABLE_SECTIONS = {"benchmark", "generate"}
 
 
 def seed_everything(seed: int) -> None:
@@ -83,6 +87,7 @@ class LoopState:
 
     step: int = 0
     epochs_done: int = 0
+    batches_done: int = 0  # of the epoch in progress (a step limit can stop mid-epoch)
     history: list[dict] = field(default_factory=list)
 
 
@@ -104,39 +109,51 @@ class Trainer:
             self.model.diagnosis.set_class_counts(class_counts(states).to(self.model.info.device))
 
     def run_epoch(self, loader: DataLoader, *, progress: bool = True, abort=None) -> dict[str, float]:
-        """One pass over ``loader`` (stops early at the step limit or when ``abort()`` is true).
+        """One pass over ``loader``, or the rest of one (stops at the step limit or when ``abort()``).
 
-        Returns the mean of every loss; sets the next epoch's prototypes from this one's features.
+        The first ``state.batches_done`` batches are skipped: they were trained before a resume
+        (the loader must give the same order, i.e. be seeded per epoch). An epoch counts as done
+        only when the loader is used up. Returns the mean of every loss of this call and sets the
+        next prototypes from this pass's generic-head features.
         """
-        model, accum = self.model, self.cfg.train.grad_accum
+        model, accum, total = self.model, self.cfg.train.grad_accum, len(loader)
         model.train()
         bank = PrototypeBank(len(OBSERVATIONS), self.cfg.model.contrastive_dim)
         model.prototype_collector = bank
         sums: dict[str, float] = defaultdict(float)
-        batches = 0
+        batches, finished = 0, True
         bar = tqdm(loader, desc=f"epoch {self.state.epochs_done + 1}", disable=not progress, leave=False)
         try:
             for index, batch in enumerate(bar):
+                if index < self.state.batches_done:
+                    continue
                 if self.done or (abort is not None and abort()):
+                    finished = False
                     break
                 model.predicted_prompt_prob = self.cfg.model.predicted_prompt_mix * self.state.step / self.total_steps
                 with self._autocast():
                     losses = model(batch)
-                (losses["loss"] / accum).backward()
+                group = min(accum, total - (index - index % accum))  # the last group may be short
+                (losses["loss"] / group).backward()
                 for name, value in losses.items():
                     sums[name] += float(value.detach())
                 batches += 1
-                if (index + 1) % accum == 0 or index + 1 == len(loader):
+                if (index + 1) % accum == 0 or index + 1 == total:
                     self._optimizer_step(losses)
+                    self.state.batches_done = index + 1
                     bar.set_postfix(loss=f"{losses['loss'].item():.3f}", step=self.state.step)
         finally:
+            self.optimizer.zero_grad(set_to_none=True)  # an interrupted accumulation group is dropped
             model.prototype_collector = None
             bar.close()
         if self.cfg.model.contrastive and bank.counts.sum() > 0:
             model.set_prototypes(*bank.means())
-        self.state.epochs_done += 1
-        means = {name: total / max(1, batches) for name, total in sums.items()}
-        self.state.history.append({"epoch": self.state.epochs_done, "step": self.state.step, **means})
+        if finished:
+            self.state.epochs_done += 1
+            self.state.batches_done = 0
+        means = {name: value / max(1, batches) for name, value in sums.items()}
+        self.state.history.append({"epoch": self.state.epochs_done + (0 if finished else 1), "step": self.state.step,
+                                   "complete": finished, **means})
         return means
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -183,13 +200,16 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "step": self.state.step, "epochs_done": self.state.epochs_done, "history": self.state.history,
-                "total_steps": self.total_steps}
+                "loop": dataclasses.asdict(self.state), "total_steps": self.total_steps,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.state = LoopState(state["step"], state["epochs_done"], list(state["history"]))
+        self.state = LoopState(**state["loop"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
 
 
 def train_centralized(
@@ -209,10 +229,12 @@ def train_centralized(
     val_loader = _optional_loader(cfg, sites, "val")
     total = planned_steps(cfg, len(train_loader), max_steps)
     checkpoint = out / CHECKPOINT_DIR
+    _recover_checkpoint(checkpoint)
     resumed = (checkpoint / TRAINER_STATE).is_file()
     if resumed:
         _check_resumable(checkpoint, cfg)
-        model = MRGModel.load(checkpoint, base_llm=base_llm)
+        model = MRGModel.load(checkpoint, base_llm=base_llm, device=cfg.train.device)
+        model.cfg.train, model.cfg.generate = cfg.train, cfg.generate  # what may change on resume
     else:
         _check_fresh_run_folder(out)
         model = MRGModel.build(cfg, base_llm=base_llm)
@@ -259,8 +281,17 @@ def _format_losses(row: dict) -> str:
 
 
 def _check_fresh_run_folder(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / MODEL_FILE).is_file():
+    """Start in an empty folder, a finished run's folder, or one a killed run left before its first checkpoint."""
+    own = {"tb", f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"}
+    if out.exists() and not (out / MODEL_FILE).is_file() and any(p.name not in own for p in out.iterdir()):
         raise ConfigError(f"{out}: exists and is not a FedMRG run folder; give a new --out")
+
+
+def _recover_checkpoint(checkpoint: Path) -> None:
+    """A crash between the two renames of :func:`_save_checkpoint` leaves only ``checkpoint.old``."""
+    previous = checkpoint.with_name(checkpoint.name + ".old")
+    if not checkpoint.exists() and (previous / TRAINER_STATE).is_file():
+        previous.rename(checkpoint)
 
 
 def _check_resumable(checkpoint: Path, cfg: Config) -> None:
@@ -269,8 +300,8 @@ def _check_resumable(checkpoint: Path, cfg: Config) -> None:
     current = config_to_dict(cfg)
     changed = [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
                for key, value in values.items()
-               if (section, key) not in _RESUMABLE_CHANGES and section != "benchmark"
-               and saved.get(section, {}).get(key, value) != value and (section, key) != ("model", "base_llm")]
+               if (section, key) not in _RESUMABLE_CHANGES and section not in _RESUMABLE_SECTIONS
+               and saved.get(section, {}).get(key, value) != value]
     if changed:
         raise ConfigError(f"{checkpoint}: the run was started with another config ({', '.join(changed[:5])} "
                           "differ); resume with the same config or give a new --out")
