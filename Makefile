@@ -34,8 +34,10 @@ demo: $(STAMP)
 	$(FEDMRG) train --config demo --data $(SITE) --base-llm $(DEMO_DIR)/base-llm --out $(RUN) --quiet
 	$(FEDMRG) evaluate --model $(RUN) --data $(SITE) --out $(RESULTS)/generated.json --quiet
 	$(FEDMRG) retrieve-baseline --model $(RUN) --data $(SITE) --out $(RESULTS)/retrieved.json --quiet
+	$(FEDMRG) retrieve-baseline --normal --config demo --data $(SITE) --out $(RESULTS)/retrieved-normal.json --quiet
 	$(FEDMRG) retrieve-baseline --oracle --config demo --data $(SITE) --out $(RESULTS)/retrieved-oracle.json --quiet
-	$(FEDMRG) report $(RESULTS)/generated.json $(RESULTS)/retrieved.json $(RESULTS)/retrieved-oracle.json --out $(RESULTS)/table.md
+	$(FEDMRG) report $(RESULTS)/generated.json $(RESULTS)/retrieved.json $(RESULTS)/retrieved-normal.json \
+		$(RESULTS)/retrieved-oracle.json --out $(RESULTS)/table.md
 	cat $(RESULTS)/table.md
 
 clean-demo:

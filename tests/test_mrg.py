@@ -268,6 +268,10 @@ def test_train_resume_evaluate_and_retrieve_from_the_command_line(tiny_bench, ti
     assert main(["retrieve-baseline", "--model", str(run), "--data", str(tiny_bench / "test-global"),
                  "--train-data", str(site), "--out", str(baseline), "--limit", "6", "--quiet"]) == 0
     assert json.loads(baseline.read_text()).keys() == result.keys()
+    normal = tmp_path / "eval" / "normal.json"
+    assert main(["retrieve-baseline", "--normal", "--config", "tiny", "--data", str(site), "--out", str(normal),
+                 "--limit", "6", "--quiet"]) == 0
+    assert len(set(json.loads((normal.parent / "normal.retrieved.json").read_text()).values())) == 1
     retrieved = json.loads((baseline.parent / "retrieval.retrieved.json").read_text())
     train_ids = {row["id"] for row in json.loads((site / "annotation.json").read_text())["train"]}
     assert set(retrieved.values()) <= train_ids

@@ -357,17 +357,21 @@ def _retrieve_parser(sub) -> None:
     p = sub.add_parser(
         "retrieve-baseline", help="baseline: copy the training report whose findings match best",
         description="For each study of the split, take the training report whose labeler findings best match the "
-                    "findings the model predicts (--model), or the reference report's own findings (--oracle, an "
-                    "upper bound for copying), and score the copies like `fedmrg evaluate`.",
+                    "findings the model predicts (--model), the reference report's own findings (--oracle, an "
+                    "upper bound for copying) or plain 'No Finding' (--normal, the same normal report for every "
+                    "study), and score the copies like `fedmrg evaluate`.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="RUN", help="model whose diagnosis head predicts the findings")
     source.add_argument("--oracle", action="store_true", help="use the reference reports' own findings")
+    source.add_argument("--normal", action="store_true",
+                        help="copy the best-matching normal report (No Finding positive) for every study: the "
+                             "floor any model must beat on CE")
     p.add_argument("--train-data", action="append", metavar="SITE_DIR",
                    help="sites whose train reports are retrieved from (default: --data); repeat for several")
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
     p.add_argument("--device", help="cpu, cuda, cuda:N")
-    p.add_argument("--config", default="demo", help="config for --oracle (text cleaning, image size)")
+    p.add_argument("--config", default="demo", help="config for --oracle / --normal (text cleaning, image size)")
     _add_split_flags(p)
     p.set_defaults(handler=_cmd_retrieve, site_adapter=None)
 
@@ -378,7 +382,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from fedmrg.eval.retrieval import retrieve
     from fedmrg.model.batches import split_records, study_loader
     from fedmrg.model.batches import loader_records
-    from fedmrg.model.diagnosis import labels_from_states
+    from fedmrg.eval.observations import OBSERVATIONS
+    from fedmrg.model.diagnosis import STATES, labels_from_states
 
     model = _load_model(args) if args.model else None
     cfg = model.cfg if model else load_config(args.config)
@@ -389,7 +394,10 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     if not candidates:
         raise FedMRGError(f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from "
                           "(a test-only folder such as test-global needs --train-data SITE_DIR)")
-    if model is None:
+    if args.normal:
+        query = np.zeros((len(loader_records(loader)), len(OBSERVATIONS)), dtype=np.int64)
+        query[:, OBSERVATIONS.index("No Finding")] = STATES.index("positive")
+    elif model is None:
         query = np.stack([r["states"] for r in loader_records(loader)])
     else:
         if model.diagnosis is None:
