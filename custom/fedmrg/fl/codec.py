@@ -1,0 +1,265 @@
+"""Low-rank update codec (DESIGN mechanism 5): what a site sends instead of dense weights.
+
+A round's update is the change of the shared parameters, ``{name: delta}``:
+
+- a LoRA module's two matrices are replaced by the change of their product, ``B1 A1 - B0 A0``
+  (rank <= 2r), kept in factored form (:class:`Factored`) so that no ``d x k`` matrix is built;
+- every other 2-D tensor of at least ``dense_below`` values is a plain matrix delta;
+- 1-D and small tensors are sent dense in fp16.
+
+Matrices are truncated by SVD to ``rank`` (or to the smallest rank that keeps ``energy`` of the
+squared singular values) and sent as two factors, ``U*S`` and ``V^T``, in fp16, bf16 or 8-bit
+with one scale per row. With error feedback, what the truncation and the rounding dropped is kept
+by the site (:class:`ErrorFeedback`, saved on its disk) and added to the next round's delta, so
+that the applied updates track the true ones over the rounds.
+
+A payload is serialised with safetensors (tensors + a JSON header); its size in bytes is exactly
+what goes over the wire (:func:`payload_bytes`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file, save, save_file
+
+Precision = Literal["fp16", "bf16", "int8"]
+_FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_FORMAT = "fedmrg-lowrank-1"
+LORA_A, LORA_B, LORA_PRODUCT = ".lora_A.", ".lora_B.", ".lora_AB."
+_RESIDUAL_RANK_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class Factored:
+    """A matrix kept as ``left @ right`` (``[d, m]`` and ``[m, k]``): a LoRA product or its change."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.left.shape[0], self.right.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        return self.left @ self.right
+
+    def __add__(self, other: "Factored") -> "Factored":
+        return Factored(torch.cat([self.left, other.left], 1), torch.cat([self.right, other.right], 0))
+
+    def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Thin SVD of ``left @ right`` through QR of each side: O((d + k) m^2), never d x k."""
+        q_left, r_left = torch.linalg.qr(self.left.double())
+        q_right, r_right = torch.linalg.qr(self.right.double().T)
+        u, s, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)
+        return q_left @ u, s, vh @ q_right.T
+
+
+Delta = Union[torch.Tensor, Factored]
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How a site compresses its update."""
+
+    rank: int = 8  # the most singular values kept per matrix
+    energy: float | None = None  # keep the smallest rank reaching this share of sum(s^2) (<= rank)
+    precision: Precision = "fp16"
+    dense_below: int = 4096  # 2-D tensors with fewer values go dense
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, got {self.rank}")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
+        if self.precision not in ("fp16", "bf16", "int8"):
+            raise ValueError(f"precision must be fp16, bf16 or int8, got {self.precision!r}")
+
+
+# ------------------------------------------------------------------------------------- deltas
+def lora_modules(names) -> dict[str, tuple[str, str]]:
+    """``{product key: (A key, B key)}`` for every LoRA pair among ``names``."""
+    pairs = {}
+    for name in names:
+        if LORA_A in name:
+            b_name = name.replace(LORA_A, LORA_B)
+            if b_name in names:
+                pairs[name.replace(LORA_A, LORA_PRODUCT)] = (name, b_name)
+    return pairs
+
+
+def round_delta(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, Delta]:
+    """The change from ``before`` to ``after``; LoRA pairs become the change of ``B @ A``."""
+    if before.keys() != after.keys():
+        raise ValueError("before and after must hold the same parameters")
+    pairs = lora_modules(set(before))
+    paired = {key for a, b in pairs.values() for key in (a, b)}
+    delta: dict[str, Delta] = {name: after[name].float() - before[name].float() for name in before
+                               if name not in paired}
+    for product, (a, b) in pairs.items():
+        delta[product] = Factored(torch.cat([after[b].float(), -before[b].float()], 1),
+                                  torch.cat([after[a].float(), before[a].float()], 0))
+    return delta
+
+
+# ------------------------------------------------------------------------------------ encoding
+def _kept_rank(s: torch.Tensor, spec: CodecSpec) -> int:
+    rank = min(spec.rank, int((s > 0).sum()))
+    if spec.energy is not None and rank > 0:
+        share = torch.cumsum(s**2, 0) / (s**2).sum()
+        rank = min(rank, int((share < spec.energy - 1e-12).sum()) + 1)
+    return max(rank, 1)
+
+
+def _svd(matrix: Delta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if isinstance(matrix, Factored):
+        return matrix.svd()
+    return torch.linalg.svd(matrix.double(), full_matrices=False)
+
+
+def _quantize(factor: torch.Tensor, precision: Precision) -> dict[str, torch.Tensor]:
+    if precision != "int8":
+        return {"": factor.to(_FLOAT_DTYPES[precision]).contiguous()}
+    scale = factor.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127.0
+    return {"": torch.round(factor / scale).to(torch.int8).contiguous(), "_scale": scale.float().contiguous()}
+
+
+def _dequantize(tensors: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    value = tensors[key].float()
+    scale = tensors.get(f"{key}_scale")
+    return value * scale if scale is not None else value
+
+
+def _is_matrix(name: str, value: Delta, spec: CodecSpec) -> bool:
+    if isinstance(value, Factored):
+        return True
+    return value.dim() == 2 and value.numel() >= spec.dense_below
+
+
+def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, Delta]]:
+    """Compress a round's delta; returns the payload and what it left out (for error feedback).
+
+    The left-out part is exact: ``decode(payload)[name] + left_out[name] == delta[name]`` up to
+    float rounding, as a dense tensor or, for LoRA products, as a :class:`Factored`.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    header: dict[str, dict] = {}
+    left_out: dict[str, Delta] = {}
+    for name, value in sorted(delta.items()):
+        if not _is_matrix(name, value, spec):
+            sent = value.to(torch.float16).contiguous()
+            tensors[f"{name}:dense"] = sent
+            header[name] = {"kind": "dense", "shape": list(value.shape)}
+            left_out[name] = value.float() - sent.float()
+            continue
+        u, s, vh = _svd(value)
+        rank = _kept_rank(s, spec)
+        left, right = (u[:, :rank] * s[:rank]).float(), vh[:rank].float()
+        for part, factor in (("u", left), ("v", right)):
+            for suffix, tensor in _quantize(factor, spec.precision).items():
+                tensors[f"{name}:{part}{suffix}"] = tensor
+        header[name] = {"kind": "lowrank", "shape": list(value.shape), "rank": rank,
+                        "factored": isinstance(value, Factored)}
+        sent_left, sent_right = _dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v")
+        if isinstance(value, Factored):
+            left_out[name] = value + Factored(-sent_left, sent_right)
+        else:
+            left_out[name] = value.float() - sent_left @ sent_right
+    metadata = {"format": _FORMAT, "precision": spec.precision, "entries": json.dumps(header)}
+    return save(tensors, metadata=metadata), left_out
+
+
+def decode(payload: bytes) -> dict[str, Delta]:
+    """The delta a payload carries: dense tensors, and :class:`Factored` for low-rank entries."""
+    header = payload_header(payload)
+    tensors = load_bytes(payload)
+    out: dict[str, Delta] = {}
+    for name, entry in header.items():
+        if entry["kind"] == "dense":
+            out[name] = tensors[f"{name}:dense"].float()
+        else:
+            out[name] = Factored(_dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"))
+    return out
+
+
+def payload_header(payload: bytes) -> dict[str, dict]:
+    """The per-entry description (kind, shape, rank) from a payload's safetensors header."""
+    size = int.from_bytes(payload[:8], "little")
+    metadata = json.loads(payload[8: 8 + size]).get("__metadata__", {})
+    if metadata.get("format") != _FORMAT:
+        raise ValueError(f"not a FedMRG low-rank payload (format {metadata.get('format')!r})")
+    return json.loads(metadata["entries"])
+
+
+def payload_bytes(payload: bytes) -> int:
+    """Bytes on the wire: the whole serialised payload, header included."""
+    return len(payload)
+
+
+def dense_bytes(state: dict[str, torch.Tensor]) -> int:
+    """What fp32 FedAvg would send for the same parameters (values only)."""
+    return sum(4 * t.numel() for t in state.values())
+
+
+# ------------------------------------------------------------------------------ error feedback
+class ErrorFeedback:
+    """What earlier rounds left out, added to the next delta; kept on the site's disk."""
+
+    def __init__(self) -> None:
+        self.residual: dict[str, Delta] = {}
+
+    def compensate(self, delta: dict[str, Delta]) -> dict[str, Delta]:
+        """``delta`` plus the stored residual, entry by entry."""
+        out = dict(delta)
+        for name, residual in self.residual.items():
+            if name not in out:
+                continue
+            value = out[name]
+            if isinstance(value, Factored) != isinstance(residual, Factored):
+                raise ValueError(f"{name}: residual and delta are of different kinds")
+            out[name] = value + residual
+        return out
+
+    def keep(self, left_out: dict[str, Delta], spec: CodecSpec) -> None:
+        """Store what this round left out.
+
+        A factored residual is re-factorized to its numerical rank, capped at ``4 * rank`` so that
+        the state of a big matrix stays small; below the cap nothing is lost.
+        """
+        kept: dict[str, Delta] = {}
+        for name, value in left_out.items():
+            if isinstance(value, Factored):
+                u, s, vh = value.svd()
+                rank = max(1, min(_RESIDUAL_RANK_FACTOR * spec.rank, int((s > s.max() * 1e-9).sum())))
+                value = Factored((u[:, :rank] * s[:rank]).float(), vh[:rank].float())
+            kept[name] = value
+        self.residual = kept
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {}
+        for name, value in self.residual.items():
+            if isinstance(value, Factored):
+                tensors[f"{name}:left"], tensors[f"{name}:right"] = value.left.contiguous(), value.right.contiguous()
+            else:
+                tensors[f"{name}:dense"] = value.contiguous()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ErrorFeedback":
+        feedback = cls()
+        if Path(path).is_file():
+            tensors = load_file(str(path))
+            names = {key.rsplit(":", 1)[0] for key in tensors}
+            for name in names:
+                if f"{name}:dense" in tensors:
+                    feedback.residual[name] = tensors[f"{name}:dense"]
+                else:
+                    feedback.residual[name] = Factored(tensors[f"{name}:left"], tensors[f"{name}:right"])
+        return feedback
