@@ -60,7 +60,7 @@ def ours(model: MRGModel, cfg, batch, steps: int, warmup: int) -> tuple[list[flo
         trainer.train_step(batch)
 
     encoded = model.encoder(model._to_device(batch["image"]), model._to_device(batch["view_mask"]))
-    report_ids = [model._ids(t)[: cfg.model.max_report_tokens] + [model.tokenizer.eos_token_id] for t in batch["report"]]
+    report_ids = model.report_ids(batch["report"])
     sequence_length = model._sequences(encoded, model._to_device(batch["states"]), report_ids)[0].shape[1]
     return timed_steps(step, steps, warmup, model.info.device), sequence_length
 
@@ -135,7 +135,7 @@ def main() -> None:
         batch = next(iter(study_loader(cfg, [args.data], "train", train=True)))
         model = MRGModel.build(cfg, checkpoint, device=args.device)
         ours_times, sequence_length = ours(model, cfg, batch, args.steps, args.warmup)
-        report_tokens = max(len(model._ids(t)[: cfg.model.max_report_tokens]) + 1 for t in batch["report"])
+        report_tokens = max(len(ids) for ids in model.report_ids(batch["report"]))
         tokens_per_second = generation_speed(model, next(iter(study_loader(cfg, [args.data], "test", train=False))), 2)
         device = str(model.info.device)
         del model

@@ -14,7 +14,7 @@ from fedmrg.cli import main
 from fedmrg.config import load_config
 from fedmrg.data.images import load_image, save_dicom
 from fedmrg.errors import ConfigError
-from fedmrg.model.adapters import GENERIC, SPECIALIZED, active_adapters
+from fedmrg.model.adapters import GENERIC, SPECIALIZED
 from fedmrg.model.batches import study_loader
 from fedmrg.model.inference import generate_for, study_batch
 from fedmrg.model.llm import load_llm, random_llm

@@ -33,7 +33,7 @@ Precision = Literal["fp16", "bf16", "int8"]
 _FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _FORMAT = "fedmrg-lowrank-1"
 LORA_A, LORA_B, LORA_PRODUCT = ".lora_A.", ".lora_B.", ".lora_AB."
-_RESIDUAL_RANK_FACTOR = 4
+RESIDUAL_RANK_FACTOR = 4  # residuals (site and server) are kept at <= 4 x the rank that is sent
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class Factored:
 
 
 Delta = Union[torch.Tensor, Factored]
+
+
+def components(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, start: int, stop: int) -> Factored:
+    """Singular components ``start .. stop-1`` of an SVD as factors ``U*S`` and ``V^T`` (float32)."""
+    return Factored((u[:, start:stop] * s[start:stop]).float(), vh[start:stop].float())
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,8 @@ def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, D
             continue
         u, s, vh = _svd(value)
         rank = _kept_rank(s, spec)
-        left, right = (u[:, :rank] * s[:rank]).float(), vh[:rank].float()
-        for part, factor in (("u", left), ("v", right)):
+        kept = components(u, s, vh, 0, rank)
+        for part, factor in (("u", kept.left), ("v", kept.right)):
             for suffix, tensor in _quantize(factor, spec.precision).items():
                 tensors[f"{name}:{part}{suffix}"] = tensor
         header[name] = {"kind": "lowrank", "shape": list(value.shape), "rank": rank,
@@ -236,8 +241,8 @@ class ErrorFeedback:
         for name, value in left_out.items():
             if isinstance(value, Factored):
                 u, s, vh = value.svd()
-                rank = max(1, min(_RESIDUAL_RANK_FACTOR * spec.rank, int((s > s.max() * 1e-9).sum())))
-                value = Factored((u[:, :rank] * s[:rank]).float(), vh[:rank].float())
+                rank = max(1, min(RESIDUAL_RANK_FACTOR * spec.rank, int((s > s.max() * 1e-9).sum())))
+                value = components(u, s, vh, 0, rank)
             kept[name] = value
         self.residual = kept
 

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from fedmrg.fl.codec import Delta, Factored, lora_modules
+from fedmrg.fl.codec import RESIDUAL_RANK_FACTOR, Delta, Factored, components, lora_modules
 
-_RESIDUAL_RANK_FACTOR = 4  # the server's residual per LoRA module is kept at <= 4 x adapter rank
 _ZERO = 1e-12  # relative size under which a singular value counts as zero
 
 
@@ -106,8 +105,7 @@ def refactorize(product: Factored, rank: int, generator: torch.Generator | None 
     if live < rank:
         fresh = torch.randn(rank - live, k, generator=generator, dtype=torch.float64)
         a[live:] = fresh / math.sqrt(3 * k)  # the variance of PEFT's kaiming-uniform init of A
-    tail = min(s.numel(), keep + _RESIDUAL_RANK_FACTOR * rank)
-    rest = Factored((u[:, keep:tail] * s[keep:tail]).float(), vh[keep:tail].float())
+    rest = components(u, s, vh, keep, min(s.numel(), keep + RESIDUAL_RANK_FACTOR * rank))
     return b.float(), a.float(), rest
 
 

@@ -164,7 +164,7 @@ class MRGModel(nn.Module):
             logits = self.diagnosis(encoded.pooled)
             losses["diagnosis"] = self.diagnosis.loss(logits, truth)
             states = self._training_prompt_states(truth, self.diagnosis.predict(logits))
-        report_ids = [self._ids(text)[: m.max_report_tokens] + [self.tokenizer.eos_token_id] for text in batch["report"]]
+        report_ids = self.report_ids(batch["report"])
         embeds, mask, positions, labels = self._sequences(encoded, states, report_ids)
         losses.update(self._language_losses(embeds, mask, positions, labels))
         if self.contrastive is not None:
@@ -262,6 +262,11 @@ class MRGModel(nn.Module):
         if self.diagnosis is None:
             return " report:"
         return f" diagnosis: {diagnosis_prompt(states_row.tolist())}. report:"
+
+    def report_ids(self, texts: list[str]) -> list[list[int]]:
+        """Target token ids of reports: truncated to ``model.max_report_tokens``, then eos."""
+        limit, eos = self.cfg.model.max_report_tokens, self.tokenizer.eos_token_id
+        return [self._ids(text)[:limit] + [eos] for text in texts]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
