@@ -144,3 +144,18 @@ def test_spec_rejects_bad_settings():
     for bad in ({"rank": 0}, {"energy": 1.5}, {"precision": "fp8"}):
         with pytest.raises(ValueError):
             CodecSpec(**bad)
+
+
+def test_tensors_of_more_dimensions_travel_as_matricized_factors():
+    g = torch.Generator().manual_seed(5)
+    kernel = (torch.randn(32, 2, generator=g) @ torch.randn(2, 64, generator=g)).reshape(32, 1, 8, 8)
+    position = torch.randn(1, 16, 2, generator=g) @ torch.randn(2, 48, generator=g)
+    payload, left_out = encode({"patch.weight": kernel, "position": position}, CodecSpec(rank=2, dense_below=64))
+    header = payload_header(payload)
+    assert header["patch.weight"]["kind"] == header["position"]["kind"] == "lowrank"
+    decoded = decode(payload)
+    for name, value in (("patch.weight", kernel), ("position", position)):
+        assert decoded[name].shape == value.shape
+        torch.testing.assert_close(dense(decoded[name]) + left_out[name], value)
+        assert (dense(decoded[name]) - value).norm() / value.norm() < 1e-2
+    assert len(payload) < 0.4 * (kernel.numel() + position.numel()) * 2  # far below dense fp16

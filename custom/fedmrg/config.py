@@ -201,9 +201,40 @@ class GenerateConfig:
         _require(self.no_repeat_ngram_size >= 0, where, "no_repeat_ngram_size", "must be >= 0")
 
 
+UpdateKind = Literal["lowrank", "dense"]
+Precision = Literal["fp16", "bf16", "int8"]
+
+
+@dataclass
+class FLConfig:
+    """Federated rounds and the update codec (DESIGN mechanism 5 and the federated protocol)."""
+
+    rounds: int = 5
+    local_epochs: int = 1  # passes over the site's training studies per round
+    local_steps: Optional[int] = None  # optimizer steps per round instead of whole epochs
+    update: UpdateKind = "lowrank"  # lowrank: SVD factors + error feedback; dense: fp32 FedAvg (FedIT)
+    rank: int = 4  # singular values kept per matrix of a round's delta
+    energy: Optional[float] = None  # or fewer: the smallest rank keeping this share of the energy
+    precision: Precision = "fp16"  # of the sent factors (int8: one scale per row)
+    dense_below: int = 4096  # 2-D tensors with fewer values are sent dense (fp16)
+    error_feedback: bool = True  # sites keep what truncation dropped and add it to the next delta
+    server_residual: bool = True  # the server keeps what LoRA re-factorization dropped
+    max_update_norm: float = 1000.0  # updates with a larger Frobenius norm per entry are refused
+    min_sites: Optional[int] = None  # sites needed per round; None = every site of the job
+    key_metric: str = "val_loss"  # the best global model is the one with the lowest mean of this
+
+    def check(self, where: str) -> None:
+        for key in ("rounds", "local_epochs", "rank", "dense_below"):
+            _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+        _require(self.local_steps is None or self.local_steps >= 1, where, "local_steps", "must be at least 1")
+        _require(self.energy is None or 0 < self.energy <= 1, where, "energy", "must be in (0, 1]")
+        _require(self.max_update_norm > 0, where, "max_update_norm", "must be > 0")
+        _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
+
+
 @dataclass
 class Config:
-    """The whole configuration; the federated room adds its section here."""
+    """The whole configuration."""
 
     name: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
@@ -211,6 +242,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
 
 
 def _require(ok: bool, where: str, key: str, reason: str) -> None:

@@ -95,7 +95,7 @@ def result_label(path: str | os.PathLike) -> str:
 COLUMNS = (*METRICS, *(f"CE-F1 {variant}" for variant in VARIANTS))
 
 
-def _row_values(scores: Mapping[str, Any]) -> list[float | None]:
+def row_values(scores: Mapping[str, Any]) -> list[float | None]:
     return [*(scores["nlg"][m] for m in METRICS), *(scores["ce"][v]["f1"] for v in VARIANTS)]
 
 
@@ -104,7 +104,7 @@ def markdown_table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     header = ["result", "n", *COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
     for label, scores in results:
-        cells = [label, str(scores["n"]), *(_value(v) for v in _row_values(scores))]
+        cells = [label, str(scores["n"]), *(_value(v) for v in row_values(scores))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -119,7 +119,7 @@ def plot_results(results: Sequence[tuple[str, Mapping[str, Any]]], path: str | o
     width = 0.8 / len(results)
     x = np.arange(len(COLUMNS))
     for k, (label, scores) in enumerate(results):
-        heights = [np.nan if v is None else v for v in _row_values(scores)]
+        heights = [np.nan if v is None else v for v in row_values(scores)]
         ax.bar(x - 0.4 + (k + 0.5) * width, heights, width, label=f"{label} (n={scores['n']})")
     ax.set_xticks(x, COLUMNS, rotation=30, ha="right")
     ax.set_ylabel("score")

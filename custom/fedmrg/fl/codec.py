@@ -4,12 +4,13 @@ A round's update is the change of the shared parameters, ``{name: delta}``:
 
 - a LoRA module's two matrices are replaced by the change of their product, ``B1 A1 - B0 A0``
   (rank <= 2r), kept in factored form (:class:`Factored`) so that no ``d x k`` matrix is built;
-- every other 2-D tensor of at least ``dense_below`` values is a plain matrix delta;
+- every other tensor of at least ``dense_below`` values and two or more dimensions is a matrix delta
+  (a conv kernel or a position embedding is first matricized: :func:`matricized`);
 - 1-D and small tensors are sent dense in fp16.
 
 Matrices are truncated by SVD to ``rank`` (or to the smallest rank that keeps ``energy`` of the
 squared singular values) and sent as two factors, ``U*S`` and ``V^T``, in fp16, bf16 or 8-bit
-with one scale per row. With error feedback, what the truncation and the rounding dropped is kept
+with one scale per singular component. With error feedback, what the truncation and the rounding dropped is kept
 by the site (:class:`ErrorFeedback`, saved on its disk) and added to the next round's delta, so
 that the applied updates track the true ones over the rounds.
 
@@ -38,20 +39,23 @@ RESIDUAL_RANK_FACTOR = 4  # residuals (site and server) are kept at <= 4 x the r
 
 @dataclass(frozen=True)
 class Factored:
-    """A matrix kept as ``left @ right`` (``[d, m]`` and ``[m, k]``): a LoRA product or its change."""
+    """A matrix kept as ``left @ right`` (``[d, m]`` and ``[m, k]``): a LoRA product or its change,
+    or a tensor of more dimensions (``view``) whose matricization ``[d, k]`` is factored."""
 
     left: torch.Tensor
     right: torch.Tensor
+    view: tuple[int, ...] | None = None
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.left.shape[0], self.right.shape[1])
+    def shape(self) -> tuple[int, ...]:
+        return self.view or (self.left.shape[0], self.right.shape[1])
 
     def dense(self) -> torch.Tensor:
-        return self.left @ self.right
+        product = self.left @ self.right
+        return product.reshape(self.view) if self.view else product
 
     def __add__(self, other: "Factored") -> "Factored":
-        return Factored(torch.cat([self.left, other.left], 1), torch.cat([self.right, other.right], 0))
+        return Factored(torch.cat([self.left, other.left], 1), torch.cat([self.right, other.right], 0), self.view)
 
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Thin SVD of ``left @ right`` through QR of each side: O((d + k) m^2), never d x k."""
@@ -122,16 +126,25 @@ def _kept_rank(s: torch.Tensor, spec: CodecSpec) -> int:
     return max(rank, 1)
 
 
-def _svd(matrix: Delta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if isinstance(matrix, Factored):
-        return matrix.svd()
-    return torch.linalg.svd(matrix.double(), full_matrices=False)
+def matricized(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor as the matrix its SVD is taken of: singleton dimensions dropped, then the first
+    dimension against the rest (a conv kernel ``[out, in, h, w]`` becomes ``[out, in*h*w]``)."""
+    kept = [n for n in tensor.shape if n != 1] or [1]
+    return tensor.reshape(kept[0], -1)
 
 
-def _quantize(factor: torch.Tensor, precision: Precision) -> dict[str, torch.Tensor]:
+def _svd(value: Delta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if isinstance(value, Factored):
+        return value.svd()
+    return torch.linalg.svd(matricized(value).double(), full_matrices=False)
+
+
+def _quantize(factor: torch.Tensor, precision: Precision, component_dim: int) -> dict[str, torch.Tensor]:
+    """fp16 / bf16, or int8 with one fp32 scale per singular component (the columns of ``U*S``,
+    the rows of ``V^T``): r scales per factor, not one per row of a tall factor."""
     if precision != "int8":
         return {"": factor.to(_FLOAT_DTYPES[precision]).contiguous()}
-    scale = factor.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127.0
+    scale = factor.abs().amax(dim=1 - component_dim, keepdim=True).clamp(min=1e-30) / 127.0
     return {"": torch.round(factor / scale).to(torch.int8).contiguous(), "_scale": scale.float().contiguous()}
 
 
@@ -141,10 +154,10 @@ def _dequantize(tensors: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     return value * scale if scale is not None else value
 
 
-def _is_matrix(name: str, value: Delta, spec: CodecSpec) -> bool:
+def _is_matrix(value: Delta, spec: CodecSpec) -> bool:
     if isinstance(value, Factored):
         return True
-    return value.dim() == 2 and value.numel() >= spec.dense_below
+    return matricized(value).shape[0] > 1 and value.dim() >= 2 and value.numel() >= spec.dense_below
 
 
 def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, Delta]]:
@@ -157,7 +170,7 @@ def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, D
     header: dict[str, dict] = {}
     left_out: dict[str, Delta] = {}
     for name, value in sorted(delta.items()):
-        if not _is_matrix(name, value, spec):
+        if not _is_matrix(value, spec):
             sent = value.to(torch.float16).contiguous()
             tensors[f"{name}:dense"] = sent
             header[name] = {"kind": "dense", "shape": list(value.shape)}
@@ -166,16 +179,16 @@ def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, D
         u, s, vh = _svd(value)
         rank = _kept_rank(s, spec)
         kept = components(u, s, vh, 0, rank)
-        for part, factor in (("u", kept.left), ("v", kept.right)):
-            for suffix, tensor in _quantize(factor, spec.precision).items():
+        for part, factor, component_dim in (("u", kept.left, 1), ("v", kept.right, 0)):
+            for suffix, tensor in _quantize(factor, spec.precision, component_dim).items():
                 tensors[f"{name}:{part}{suffix}"] = tensor
         header[name] = {"kind": "lowrank", "shape": list(value.shape), "rank": rank,
                         "factored": isinstance(value, Factored)}
-        sent_left, sent_right = _dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v")
+        sent = Factored(_dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"), _view(value.shape))
         if isinstance(value, Factored):
-            left_out[name] = value + Factored(-sent_left, sent_right)
+            left_out[name] = value + Factored(-sent.left, sent.right)
         else:
-            left_out[name] = value.float() - sent_left @ sent_right
+            left_out[name] = value.float() - sent.dense()
     metadata = {"format": _FORMAT, "precision": spec.precision, "entries": json.dumps(header)}
     return save(tensors, metadata=metadata), left_out
 
@@ -189,8 +202,14 @@ def decode(payload: bytes) -> dict[str, Delta]:
         if entry["kind"] == "dense":
             out[name] = tensors[f"{name}:dense"].float()
         else:
-            out[name] = Factored(_dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"))
+            out[name] = Factored(_dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"),
+                                 _view(entry["shape"]))
     return out
+
+
+def _view(shape) -> tuple[int, ...] | None:
+    """The shape a factored entry is viewed as, when it is not the plain matrix ``[d, k]``."""
+    return tuple(shape) if len(shape) != 2 else None
 
 
 def payload_header(payload: bytes) -> dict[str, dict]:

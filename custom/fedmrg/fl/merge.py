@@ -79,7 +79,7 @@ def weighted_mean(deltas: Sequence[dict[str, Delta]], weights: Sequence[float]) 
         values = [delta[name] for delta in deltas]
         if isinstance(values[0], Factored):
             mean[name] = Factored(torch.cat([share * v.left for share, v in zip(shares, values)], 1),
-                                  torch.cat([v.right for v in values], 0))
+                                  torch.cat([v.right for v in values], 0), values[0].view)
         else:
             mean[name] = sum(share * v.float() for share, v in zip(shares, values))
     return mean

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from fedmrg.config import ModelConfig
@@ -109,6 +109,24 @@ def save_adapters(model: PeftModel, directory: str | os.PathLike, names: Sequenc
     directory = Path(directory)
     model.save_pretrained(str(directory), selected_adapters=list(names))
     return [adapter_dir(directory, name) for name in names]
+
+
+def save_peft_adapter(folder: str | os.PathLike, state: dict[str, torch.Tensor], name: str, cfg: ModelConfig,
+                      base_model: str) -> Path:
+    """Write one adapter's weights (keys as in the PeftModel, adapter name included) in PEFT's layout,
+    without the model: what a server that never loads the LLM writes for the global adapter."""
+    marker = f".{name}."
+    weights = {}
+    for key, value in state.items():
+        if marker not in key:
+            raise ValueError(f"{key}: not a parameter of adapter '{name}'")
+        weights[key.replace(marker, ".")] = value.detach().cpu().contiguous()
+    folder = Path(folder)
+    config = lora_config(cfg)
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(folder))
+    save_file(weights, str(folder / _ADAPTER_WEIGHTS))
+    return folder
 
 
 def adapter_dir(directory: str | os.PathLike, name: str) -> Path:

@@ -47,6 +47,7 @@ from fedmrg.model.adapters import (
     attach_adapters,
     load_adapter_weights,
     save_adapters,
+    save_peft_adapter,
     symmetric_kl,
 )
 from fedmrg.model.contrastive import ContrastiveHeads, PrototypeBank, info_nce, prototype_nce
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "fedmrg_model.json"
 MODULES_FILE = "modules.safetensors"
 ADAPTERS_DIR = "adapters"
+SHARED_SCOPE = "shared"  # fedmrg_model.json "scope" of a model folder without local parameters
 _POSITIVE_STATE = 1  # diagnosis class index of "positive" (see diagnosis.STATES)
 _SHARED_MODULES = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.")
 _LOCAL_MODULES = ("contrastive.client.",)
@@ -350,11 +352,14 @@ class MRGModel(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in self._module_state().items()},
                   str(directory / MODULES_FILE))
         save_adapters(self.llm, directory / ADAPTERS_DIR, adapter_names(self.cfg.model))
-        meta = {"fedmrg_version": __version__, "config": config_to_dict(self.cfg),
+        _write_model_file(directory, self.model_meta())
+        return directory
+
+    def model_meta(self) -> dict:
+        """What ``fedmrg_model.json`` records: the package version, the config and the base LLM."""
+        return {"fedmrg_version": __version__, "config": config_to_dict(self.cfg),
                 "llm": {"path": self.info.path, "family": self.info.family, "embed_dim": self.info.embed_dim,
                         "fingerprint": self._llm_fingerprint}}
-        (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, base_llm: str | os.PathLike | None = None,
@@ -375,8 +380,11 @@ class MRGModel(nn.Module):
         if recorded and Path(llm_path).is_dir() and llm_fingerprint(llm_path) != recorded:
             raise ConfigError(f"{llm_path}: not the base LLM this model was trained on (its files differ from "
                               f"{meta['llm']['path']} at training time); pass that checkpoint with --base-llm")
+        shared_only = meta.get("scope") == SHARED_SCOPE
+        if shared_only and site_adapter is None:
+            cfg.model.adapters = "single"  # a site without its own adapter generates with the generic one
         model = cls.build(cfg, base_llm=llm_path, device=device)
-        model._load_modules(directory / MODULES_FILE)
+        model._load_modules(directory / MODULES_FILE, shared_only)
         for name in adapter_names(cfg.model):
             folder = Path(site_adapter) if (name == SPECIALIZED and site_adapter) else adapter_dir(
                 directory / ADAPTERS_DIR, name)
@@ -390,18 +398,49 @@ class MRGModel(nn.Module):
         state["prototypes"], state["prototype_available"] = self.prototypes, self.prototype_available
         return state
 
-    def _load_modules(self, path: Path) -> None:
+    def _load_modules(self, path: Path, shared_only: bool = False) -> None:
+        """Load the non-LLM modules; a shared-only (federated global) model lacks the site's own
+        parameters and the training-time buffers, which keep their fresh values."""
         if not path.is_file():
             raise ConfigError(f"{path}: not found (a model folder written by `fedmrg train`)")
         state = load_file(str(path))
         prototypes, available = state.pop("prototypes", None), state.pop("prototype_available", None)
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("llm.")]
+        if shared_only:
+            shared = self._shared_parameters()
+            missing = [k for k in missing if k in shared]
         if missing or unexpected:
             raise ConfigError(f"{path}: does not match the model config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
         if prototypes is not None and available is not None:
             self.set_prototypes(prototypes, available)
+
+
+def save_shared_model(directory: str | os.PathLike, meta: dict, shared: dict[str, torch.Tensor],
+                      prototypes: torch.Tensor | None = None, available: torch.Tensor | None = None) -> Path:
+    """Write a model folder from shared parameters alone (the federated global model).
+
+    ``meta`` is a site's :meth:`MRGModel.model_meta`; ``shared`` is a :meth:`MRGModel.shared_state_dict`.
+    The generic adapter goes to ``adapters/generic/`` in PEFT's format, the other shared modules
+    (and the prototypes) to ``modules.safetensors``; nothing local is written. :meth:`MRGModel.load`
+    reads the folder (with ``site_adapter`` for a site's own specialized adapter).
+    """
+    directory = Path(directory)
+    cfg = parse_config(meta["config"], "model meta: config")
+    modules = {name: value.detach().cpu().contiguous() for name, value in shared.items() if not name.startswith("llm.")}
+    if prototypes is not None and available is not None:
+        modules["prototypes"], modules["prototype_available"] = prototypes.float(), available.bool()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(modules, str(directory / MODULES_FILE))
+    adapter = {name[len("llm."):]: value for name, value in shared.items() if name.startswith("llm.")}
+    save_peft_adapter(adapter_dir(directory / ADAPTERS_DIR, GENERIC), adapter, GENERIC, cfg.model, meta["llm"]["path"])
+    _write_model_file(directory, {**meta, "scope": SHARED_SCOPE})
+    return directory
+
+
+def _write_model_file(directory: Path, meta: dict) -> None:
+    (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def llm_fingerprint(path: str | os.PathLike) -> str:

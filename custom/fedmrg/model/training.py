@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +100,7 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.train.warmup_ratio)
         self.state = LoopState()
         self.writer = writer
+        self.prototype_bank: PrototypeBank | None = None  # generic-head features of the last pass
         self._params = [p for p in model.parameters() if p.requires_grad]
 
     def set_class_counts(self, loader: DataLoader) -> None:
@@ -114,7 +115,7 @@ class Trainer:
         The first ``state.batches_done`` batches are skipped: they were trained before a resume
         (the loader must give the same order, i.e. be seeded per epoch). An epoch counts as done
         only when the loader is used up. Returns the mean of every loss of this call and sets the
-        next prototypes from this pass's generic-head features.
+        next prototypes from this pass's generic-head features (kept in ``prototype_bank``).
         """
         model, accum, total = self.model, self.cfg.train.grad_accum, len(loader)
         model.train()
@@ -146,6 +147,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)  # an interrupted accumulation group is dropped
             model.prototype_collector = None
             bar.close()
+        self.prototype_bank = bank  # a federated site sends its sums and counts
         if self.cfg.model.contrastive and bank.counts.sum() > 0:
             model.set_prototypes(*bank.means())
         if finished:
@@ -229,7 +231,7 @@ def train_centralized(
     val_loader = _optional_loader(cfg, sites, "val")
     total = planned_steps(cfg, len(train_loader), max_steps)
     checkpoint = out / CHECKPOINT_DIR
-    _recover_checkpoint(checkpoint)
+    recover_directory(checkpoint, TRAINER_STATE)
     resumed = (checkpoint / TRAINER_STATE).is_file()
     if resumed:
         _check_resumable(checkpoint, cfg)
@@ -287,11 +289,26 @@ def _check_fresh_run_folder(out: Path) -> None:
         raise ConfigError(f"{out}: exists and is not a FedMRG run folder; give a new --out")
 
 
-def _recover_checkpoint(checkpoint: Path) -> None:
-    """A crash between the two renames of :func:`_save_checkpoint` leaves only ``checkpoint.old``."""
-    previous = checkpoint.with_name(checkpoint.name + ".old")
-    if not checkpoint.exists() and (previous / TRAINER_STATE).is_file():
-        previous.rename(checkpoint)
+def recover_directory(target: Path, marker: str) -> None:
+    """A crash between the two renames of :func:`replace_directory` leaves only ``target.old``
+    (complete when it holds ``marker``): put it back."""
+    previous = target.with_name(target.name + ".old")
+    if not target.exists() and (previous / marker).is_file():
+        previous.rename(target)
+
+
+def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder as a whole: ``write`` fills a staging folder that then replaces ``target``,
+    so that a crash leaves the previous version intact."""
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    previous = target.with_name(target.name + ".old")
+    if target.exists():
+        target.rename(previous)
+    staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _check_resumable(checkpoint: Path, cfg: Config) -> None:
@@ -308,13 +325,8 @@ def _check_resumable(checkpoint: Path, cfg: Config) -> None:
 
 
 def _save_checkpoint(model: MRGModel, trainer: Trainer, checkpoint: Path) -> None:
-    """Replace the checkpoint as a whole, so a crash leaves the previous one intact."""
-    staging = checkpoint.with_name(checkpoint.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save(staging)
-    torch.save(trainer.state_dict(), staging / TRAINER_STATE)
-    previous = checkpoint.with_name(checkpoint.name + ".old")
-    if checkpoint.exists():
-        checkpoint.rename(previous)
-    staging.rename(checkpoint)
-    shutil.rmtree(previous, ignore_errors=True)
+    def write(staging: Path) -> None:
+        model.save(staging)
+        torch.save(trainer.state_dict(), staging / TRAINER_STATE)
+
+    replace_directory(checkpoint, write)

@@ -1,0 +1,170 @@
+"""The server's aggregator: check every site update, merge the accepted ones exactly.
+
+:class:`LowRankAggregator` is an NVFlare ``ModelAggregator``. The controller
+(:mod:`fedmrg.fl.controller`) gives it the global state at the start of a round
+(:meth:`~LowRankAggregator.start_round`), hands it each site's result (:meth:`accept_model`, which
+returns False and logs why for an update that must not be used) and asks for the next global state
+(:meth:`aggregate_model`). Sites are weighted by their number of training studies; the arithmetic
+(exact mean of low-rank products, LoRA re-factorization, the server's residual) is
+:mod:`fedmrg.fl.merge`. Prototype sums and counts are pooled, so every site counts by its positives.
+
+:class:`DenseAggregator` is the FedAvg baseline (FedIT): full fp32 parameters, LoRA A and B
+averaged separately, with the same checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
+
+from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.fl import messages as msg
+from fedmrg.fl.codec import Delta, Factored, decode
+from fedmrg.fl.merge import apply_mean_delta, expected_delta_shapes, update_problem, weighted_mean
+from fedmrg.model.contrastive import PrototypeBank
+
+
+class LowRankAggregator(ModelAggregator):
+    """Validates and merges low-rank (SVD-factor) updates."""
+
+    params_type = ParamsType.DIFF
+
+    def __init__(self, max_rank: int = 4, max_norm: float = 1000.0, server_residual: bool = True,
+                 prototype_dim: int | None = None, seed: int = 0):
+        super().__init__()
+        self.max_rank, self.max_norm, self.prototype_dim = max_rank, max_norm, prototype_dim
+        self.server_residual, self.seed = server_residual, seed
+        self.residual: dict[str, Factored] = {}
+        self.global_state: dict[str, torch.Tensor] | None = None
+        self.round = 0
+        self.reset_stats()
+
+    # ---------------------------------------------------------------------------- the round
+    def start_round(self, global_state: dict[str, torch.Tensor], round_number: int) -> None:
+        """The state the sites trained from this round (what deltas are relative to)."""
+        self.global_state, self.round = global_state, round_number
+        self._expected = self.expected_shapes(global_state)
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.deltas: list[dict[str, Delta]] = []
+        self.weights: list[float] = []
+        self.banks: list[PrototypeBank] = []
+        self.accepted: list[str] = []
+        self.refused: dict[str, str] = {}
+
+    def accept_model(self, model: FLModel) -> bool:
+        """Use the update, or refuse it (False) with a log line saying why."""
+        site = str((model.meta or {}).get(msg.CLIENT_NAME, "unknown site"))
+        try:
+            weight, delta, bank = self._read(model)
+        except ValueError as exc:
+            reason = str(exc)
+        else:
+            reason = update_problem(delta, self._expected, self.max_rank, self.max_norm)
+        if reason is not None:
+            self.refused[site] = reason
+            self.warning(f"round {self.round}: update of {site} refused: {reason}")
+            return False
+        self.deltas.append(delta)
+        self.weights.append(weight)
+        if bank is not None:
+            self.banks.append(bank)
+        self.accepted.append(site)
+        self.info(f"round {self.round}: update of {site} accepted (weight {weight:g})")
+        return True
+
+    def aggregate_model(self) -> FLModel:
+        """The next global state (FULL) with the pooled prototypes in ``meta``; unchanged without updates."""
+        if self.global_state is None:
+            raise RuntimeError("start_round() must give the global state before aggregation")
+        meta = {"accepted": list(self.accepted), "refused": dict(self.refused)}
+        if not self.deltas:
+            self.warning(f"round {self.round}: no acceptable update; the global model stays as it was")
+            return FLModel(params_type=ParamsType.FULL, params=self.global_state, meta=meta)
+        mean = weighted_mean(self.deltas, self.weights)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.round)
+        state, residual = apply_mean_delta(self.global_state, mean, self.residual if self.server_residual else None,
+                                           generator)
+        if self.server_residual:
+            self.residual = residual
+        if self.banks:
+            meta.update(pooled_prototypes(self.banks))
+        self.reset_stats()
+        return FLModel(params_type=ParamsType.FULL, params=state, meta=meta)
+
+    # ------------------------------------------------------------------------------ reading
+    def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+        return expected_delta_shapes(global_state)
+
+    def _read(self, model: FLModel) -> tuple[float, dict[str, Delta], PrototypeBank | None]:
+        meta = model.meta or {}
+        weight = meta.get(msg.TRAIN_STUDIES)
+        if not isinstance(weight, (int, np.integer)) or isinstance(weight, bool) or weight < 1:
+            raise ValueError(f"meta '{msg.TRAIN_STUDIES}' must be a positive integer, got {weight!r}")
+        if model.params_type != self.params_type:
+            raise ValueError(f"params_type {model.params_type}, expected {self.params_type}")
+        delta = self.decode_params(model.params or {})
+        bank = None
+        if msg.PROTOTYPE_SUMS in meta or msg.PROTOTYPE_COUNTS in meta:
+            bank = PrototypeBank.from_state({"sums": meta.get(msg.PROTOTYPE_SUMS), "counts": meta.get(msg.PROTOTYPE_COUNTS)})
+            expected = (len(OBSERVATIONS), self.prototype_dim)
+            if self.prototype_dim is None or tuple(bank.sums.shape) != expected:
+                raise ValueError(f"prototype sums of shape {list(bank.sums.shape)}, expected "
+                                 f"{list(expected) if self.prototype_dim else 'none (contrastive learning is off)'}")
+        return float(weight), delta, bank
+
+    def decode_params(self, params: dict) -> dict[str, Delta]:
+        if set(params) != {msg.UPDATE}:
+            raise ValueError(f"params must hold exactly '{msg.UPDATE}', got {sorted(map(str, params))[:3]}")
+        try:
+            return decode(msg.array_to_payload(params[msg.UPDATE]))
+        except Exception as exc:  # untrusted bytes: any failure (safetensors has its own error type) is a refusal
+            raise ValueError(f"unreadable update payload ({exc.__class__.__name__}: {exc})") from None
+
+    # ----------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The server residual, flat, for the controller's checkpoint."""
+        out = {}
+        for name, value in self.residual.items():
+            out[f"{name}:left"], out[f"{name}:right"] = value.left.contiguous(), value.right.contiguous()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = {key.rsplit(":", 1)[0] for key in state}
+        self.residual = {name: Factored(state[f"{name}:left"], state[f"{name}:right"]) for name in names}
+
+
+class DenseAggregator(LowRankAggregator):
+    """FedAvg of full fp32 parameters (the FedIT baseline): A and B of each LoRA pair averaged apart."""
+
+    params_type = ParamsType.FULL
+
+    def __init__(self, max_norm: float = 1000.0, prototype_dim: int | None = None, seed: int = 0):
+        super().__init__(max_rank=0, max_norm=max_norm, server_residual=False, prototype_dim=prototype_dim, seed=seed)
+
+    def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(value.shape) for name, value in global_state.items()}
+
+    def decode_params(self, params: dict) -> dict[str, Delta]:
+        """The change of each parameter; A and B stay separate, so their mean is FedIT's."""
+        delta = {}
+        for name, value in params.items():
+            tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
+            reference = self.global_state.get(name) if self.global_state is not None else None
+            if reference is None or tuple(tensor.shape) != tuple(reference.shape):
+                delta[name] = tensor  # the checks name the unexpected key or the wrong shape
+            else:
+                delta[name] = tensor - reference.float()
+        return delta
+
+
+def pooled_prototypes(banks: list[PrototypeBank]) -> dict[str, np.ndarray]:
+    """The sites' banks merged: per-finding means and which findings have any (``meta`` entries)."""
+    merged = PrototypeBank(*banks[0].sums.shape)
+    for bank in banks:
+        merged.merge(bank)
+    prototypes, available = merged.means()
+    return {msg.PROTOTYPES: prototypes.numpy(), msg.AVAILABLE: available.numpy()}

@@ -1,0 +1,227 @@
+"""The server's workflow: rounds of train tasks, the aggregator, checkpoints, results, the global model.
+
+``FedMRGController`` is an NVFlare ``ModelController``:
+
+1. the initial global model comes from one site (``submit_model``: every site builds the same one
+   from the config's seed, and the server never loads the LLM);
+2. each round it sends the global shared parameters and prototypes (``train``), has the aggregator
+   check and merge the results, and records bytes received and sent, the sites' metrics and what
+   it refused; then it writes a checkpoint, so a stopped job resumes at the next round;
+3. at the end every site scores the final model on its test split (``validate``), and the server
+   writes ``results.json``, the global model and the best model by the key metric (the sites' mean
+   validation loss of the global model they received).
+
+Output (``results_dir``, or the job's run folder on the server): ``results.json``, ``rounds.png``,
+``global_model/``, ``best_model/``, ``server_state/`` (checkpoint) and ``audit/round-NNN.json``
+(the names of everything each site sent, for a hospital's privacy review).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.workflows.model_controller import ModelController
+from safetensors.torch import load_file, save_file
+
+from fedmrg.config import config_to_dict, parse_config
+from fedmrg.fl import messages as msg
+from fedmrg.fl.aggregator import LowRankAggregator
+from fedmrg.fl.codec import payload_header
+from fedmrg.fl.results import plot_rounds, write_json
+from fedmrg.model.mrg import save_shared_model
+from fedmrg.model.training import recover_directory, replace_directory
+
+STATE_DIR, STATE_FILE = "server_state", "state.json"
+GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors", "residual.safetensors"
+RESULTS_FILE = "results.json"
+
+
+class FedMRGController(ModelController):
+    """Federated rounds with a checking, exact aggregator; resumable; writes results and models."""
+
+    def __init__(self, config: dict, rounds: int, job_name: str = "fedmrg", min_sites: int | None = None,
+                 key_metric: str = "val_loss", aggregator_id: str = "aggregator", results_dir: str | None = None,
+                 final_validation: bool = True) -> None:
+        super().__init__(persistor_id="")  # the controller keeps its own checkpoint (global model + residual)
+        self.config, self.rounds, self.job_name = config, rounds, job_name
+        self.min_sites, self.key_metric = min_sites, key_metric
+        self.aggregator_id, self.results_dir = aggregator_id, results_dir
+        self.final_validation = final_validation
+
+    # ----------------------------------------------------------------------------------- run
+    def run(self) -> None:
+        self.aggregator: LowRankAggregator = self.engine.get_component(self.aggregator_id)
+        if not isinstance(self.aggregator, LowRankAggregator):
+            self.system_panic(f"component '{self.aggregator_id}' must be a LowRankAggregator", self.fl_ctx)
+            return
+        self.out = self._output_dir()
+        state = self._load_state() or self._initial_state()
+        if state is None:
+            return
+        for round_number in range(state["next_round"], self.rounds):
+            if self.abort_signal.triggered:
+                return
+            self._run_round(state, round_number)
+            self._save_state(state)
+        if self.final_validation and not self.abort_signal.triggered:
+            state["final"] = self._final_scores(state)
+        self._write_outputs(state)
+
+    def _run_round(self, state: dict, round_number: int) -> None:
+        sent = self._global_message(state, round_number)
+        bytes_down = msg.state_bytes(sent.params) + msg.state_bytes(
+            {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)})
+        results = self.send_model_and_wait(msg.TRAIN, data=sent, min_responses=self.min_sites)
+        self.aggregator.start_round(state["global"], round_number)
+        record = {"round": round_number, "bytes_up": {}, "bytes_down": {}, "dense_bytes_up": {}, "metrics": {},
+                  "accepted": [], "refused": {}}
+        audit = {}
+        dense = msg.state_bytes(state["global"])
+        for result in results:
+            site = str(result.meta.get(msg.CLIENT_NAME))
+            record["bytes_up"][site] = _received_bytes(result)
+            record["bytes_down"][site] = bytes_down
+            record["dense_bytes_up"][site] = dense
+            record["metrics"][site] = {k: float(v) for k, v in (result.metrics or {}).items()}
+            audit[site] = _audit_entry(result)
+            self.aggregator.accept_model(result)
+        merged = self.aggregator.aggregate_model()
+        record["accepted"], record["refused"] = merged.meta["accepted"], merged.meta["refused"]
+        self._track_best(state, record["metrics"], round_number)
+        state["global"] = {k: v.detach().clone() for k, v in merged.params.items()}
+        if msg.PROTOTYPES in merged.meta:
+            state["prototypes"] = {k: torch.as_tensor(merged.meta[k]) for k in (msg.PROTOTYPES, msg.AVAILABLE)}
+        state["rounds"].append(record)
+        state["next_round"] = round_number + 1
+        write_json(self.out / "audit" / f"round-{round_number:03d}.json", audit)
+        self.info(f"round {round_number + 1}/{self.rounds}: accepted {record['accepted']}, "
+                  f"refused {list(record['refused'])}, bytes up {sum(record['bytes_up'].values())}")
+
+    def _global_message(self, state: dict, round_number: int) -> FLModel:
+        meta = {}
+        if state.get("prototypes") is not None:
+            meta = {k: v.numpy() for k, v in state["prototypes"].items()}
+        return FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(state["global"]), current_round=round_number,
+                       total_rounds=self.rounds, meta=meta)
+
+    def _initial_state(self) -> dict | None:
+        """The starting global model, from the first site that answers ``submit_model``."""
+        sites = sorted(client.name for client in self.engine.get_clients())
+        for site in sites:
+            replies = self.send_model_and_wait(msg.SUBMIT_MODEL, data=FLModel(params={}), targets=[site])
+            if replies and replies[0].params:
+                self.info(f"initial global model from {site}")
+                return {"next_round": 0, "global": msg.to_torch(replies[0].params), "prototypes": None,
+                        "model_meta": replies[0].meta[msg.MODEL_META], "rounds": [], "best": None}
+        self.system_panic("no site could provide the initial model", self.fl_ctx)
+        return None
+
+    def _track_best(self, state: dict, metrics: dict[str, dict], round_number: int) -> None:
+        """The model sent this round was measured by every site before training: keep it if it is the best."""
+        values = [m[self.key_metric] for m in metrics.values() if self.key_metric in m]
+        if not values:
+            return
+        value = float(np.mean(values))
+        if state["best"] is None or value < state["best"]["value"]:
+            state["best"] = {"round": round_number, "value": value, "metric": self.key_metric}
+            state["best_global"] = {k: v.clone() for k, v in state["global"].items()}
+
+    def _final_scores(self, state: dict) -> dict:
+        sent = self._global_message(state, self.rounds)
+        final, metrics = {}, {}
+        for result in self.send_model_and_wait(msg.VALIDATE, data=sent, min_responses=self.min_sites):
+            site = str(result.meta.get(msg.CLIENT_NAME))
+            metrics[site] = {k: float(v) for k, v in (result.metrics or {}).items()}
+            if msg.SCORES in result.meta:
+                final[site] = result.meta[msg.SCORES]
+        self._track_best(state, metrics, self.rounds)  # the final model, measured the same way
+        return final
+
+    # ------------------------------------------------------------------------------- outputs
+    def _output_dir(self) -> Path:
+        if self.results_dir:
+            return Path(self.results_dir)
+        return Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
+
+    def _write_outputs(self, state: dict) -> None:
+        prototypes = state.get("prototypes") or {}
+        models = {"global_model": state["global"]}
+        if state.get("best_global") is not None:
+            models["best_model"] = state["best_global"]
+        for folder, shared in models.items():
+            replace_directory(self.out / folder, lambda staging, shared=shared: save_shared_model(
+                staging, state["model_meta"], shared, prototypes.get(msg.PROTOTYPES), prototypes.get(msg.AVAILABLE)))
+        results = {"job": self.job_name, "config": self.config, "rounds": state["rounds"],
+                   "final": state.get("final", {}), "global_model": str((self.out / "global_model").resolve()),
+                   "best_model": dict(state["best"] or {}, path=str((self.out / "best_model").resolve()))}
+        write_json(self.out / RESULTS_FILE, results)
+        plot_rounds(results, self.out / "rounds.png")
+        self.info(f"results in {self.out / RESULTS_FILE}, global model in {self.out / 'global_model'}")
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def _save_state(self, state: dict) -> None:
+        def write(folder: Path) -> None:
+            save_file({k: v.contiguous() for k, v in state["global"].items()}, str(folder / GLOBAL_FILE))
+            if state.get("best_global") is not None:
+                save_file({k: v.contiguous() for k, v in state["best_global"].items()}, str(folder / BEST_FILE))
+            extra = dict(self.aggregator.state_dict())
+            if state.get("prototypes") is not None:
+                extra.update({f"{msg.PROTOTYPES}:{k}": v.contiguous() for k, v in state["prototypes"].items()})
+            save_file(extra, str(folder / RESIDUAL_FILE))
+            info = {k: state[k] for k in ("next_round", "model_meta", "rounds", "best")}
+            write_json(folder / STATE_FILE, {**info, "config": self.config, "job": self.job_name})
+
+        replace_directory(self.out / STATE_DIR, write)
+        write_json(self.out / RESULTS_FILE, {"job": self.job_name, "config": self.config, "rounds": state["rounds"],
+                                              "final": {}, "global_model": None, "in_progress": True})
+
+    def _load_state(self) -> dict | None:
+        folder = self.out / STATE_DIR
+        recover_directory(folder, STATE_FILE)
+        if not (folder / STATE_FILE).is_file():
+            return None
+        info = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        if _without_rounds(info["config"]) != _without_rounds(self.config) or info.get("job") != self.job_name:
+            self.system_panic(f"{folder}: a checkpoint of another job or config; remove it or use another "
+                              "results folder (--workspace)", self.fl_ctx)
+            return None
+        extra = load_file(str(folder / RESIDUAL_FILE))
+        prototypes = {k.split(":", 1)[1]: v for k, v in extra.items() if k.startswith(f"{msg.PROTOTYPES}:")}
+        self.aggregator.load_state_dict({k: v for k, v in extra.items() if not k.startswith(f"{msg.PROTOTYPES}:")})
+        state = {**info, "global": load_file(str(folder / GLOBAL_FILE)), "prototypes": prototypes or None}
+        if (folder / BEST_FILE).is_file():
+            state["best_global"] = load_file(str(folder / BEST_FILE))
+        self.info(f"resuming from {folder} at round {state['next_round'] + 1}")
+        return state
+
+
+def _without_rounds(config: dict) -> dict:
+    """A config as a checkpoint compares it: a job may resume with more (or fewer) rounds."""
+    plain = config_to_dict(parse_config(config, "checkpoint config"))
+    plain["fl"]["rounds"] = None
+    return plain
+
+
+def _received_bytes(result: FLModel) -> int:
+    """What the server received from a site: the parameters or payload, and the prototype arrays."""
+    meta = result.meta or {}
+    prototypes = {k: meta[k] for k in (msg.PROTOTYPE_SUMS, msg.PROTOTYPE_COUNTS) if k in meta}
+    return msg.state_bytes(result.params or {}) + msg.state_bytes(prototypes)
+
+
+def _audit_entry(result: FLModel) -> dict:
+    """Names of everything a site sent: parameters, payload entries, metadata and metric keys."""
+    params = result.params or {}
+    entry = {"params": sorted(map(str, params)), "meta": sorted(map(str, result.meta or {})),
+             "metrics": sorted(map(str, result.metrics or {}))}
+    if msg.UPDATE in params:
+        try:
+            entry["payload_entries"] = sorted(payload_header(msg.array_to_payload(params[msg.UPDATE])))
+        except Exception as exc:  # an unreadable payload is refused by the aggregator; record it here
+            entry["payload_entries"] = f"unreadable: {exc.__class__.__name__}"
+    return entry
+

@@ -1,0 +1,138 @@
+"""The site trainer as an NVFlare executor: tasks ``train``, ``validate`` and ``submit_model``.
+
+The executor reads the site's own settings (:func:`fedmrg.fl.site.load_site_settings`) when the
+job starts, builds a :class:`~fedmrg.fl.site.SiteTrainer` on the first task and keeps it for the
+job. Long work checks FLARE's abort signal. Losses and scores are streamed to the server through
+FLARE's experiment tracking (a ``TBWriter`` component), so the server's TensorBoard shows every site.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+
+from fedmrg.config import parse_config
+from fedmrg.errors import FedMRGError
+from fedmrg.fl import messages as msg
+from fedmrg.fl.site import SiteTrainer, apply_site_settings, load_site_settings
+
+log = logging.getLogger(__name__)
+
+
+class MRGExecutor(Executor):
+    """One hospital's trainer for a FedMRG job."""
+
+    def __init__(self, config: dict, run_name: str = "fedmrg", base_llm: str | None = None,
+                 writer_id: str | None = "log_writer", test_limit: int | None = None) -> None:
+        """``config``: the job's config (a ``config_to_dict`` mapping); ``run_name`` keys the site's
+        state folder, so a resubmitted job of the same name resumes; ``base_llm``: the path the job
+        names (a site's ``base_llm`` setting wins); ``test_limit``: test studies scored per site."""
+        super().__init__()
+        self.config, self.run_name, self.base_llm = config, run_name, base_llm
+        self.writer_id, self.test_limit = writer_id, test_limit
+        self.site = ""
+        self.writer = None
+        self.settings = None
+        self.trainer: SiteTrainer | None = None
+        self.site_root: Path | None = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            engine = fl_ctx.get_engine()
+            self.site = fl_ctx.get_identity_name()
+            workspace = engine.get_workspace()
+            self.site_root = Path(workspace.get_root_dir())
+            self.settings, source = load_site_settings(self.site, workspace.get_site_config_dir())
+            self.log_info(fl_ctx, f"site settings from {source}: data {self.settings.data_dir}")
+            if self.writer_id:
+                self.writer = engine.get_component(self.writer_id)
+
+    # --------------------------------------------------------------------------------- tasks
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name not in (msg.TRAIN, msg.VALIDATE, msg.SUBMIT_MODEL):
+            self.log_error(fl_ctx, f"unknown task {task_name!r}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        try:
+            trainer = self._trainer()
+            request = FLModelUtils.from_shareable(shareable)
+            if task_name == msg.SUBMIT_MODEL:
+                reply = FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(trainer.model.shared_state_dict()),
+                                meta={msg.MODEL_META: trainer.model.model_meta()})
+            else:
+                self._load_global(trainer, request)
+                if abort_signal.triggered:
+                    return make_reply(ReturnCode.TASK_ABORTED)
+                reply = (self._train(trainer, request, abort_signal) if task_name == msg.TRAIN
+                         else self._validate(trainer, request))
+        except InterruptedError:
+            self.log_info(fl_ctx, f"{task_name} aborted")
+            return make_reply(ReturnCode.TASK_ABORTED)
+        except (FedMRGError, ValueError) as exc:  # bad data, settings or message: the job says why
+            self.log_error(fl_ctx, f"{task_name} failed: {exc}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        return FLModelUtils.to_shareable(reply)
+
+    def _trainer(self) -> SiteTrainer:
+        if self.trainer is None:
+            if self.settings is None:
+                raise ValueError("the executor was not started (no START_RUN event)")
+            cfg = parse_config(self.config, "job config")
+            if self.base_llm and not cfg.model.base_llm:
+                cfg.model.base_llm = self.base_llm
+            cfg = apply_site_settings(cfg, self.settings)
+            state_root = Path(self.settings.state_dir) if self.settings.state_dir else self.site_root / "fedmrg-state"
+            self.trainer = SiteTrainer(cfg, self.site, self.settings.data_dir, state_root / self.run_name)
+        return self.trainer
+
+    def _load_global(self, trainer: SiteTrainer, request: FLModel) -> None:
+        meta = request.meta or {}
+        prototypes = None
+        if msg.PROTOTYPES in meta:
+            prototypes = msg.to_torch({"prototypes": meta[msg.PROTOTYPES], "available": meta[msg.AVAILABLE]})
+        trainer.load_global(msg.to_torch(request.params or {}), prototypes)
+
+    def _train(self, trainer: SiteTrainer, request: FLModel, abort_signal: Signal) -> FLModel:
+        round_number = int(request.current_round or 0)
+        metrics = trainer.validation_losses()  # of the global model just received
+        update = trainer.train_round(round_number, abort=lambda: abort_signal.triggered)
+        metrics.update(update.metrics)
+        meta = {msg.TRAIN_STUDIES: update.train_studies, msg.BYTES_UP: update.bytes_up,
+                msg.DENSE_BYTES_UP: update.dense_bytes_up, "steps": update.steps}
+        if update.prototypes is not None:
+            meta[msg.PROTOTYPE_SUMS] = update.prototypes["sums"].numpy()
+            meta[msg.PROTOTYPE_COUNTS] = update.prototypes["counts"].numpy()
+        if update.dense is not None:
+            reply = FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(update.dense), metrics=metrics, meta=meta)
+        else:
+            reply = FLModel(params_type=ParamsType.DIFF, params={msg.UPDATE: msg.payload_to_array(update.payload)},
+                            metrics=metrics, meta=meta)
+        self._track(metrics, round_number)
+        return reply
+
+    def _validate(self, trainer: SiteTrainer, request: FLModel) -> FLModel:
+        """Scores of the model received (generic alone, and with this site's adapter) on the test split;
+        the reports themselves stay in the site's workspace."""
+        reports = trainer.state_dir.with_name(f"{trainer.state_dir.name}-reports")
+        scores = trainer.test_scores(out_dir=reports, limit=self.test_limit)
+        metrics = trainer.validation_losses()
+        for label, values in scores.items():
+            metrics.update({f"test_{label}_{name}": value for name, value in values["nlg"].items() if value is not None})
+            metrics[f"test_{label}_CE-F1_micro"] = values["ce"]["micro"]["f1"]
+        self._track(metrics, int(request.current_round or 0))
+        return FLModel(params_type=ParamsType.FULL, params={}, metrics=metrics, meta={msg.SCORES: scores})
+
+    def _track(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"{self.site}/{name}", float(value), global_step=step)
+

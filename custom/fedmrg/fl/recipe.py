@@ -1,0 +1,182 @@
+"""FLARE job assembly: the FedMRG recipe and the command line every ``jobs/*/job.py`` shares.
+
+:class:`FedMRGRecipe` is an NVFlare ``Recipe`` (``execute`` runs it or, with ``--export``, writes
+the job folder that ``nvflare job submit`` and the admin console take). Its job holds:
+
+- server: :class:`~fedmrg.fl.controller.FedMRGController`, the aggregator (low-rank, or dense for
+  the FedAvg baseline) and a TensorBoard receiver for the sites' metrics;
+- every site: :class:`~fedmrg.fl.executor.MRGExecutor` for ``train`` / ``validate`` /
+  ``submit_model``, and the writer that streams its metrics to the server.
+
+The job carries the config (model, training plan, codec) but no site paths: each site reads its own
+settings (data folder, base LLM, device) from its workspace or ``$FEDMRG_SITE_SETTINGS``. The
+``fedmrg`` package is expected to be installed at every site (``pip install``), as the hospitals'
+IT would pre-install it; it is not copied into the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
+from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
+from nvflare.job_config.api import FedJob
+from nvflare.recipe import ProdEnv, SimEnv
+from nvflare.recipe.spec import Recipe
+from nvflare.recipe.utils import add_experiment_tracking
+
+from fedmrg.config import Config, config_to_dict, load_config
+from fedmrg.errors import ConfigError
+from fedmrg.fl import messages as msg
+from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
+from fedmrg.fl.controller import RESULTS_FILE, FedMRGController
+from fedmrg.fl.executor import MRGExecutor
+from fedmrg.fl.site import SETTINGS_ENV
+
+log = logging.getLogger(__name__)
+
+# What a site's (and the server's) class_allow_list must admit for a FedMRG job that brings no code.
+COMPONENT_CLASSES = tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in (
+    FedMRGController, LowRankAggregator, DenseAggregator, MRGExecutor))
+
+
+def allow_fedmrg_components(local_dir: str | os.PathLike) -> Path:
+    """Add the FedMRG components to the ``class_allow_list`` of a workspace's ``local/resources.json``
+    (FLARE's default list when the file has none), keeping everything else in the file."""
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+    from nvflare.app_common.widgets.component_path_authorizer import CLASS_ALLOW_LIST
+
+    path = Path(local_dir) / "resources.json"
+    resources = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"format_version": 2}
+    allowed = list(resources.get(CLASS_ALLOW_LIST, DEFAULT_CLASS_ALLOW_LIST))
+    resources[CLASS_ALLOW_LIST] = allowed + [name for name in COMPONENT_CLASSES if name not in allowed]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(resources, indent=4), encoding="utf-8")
+    return path
+
+
+class FedMRGRecipe(Recipe):
+    """A federated FedMRG run (or its FedAvg baseline when ``cfg.fl.update`` is ``dense``)."""
+
+    def __init__(self, cfg: Config, *, name: str = "fedmrg", sites: int = 2, base_llm: str | None = None,
+                 results_dir: str | None = None, test_limit: int | None = None, final_validation: bool = True) -> None:
+        config = config_to_dict(cfg)
+        fl = cfg.fl
+        job = FedJob(name=name, min_clients=fl.min_sites or sites)
+        job.set_app_packages(["fedmrg"])
+        controller = FedMRGController(config=config, rounds=fl.rounds, job_name=name, min_sites=fl.min_sites,
+                                      key_metric=fl.key_metric, results_dir=results_dir,
+                                      final_validation=final_validation)
+        prototype_dim = cfg.model.contrastive_dim if cfg.model.contrastive else None
+        if fl.update == "dense":
+            aggregator = DenseAggregator(max_norm=fl.max_update_norm, prototype_dim=prototype_dim, seed=cfg.train.seed)
+        else:
+            aggregator = LowRankAggregator(max_rank=fl.rank, max_norm=fl.max_update_norm,
+                                           server_residual=fl.server_residual, prototype_dim=prototype_dim,
+                                           seed=cfg.train.seed)
+        job.to_server(controller, id="controller")
+        job.to_server(aggregator, id="aggregator")
+        executor = MRGExecutor(config=config, run_name=name, base_llm=base_llm, writer_id="log_writer",
+                               test_limit=test_limit)
+        job.to_clients(executor, tasks=[msg.TRAIN, msg.VALIDATE, msg.SUBMIT_MODEL])
+        job.to_clients(TBWriter(), id="log_writer")
+        job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
+        super().__init__(job)
+        add_experiment_tracking(self, "tensorboard")
+
+
+# ----------------------------------------------------------------------------- job.py command
+def job_parser(job: str, description: str) -> argparse.ArgumentParser:
+    """The options every ``jobs/<job>/job.py`` takes."""
+    p = argparse.ArgumentParser(prog=f"jobs/{job}/job.py", description=description)
+    p.add_argument("--data", metavar="BENCH_DIR", help="benchmark folder with site-1, site-2, ... (simulator)")
+    p.add_argument("--sites", type=int, default=2, help="number of sites (default: 2)")
+    p.add_argument("--rounds", type=int, help="federated rounds (default: the config's fl.rounds)")
+    p.add_argument("--config", default="tiny", help="named config or YAML file (default: tiny)")
+    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder")
+    p.add_argument("--workspace", metavar="WS", default="workspace",
+                   help="where results.json, the global model and the simulator's site folders go")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per simulated site (default: 1)")
+    p.add_argument("--test-limit", type=int, help="test studies scored per site at the end (default: all)")
+    p.add_argument("--export", action="store_true", help="write the job folder instead of running it")
+    p.add_argument("--export-dir", default="fl_job", help="where --export writes the job (default: fl_job)")
+    p.add_argument("--startup-kit", metavar="ADMIN_KIT",
+                   help="submit to a running POC or provisioned system through this admin startup kit")
+    return p
+
+
+def job_config(args: argparse.Namespace, overrides: dict | None = None) -> Config:
+    """The config a job runs with: the named/YAML config, the job's own settings, then the flags."""
+    return load_config(args.config, {**(overrides or {}), "fl.rounds": args.rounds})
+
+
+def run_job(job: str, args: argparse.Namespace, cfg: Config) -> int:
+    """Run in the simulator (default), export (``--export``) or submit (``--startup-kit``)."""
+    sites = [f"site-{k}" for k in range(1, args.sites + 1)]
+    workspace = Path(args.workspace).resolve()
+    simulate = not (args.export or args.startup_kit)
+    if simulate:
+        _prepare_simulation(args, sites, workspace)
+    recipe = FedMRGRecipe(cfg, name=job, sites=len(sites), base_llm=_resolved(args.base_llm),
+                          results_dir=str(workspace) if simulate else None, test_limit=args.test_limit)
+    if args.startup_kit:
+        env = ProdEnv(startup_kit_location=args.startup_kit)
+    else:
+        env = SimEnv(clients=sites, num_threads=min(len(sites), max(1, (os.cpu_count() or 1) // args.threads)),
+                     workspace_root=str(workspace))
+    run = recipe.execute(env)  # --export writes the job folder and exits here
+    if simulate:
+        results = workspace / RESULTS_FILE
+        if not results.is_file():
+            print(f"{job}: the run ended without {results}; see {workspace / job / 'server'} for the logs",
+                  file=sys.stderr)
+            return 1
+        print(f"results: {results}\nglobal model: {workspace / 'global_model'}")
+    else:
+        print(f"submitted job {run.get_job_id()}; when it finishes, `download_job` in the admin console fetches "
+              f"{RESULTS_FILE} and the global model from the server's run folder")
+    return 0
+
+
+def _prepare_simulation(args: argparse.Namespace, sites: list[str], workspace: Path) -> None:
+    """Settings for simulated sites (data folder, state folder, threads) and the component allow list."""
+    if not args.data:
+        raise ConfigError("--data BENCH_DIR is needed to simulate sites (a folder made by `fedmrg prepare-data`)")
+    data = Path(args.data).resolve()
+    missing = [site for site in sites if not (data / site).is_dir()]
+    if missing:
+        raise ConfigError(f"{data}: no folder for {', '.join(missing)} (the benchmark has fewer sites than --sites)")
+    allow_fedmrg_components(workspace / args.job / "local")
+    # The simulator wipes its site folders at every start: a simulated hospital's own disk is WS/sites/<site>.
+    settings = {site: {"data_dir": str(data / site), "threads": args.threads, "state_dir": str(workspace / "sites" / site)}
+                for site in sites}
+    if args.base_llm:
+        for entry in settings.values():
+            entry["base_llm"] = _resolved(args.base_llm)
+    path = workspace / "sites.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=True), encoding="utf-8")
+    os.environ[SETTINGS_ENV] = str(path)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # site processes inherit it
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
+def main(job: str, description: str, overrides: dict | None = None, argv: list[str] | None = None) -> int:
+    """Entry point of a ``job.py``: parse, configure, run; input errors print one line."""
+    args = job_parser(job, description).parse_args(argv)
+    args.job = job
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_job(job, args, job_config(args, overrides))
+    except ConfigError as exc:
+        print(f"{job}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,118 @@
+"""A federated run's ``results.json``: writing it, a plot of the rounds, and a markdown summary.
+
+``results.json``::
+
+    {"job", "config",
+     "rounds": [{"round", "bytes_up": {site: n}, "bytes_down": {site: n}, "dense_bytes_up": {site: n},
+                 "metrics": {site: {name: value}}, "accepted": [site], "refused": {site: reason}}],
+     "final": {site: {"generic": scores, "personalized": scores}},
+     "global_model": path, "best_model": {"round", "value", "metric", "path"}}
+
+``scores`` are ``fedmrg evaluate``'s (``{"n", "nlg", "ce", "ce_per_observation"}``); ``dense_bytes_up``
+is what fp32 FedAvg of the same parameters would have sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedmrg.data.files import load_json
+from fedmrg.errors import DataError
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON through a temporary file, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(data, indent=1, default=_plain) + "\n", encoding="utf-8")
+    staging.replace(path)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    data = load_json(Path(path))
+    if not isinstance(data, dict) or not {"job", "rounds", "final"} <= data.keys():
+        raise DataError(f"{path}: not a FedMRG results.json (expected the keys job, rounds, final)")
+    return data
+
+
+def traffic(results: Mapping) -> dict[str, int]:
+    """Total bytes over the run: up, down, and what dense fp32 FedAvg would have sent up."""
+    totals = {"bytes_up": 0, "bytes_down": 0, "dense_bytes_up": 0}
+    for record in results["rounds"]:
+        for key in totals:
+            totals[key] += sum(record.get(key, {}).values())
+    return totals
+
+
+def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
+    """Validation loss per site and cumulative upload per round (PNG); None without rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = results["rounds"]
+    if not rounds:
+        return None
+    sites = sorted({site for record in rounds for site in record["metrics"]})
+    fig, (loss_ax, bytes_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for site in sites:
+        points = [(r["round"], r["metrics"][site]["val_loss"]) for r in rounds
+                  if "val_loss" in r["metrics"].get(site, {})]
+        if points:
+            loss_ax.plot(*zip(*points), marker="o", label=site)
+    loss_ax.set(xlabel="round (model received)", ylabel="validation loss", title="global model at each site")
+    if loss_ax.lines:
+        loss_ax.legend()
+    x = [r["round"] for r in rounds]
+    for key, label in (("bytes_up", f"{results['job']} (sent)"), ("dense_bytes_up", "dense fp32 FedAvg")):
+        total, series = 0, []
+        for record in rounds:
+            total += sum(record.get(key, {}).values())
+            series.append(total / 2**20)
+        bytes_ax.plot(x, series, marker="o", label=label)
+    bytes_ax.set(xlabel="round", ylabel="MiB uploaded (all sites, cumulative)", title="upload traffic")
+    bytes_ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, str]]] | None = None) -> str:
+    """Quality per site (generic / personalized), bytes moved, and a few reports beside their references."""
+    from fedmrg.eval.report import COLUMNS, row_values
+
+    lines = [f"## {results['job']}: {len(results['rounds'])} rounds", ""]
+    header = ["site", "adapters", *COLUMNS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for site, scores in sorted(results.get("final", {}).items()):
+        for label in ("generic", "personalized"):
+            if label in scores:
+                values = ["n/a" if v is None else f"{v:.3f}" for v in row_values(scores[label])]
+                lines.append(f"| {site} | {label} | " + " | ".join(values) + " |")
+    totals = traffic(results)
+    ratio = totals["dense_bytes_up"] / totals["bytes_up"] if totals["bytes_up"] else float("nan")
+    lines += ["", f"Uploaded {_mib(totals['bytes_up'])} (dense fp32 FedAvg of the same parameters: "
+              f"{_mib(totals['dense_bytes_up'])}, {ratio:.1f}x more); downloaded {_mib(totals['bytes_down'])}."]
+    for site, pairs in sorted((examples or {}).items()):
+        lines += ["", f"### {site}: generated (personalized) and reference reports", ""]
+        for generated, reference in pairs:
+            lines += [f"- generated: {generated}", f"  reference: {reference}"]
+    return "\n".join(lines) + "\n"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"

@@ -1,0 +1,310 @@
+"""A hospital's side of federated training, without FLARE: settings, local state, one round.
+
+:class:`SiteTrainer` is what the FLARE executor (:mod:`fedmrg.fl.executor`) drives. It holds the
+model and optimizer for the whole job and keeps on the site's disk, after every round, everything
+that never leaves the site: the specialized adapter and client head, the error-feedback residual
+of the update codec, and the optimizer and schedule. A site that restarts resumes from there.
+
+Per-site settings (where the data and the base LLM lie, device, batch size, loader workers) come
+from the site, not from the job, so one job runs at hospitals whose files lie in different places:
+
+1. ``<site workspace>/local/fedmrg_site.yaml`` (written by the hospital's admin), else
+2. the YAML file named by ``$FEDMRG_SITE_SETTINGS``: one site's settings, or a mapping of
+   site names to settings (what ``job.py`` writes for a simulator run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from fedmrg.config import Config, config_to_dict
+from fedmrg.errors import ConfigError, DataError
+from fedmrg.fl.codec import CodecSpec, ErrorFeedback, dense_bytes, encode, round_delta
+from fedmrg.model.adapters import SPECIALIZED, adapter_names, save_peft_adapter
+from fedmrg.model.batches import study_loader
+from fedmrg.model.mrg import MRGModel
+from fedmrg.model.training import Trainer, recover_directory, replace_directory, seed_everything
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "fedmrg_site.yaml"
+SETTINGS_ENV = "FEDMRG_SITE_SETTINGS"
+STATE_FILE = "site_state.json"
+LOCAL_FILE = "local.safetensors"
+FEEDBACK_FILE = "feedback.safetensors"
+TRAINER_FILE = "trainer.pt"
+SPECIALIZED_DIR = "specialized"  # the site's adapter in PEFT's format, for use outside the job
+
+
+# ------------------------------------------------------------------------------------ settings
+@dataclass
+class SiteSettings:
+    """What a hospital decides for itself."""
+
+    data_dir: str  # the site's benchmark-layout folder (annotation.json + images)
+    base_llm: Optional[str] = None  # local copy of the base LLM; None = the path the job names
+    device: Optional[str] = None  # cpu, cuda, cuda:N; None = the config's train.device
+    batch_size: Optional[int] = None
+    num_workers: Optional[int] = None
+    state_dir: Optional[str] = None  # where local state persists; None = <site workspace>/fedmrg-state
+    threads: Optional[int] = None  # torch CPU threads; several sites on one machine want 1 each
+
+
+def load_site_settings(site: str, local_dir: str | os.PathLike | None) -> tuple[SiteSettings, str]:
+    """The site's settings and where they came from (file, or the environment variable's file)."""
+    candidates = []
+    if local_dir is not None:
+        candidates.append(Path(local_dir) / SETTINGS_FILE)
+    if os.environ.get(SETTINGS_ENV):
+        candidates.append(Path(os.environ[SETTINGS_ENV]))
+    for path in candidates:
+        if path.is_file():
+            return _parse_settings(path, site), str(path)
+    where = " or ".join(str(p) for p in candidates) or f"${SETTINGS_ENV}"
+    raise ConfigError(f"site {site}: no FedMRG site settings found ({where}); write {SETTINGS_FILE} with at least "
+                      f"'data_dir: /path/to/site/data' into the site's local/ folder")
+
+
+def _parse_settings(path: Path, site: str) -> SiteSettings:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of settings")
+    if "data_dir" not in raw and site in raw:  # one file for several sites (simulator)
+        raw = raw[site]
+    elif "data_dir" not in raw:
+        raise ConfigError(f"{path}: neither site settings (data_dir: ...) nor a section for site {site!r}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {site}: must be a mapping of settings")
+    known = {f.name for f in dataclasses.fields(SiteSettings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    for key, minimum in (("batch_size", 1), ("num_workers", 0), ("threads", 1)):
+        value = raw.get(key)
+        if value is not None and (type(value) is not int or value < minimum):
+            raise ConfigError(f"{path}: {key}: must be an integer >= {minimum}, got {value!r}")
+    for key in ("data_dir", "base_llm", "device", "state_dir"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{path}: {key}: must be a string, got {raw[key]!r}")
+    settings = SiteSettings(**raw)
+    if not Path(settings.data_dir).is_dir():
+        raise ConfigError(f"{path}: data_dir: {settings.data_dir} is not a folder")
+    return settings
+
+
+def apply_site_settings(cfg: Config, settings: SiteSettings) -> Config:
+    """A copy of the job's config with the site's own choices in place (and its thread count set)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train), model=dataclasses.replace(cfg.model))
+    for key in ("device", "batch_size", "num_workers"):
+        if getattr(settings, key) is not None:
+            setattr(cfg.train, key, getattr(settings, key))
+    if settings.base_llm:
+        cfg.model.base_llm = settings.base_llm
+    return cfg
+
+
+# --------------------------------------------------------------------------------- site trainer
+@dataclass
+class RoundUpdate:
+    """What a site sends after a round, and what it measured."""
+
+    payload: bytes  # the codec payload (lowrank), or b"" with ``dense`` set
+    dense: dict[str, torch.Tensor] | None  # full fp32 parameters (the FedAvg baseline)
+    prototypes: dict[str, torch.Tensor] | None  # PrototypeBank.state(): sums and counts
+    train_studies: int
+    steps: int
+    bytes_up: int
+    dense_bytes_up: int
+    metrics: dict[str, float]
+
+
+class SiteTrainer:
+    """One site's model, optimizer and on-disk state across the rounds of a job."""
+
+    def __init__(self, cfg: Config, site: str, data_dir: str | os.PathLike, state_dir: str | os.PathLike) -> None:
+        self.cfg, self.site, self.data_dir = cfg, site, Path(data_dir)
+        self.state_dir = Path(state_dir)
+        self.spec = CodecSpec(rank=cfg.fl.rank, energy=cfg.fl.energy, precision=cfg.fl.precision,
+                              dense_below=cfg.fl.dense_below)
+        seed_everything(cfg.train.seed)
+        self.model = MRGModel.build(cfg)
+        self.train_loader = study_loader(cfg, [self.data_dir], "train", train=True, seed=cfg.train.seed)
+        self.val_loader = self._optional_loader("val")
+        self.trainer = Trainer(self.model, cfg, self.planned_steps())
+        self.trainer.set_class_counts(self.train_loader)
+        self.feedback = ErrorFeedback()
+        self.rounds_done = 0
+        self._resume()
+
+    # ------------------------------------------------------------------------------- planning
+    def steps_per_round(self) -> int:
+        fl = self.cfg.fl
+        per_epoch = math.ceil(len(self.train_loader) / self.cfg.train.grad_accum)
+        return fl.local_steps or fl.local_epochs * per_epoch
+
+    def planned_steps(self) -> int:
+        return self.cfg.fl.rounds * self.steps_per_round()
+
+    # ---------------------------------------------------------------------------------- rounds
+    def load_global(self, shared: dict[str, torch.Tensor], prototypes: dict[str, torch.Tensor] | None) -> None:
+        """Take the server's shared parameters (and prototypes: ``{"prototypes", "available"}``)."""
+        self.model.load_shared_state_dict(shared)
+        if prototypes is not None and self.cfg.model.contrastive:
+            self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
+
+    def validation_losses(self) -> dict[str, float]:
+        """The current model's losses on the site's validation studies (empty without any)."""
+        if self.val_loader is None:
+            return {}
+        return {f"val_{k}": v for k, v in self.trainer.evaluate_loss(self.val_loader).items()}
+
+    def train_round(self, round_number: int, abort: Callable[[], bool] | None = None) -> RoundUpdate:
+        """Train from the loaded global model for one round; save the local state; build the update."""
+        before = self.model.shared_state_dict()
+        target = min(self.trainer.state.step + self.steps_per_round(), self.trainer.total_steps)
+        history_start = len(self.trainer.state.history)
+
+        def stop() -> bool:
+            return self.trainer.state.step >= target or bool(abort and abort())
+
+        while not stop():
+            epoch = self.trainer.state.epochs_done
+            self.train_loader.generator.manual_seed(self.cfg.train.seed + epoch)
+            self.trainer.run_epoch(self.train_loader, progress=False, abort=stop)
+        if abort and abort():
+            raise InterruptedError(f"site {self.site}: round {round_number} aborted")
+        after = self.model.shared_state_dict()
+        metrics = _mean_losses(self.trainer.state.history[history_start:])
+        update = self._encode(before, after)
+        bank = self.trainer.prototype_bank if self.cfg.model.contrastive else None
+        prototypes = bank.state() if bank is not None else None
+        update.prototypes = prototypes
+        update.bytes_up += _prototype_bytes(prototypes)
+        update.metrics = metrics
+        self.rounds_done = round_number + 1
+        self.save_state()
+        return update
+
+    def _encode(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> RoundUpdate:
+        common = dict(prototypes=None, train_studies=len(self.train_loader.dataset), steps=self.trainer.state.step,
+                      dense_bytes_up=dense_bytes(after), metrics={})
+        if self.cfg.fl.update == "dense":
+            return RoundUpdate(payload=b"", dense=after, bytes_up=dense_bytes(after), **common)
+        delta = round_delta(before, after)
+        if self.cfg.fl.error_feedback:
+            delta = self.feedback.compensate(delta)
+        payload, left_out = encode(delta, self.spec)
+        if self.cfg.fl.error_feedback:
+            self.feedback.keep(left_out, self.spec)
+        return RoundUpdate(payload=payload, dense=None, bytes_up=len(payload), **common)
+
+    # ------------------------------------------------------------------------------ local state
+    def save_state(self) -> None:
+        """Everything that stays at the site, written as one folder (a crash keeps the previous one)."""
+        local = self.model.local_state_dict()
+
+        def write(folder: Path) -> None:
+            save_file({k: v.contiguous() for k, v in local.items()}, str(folder / LOCAL_FILE))
+            self.feedback.save(folder / FEEDBACK_FILE)
+            torch.save(self.trainer.state_dict(), folder / TRAINER_FILE)
+            if SPECIALIZED in adapter_names(self.cfg.model):
+                specialized = {k[len("llm."):]: v for k, v in local.items() if k.startswith("llm.")}
+                save_peft_adapter(folder / SPECIALIZED_DIR, specialized, SPECIALIZED, self.cfg.model,
+                                  self.model.info.path)
+            (folder / STATE_FILE).write_text(json.dumps(self._identity() | {"rounds_done": self.rounds_done},
+                                                        indent=2), encoding="utf-8")
+
+        replace_directory(self.state_dir, write)
+
+    def _identity(self) -> dict[str, Any]:
+        """What must not change for saved local state to be reused: the model and the round plan
+        (more rounds may be added to a finished or stopped job)."""
+        config = config_to_dict(self.cfg)
+        return {"site": self.site, "model": config["model"] | {"base_llm": None},
+                "fl": config["fl"] | {"rounds": None}, "steps_per_round": self.steps_per_round()}
+
+    def _resume(self) -> None:
+        recover_directory(self.state_dir, STATE_FILE)
+        state_file = self.state_dir / STATE_FILE
+        if not state_file.is_file():
+            return
+        saved = json.loads(state_file.read_text(encoding="utf-8"))
+        rounds_done = saved.pop("rounds_done", 0)
+        if saved != self._identity():
+            stale = self.state_dir.with_name(f"{self.state_dir.name}.stale-{os.getpid()}")
+            log.warning("site %s: local state in %s was written for another model or plan; moved to %s, "
+                        "starting afresh", self.site, self.state_dir, stale)
+            self.state_dir.rename(stale)
+            return
+        self.model.load_local_state_dict(load_file(str(self.state_dir / LOCAL_FILE)))
+        self.feedback = ErrorFeedback.load(self.state_dir / FEEDBACK_FILE)
+        self.trainer.load_state_dict(torch.load(self.state_dir / TRAINER_FILE, weights_only=False))
+        self.trainer.total_steps = self.planned_steps()
+        self.rounds_done = rounds_done
+        log.info("site %s: resumed local state after round %d from %s", self.site, rounds_done, self.state_dir)
+
+    def _optional_loader(self, split: str):
+        try:
+            return study_loader(self.cfg, [self.data_dir], split, train=False)
+        except DataError as exc:
+            log.info("site %s: no %s split (%s)", self.site, split, exc)
+            return None
+
+    # ------------------------------------------------------------------------------- evaluation
+    def test_scores(self, out_dir: Path | None = None, limit: int | None = None) -> dict[str, dict]:
+        """Scores on the site's test split with the generic adapter alone and with both adapters.
+
+        The generated reports stay at the site (``out_dir``); only the scores are returned.
+        """
+        from fedmrg.eval.report import score_reports
+        from fedmrg.model.batches import loader_records
+        from fedmrg.model.inference import generate_split
+
+        loader = study_loader(self.cfg, [self.data_dir], "test", train=False,
+                              batch_size=self.cfg.generate.batch_size, limit=limit)
+        references = {str(r["id"]): r["report"] for r in loader_records(loader)}
+        modes = {"generic": "generic"}
+        if SPECIALIZED in adapter_names(self.cfg.model):
+            modes["personalized"] = "dual"
+        scores = {}
+        for label, adapters in modes.items():
+            rows = generate_split(self.model, loader, adapters=adapters, progress=False)
+            predictions = {key: row["report"] for key, row in rows.items()}
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / f"{label}.predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
+            scores[label] = score_reports(predictions, references, dataset=self.cfg.data.dataset)
+        if "personalized" not in scores:
+            scores["personalized"] = scores["generic"]  # one adapter: the site's model is the global one
+        return scores
+
+
+def _mean_losses(history: list[dict]) -> dict[str, float]:
+    """Mean of each loss over this round's passes (``Trainer.state.history`` rows)."""
+    values: dict[str, list[float]] = {}
+    for row in history:
+        for name, value in row.items():
+            if isinstance(value, float):
+                values.setdefault(f"train_{name}", []).append(value)
+    return {name: sum(v) / len(v) for name, v in sorted(values.items())}
+
+
+def _prototype_bytes(state: dict[str, torch.Tensor] | None) -> int:
+    return 0 if state is None else sum(4 * t.numel() for t in state.values())
