@@ -1,13 +1,14 @@
 # Two commands from a fresh clone: `make demo` and `make test`. Both create .venv and install the
 # pinned requirements and the package (editable) on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 DEMO_DIR := $(DATA)/demo
-SITE := $(DEMO_DIR)/bench/site-1
-RUN := $(DEMO_DIR)/centralized-site-1
+FL_WS := $(DEMO_DIR)/fedmrg
 RESULTS := $(DEMO_DIR)/results
 FEDMRG = FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/fedmrg
 
@@ -31,14 +32,11 @@ demo: $(STAMP)
 	$(FEDMRG) prepare-data --config demo --out $(DEMO_DIR)/bench --reuse
 	$(FEDMRG) show-data $(DEMO_DIR)/bench --out $(DEMO_DIR)/preview.png
 	test -f $(DEMO_DIR)/base-llm/config.json || $(FEDMRG) make-base-llm --corpus $(DEMO_DIR)/bench/public --out $(DEMO_DIR)/base-llm --quiet
-	$(FEDMRG) train --config demo --data $(SITE) --base-llm $(DEMO_DIR)/base-llm --out $(RUN) --quiet
-	$(FEDMRG) evaluate --model $(RUN) --data $(SITE) --out $(RESULTS)/generated.json --quiet
-	$(FEDMRG) retrieve-baseline --model $(RUN) --data $(SITE) --out $(RESULTS)/retrieved.json --quiet
-	$(FEDMRG) retrieve-baseline --normal --config demo --data $(SITE) --out $(RESULTS)/retrieved-normal.json --quiet
-	$(FEDMRG) retrieve-baseline --oracle --config demo --data $(SITE) --out $(RESULTS)/retrieved-oracle.json --quiet
-	$(FEDMRG) report $(RESULTS)/generated.json $(RESULTS)/retrieved.json $(RESULTS)/retrieved-normal.json \
-		$(RESULTS)/retrieved-oracle.json --out $(RESULTS)/table.md
-	cat $(RESULTS)/table.md
+	@echo "federated run in the FLARE simulator (3 sites); full log: $(DEMO_DIR)/fedmrg.log"
+	OMP_NUM_THREADS=1 $(BIN)/python jobs/fedmrg/job.py --data $(DEMO_DIR)/bench --sites 3 --config demo \
+		--base-llm $(DEMO_DIR)/base-llm --workspace $(FL_WS) --test-limit 100 2>&1 | tee $(DEMO_DIR)/fedmrg.log \
+		| grep --line-buffered -E "initial global|round [0-9]+/|refused:|results in|rror"
+	$(FEDMRG) fl-report $(FL_WS) --out $(RESULTS)/summary.md
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

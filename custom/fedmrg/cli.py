@@ -200,6 +200,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fl_report_parser(sub) -> None:
+    p = sub.add_parser("fl-report", help="summary of a federated run: quality per site, bytes moved, examples",
+                       description="Read WS/results.json of a jobs/*/job.py run and write a markdown summary: "
+                                   "generic and personalized scores per site, upload and download bytes against "
+                                   "dense fp32 FedAvg, and (simulator runs) a few generated reports beside their "
+                                   "references, read from the simulated sites' folders.")
+    p.add_argument("workspace", metavar="WS", help="the --workspace of the job run")
+    p.add_argument("--examples", type=int, default=2, help="generated reports shown per site (default: 2)")
+    p.add_argument("--out", help="markdown file (default: WS/summary.md)")
+    p.set_defaults(handler=_cmd_fl_report)
+
+
+def _cmd_fl_report(args: argparse.Namespace) -> int:
+    from fedmrg.fl.results import read_results, site_examples, summary_markdown
+
+    workspace = Path(args.workspace)
+    results = read_results(workspace / "results.json")
+    text = summary_markdown(results, site_examples(workspace, results["job"], args.examples))
+    out = Path(args.out) if args.out else workspace / "summary.md"
+    out.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"summary written to {out}; per-round plot: {workspace / 'rounds.png'}")
+    return 0
+
+
 def _make_base_llm_parser(sub) -> None:
     p = sub.add_parser(
         "make-base-llm", help="train the demo base LLM (BPE tokenizer + small LLaMA) on the public reports",
@@ -417,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_prepare_data_parser, _show_data_parser, _config_parser, _label_parser, _score_parser,
                 _report_parser, _make_base_llm_parser, _train_parser, _generate_parser, _evaluate_parser,
-                _retrieve_parser):
+                _retrieve_parser, _fl_report_parser):
         add(sub)
     return parser
 

@@ -129,8 +129,9 @@ def run_job(job: str, args: argparse.Namespace, cfg: Config) -> int:
     if args.startup_kit:
         env = ProdEnv(startup_kit_location=args.startup_kit)
     else:
-        env = SimEnv(clients=sites, num_threads=min(len(sites), max(1, (os.cpu_count() or 1) // args.threads)),
-                     workspace_root=str(workspace))
+        # One process per site for the whole job (a site swapped out between tasks rebuilds its model);
+        # single-threaded processes share the cores without the spinning that multi-threaded ones do.
+        env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace))
     run = recipe.execute(env)  # --export writes the job folder and exits here
     if simulate:
         results = workspace / RESULTS_FILE

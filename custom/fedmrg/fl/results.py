@@ -114,5 +114,31 @@ def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, st
     return "\n".join(lines) + "\n"
 
 
+def site_examples(workspace: str | os.PathLike, job: str, count: int) -> dict[str, list[tuple[str, str]]]:
+    """A few personalized reports beside their references, for each simulated site of a run.
+
+    Read where only a local demo can: the sites' own folders (``sites.yaml`` that ``job.py`` wrote
+    for the simulator names each site's data and state folders); a real deployment has none of this.
+    """
+    import yaml
+
+    from fedmrg.eval.io import read_references
+
+    settings = Path(workspace) / "sites.yaml"
+    if count <= 0 or not settings.is_file():
+        return {}
+    examples = {}
+    for site, entry in sorted((yaml.safe_load(settings.read_text(encoding="utf-8")) or {}).items()):
+        reports = Path(entry.get("state_dir", "")) / f"{job}-reports"
+        generated = reports / "personalized.predictions.json"
+        if not generated.is_file():
+            continue
+        predictions = load_json(generated)
+        references = read_references(Path(entry["data_dir"]) / "annotation.json", "test")
+        examples[site] = [(predictions[key], references[key]) for key in sorted(predictions)[:count]
+                          if key in references]
+    return examples
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"

@@ -1,0 +1,136 @@
+"""The FLARE jobs end to end in the simulator (2 sites x 2 rounds on the tiny benchmark), and export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from fedmrg.fl.controller import RESULTS_FILE
+from fedmrg.fl.recipe import COMPONENT_CLASSES
+
+pytestmark = pytest.mark.slow
+
+LOCAL_MARKERS = ("specialized", "contrastive.client")  # the parameters that must never leave a site
+SITES = ("site-1", "site-2")
+
+
+def run_job(job: str, bench: Path, llm: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FEDMRG_SITE_SETTINGS", None)
+    command = [sys.executable, str(REPO / "jobs" / job / "job.py"), "--data", str(bench), "--sites", "2",
+               "--config", "tiny", "--base-llm", str(llm), *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+
+
+def simulate(job, bench, llm, workspace) -> Path:
+    done = run_job(job, bench, llm, "--workspace", str(workspace), "--test-limit", "4")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def fedmrg_ws(tiny_bench, tiny_base_llm, tmp_path_factory):
+    return simulate("fedmrg", tiny_bench, tiny_base_llm, tmp_path_factory.mktemp("fedmrg") / "ws")
+
+
+@pytest.fixture(scope="module")
+def fedavg_ws(tiny_bench, tiny_base_llm, tmp_path_factory):
+    return simulate("fedavg_lora", tiny_bench, tiny_base_llm, tmp_path_factory.mktemp("fedavg") / "ws")
+
+
+def results(ws: Path) -> dict:
+    return json.loads((ws / RESULTS_FILE).read_text())
+
+
+def test_results_record_every_round_and_final_scores_per_site(fedmrg_ws):
+    data = results(fedmrg_ws)
+    assert data["job"] == "fedmrg" and data["config"]["fl"]["rounds"] == 2
+    assert [r["round"] for r in data["rounds"]] == [0, 1]
+    for record in data["rounds"]:
+        assert set(record["accepted"]) == set(SITES) and record["refused"] == {}
+        for key in ("bytes_up", "bytes_down", "dense_bytes_up"):
+            assert set(record[key]) == set(SITES) and all(n > 0 for n in record[key].values())
+        for site in SITES:
+            assert record["bytes_up"][site] * 3 < record["dense_bytes_up"][site]
+            assert {"val_loss", "train_loss", "train_lm_dual"} <= set(record["metrics"][site])
+    for site in SITES:
+        for label in ("generic", "personalized"):
+            scores = data["final"][site][label]
+            assert scores["n"] == 4 and "BLEU-4" in scores["nlg"] and "f1" in scores["ce"]["micro"]
+    assert Path(data["global_model"]) == (fedmrg_ws / "global_model").resolve()
+    assert (fedmrg_ws / "rounds.png").stat().st_size > 0
+
+
+def test_the_global_model_holds_the_shared_parts_only_and_loads(fedmrg_ws, tiny_base_llm):
+    from peft import PeftModel
+
+    from fedmrg.model.llm import load_llm
+    from fedmrg.model.mrg import MRGModel
+
+    folder = fedmrg_ws / "global_model"
+    assert sorted(p.name for p in (folder / "adapters").iterdir()) == ["generic"]
+    model = MRGModel.load(folder, device="cpu")
+    assert model.cfg.model.adapters == "single"  # a new site generates with the generic adapter
+    site_adapter = fedmrg_ws / "sites" / "site-1" / "fedmrg" / "specialized"
+    assert MRGModel.load(folder, device="cpu", site_adapter=site_adapter).cfg.model.adapters == "dual"
+    llm, _, _ = load_llm(tiny_base_llm, load_in_4bit=False, device="cpu")
+    PeftModel.from_pretrained(llm, str(folder / "adapters" / "generic"))  # Hugging Face users load it as is
+
+
+def test_each_specialized_adapter_exists_only_at_its_own_site(fedmrg_ws):
+    found = [p.parent for p in fedmrg_ws.rglob("adapter_config.json") if "specialized" in str(p.parent.name)]
+    assert sorted(p.relative_to(fedmrg_ws).parts[:2] for p in found) == [("sites", s) for s in SITES]
+    state = json.loads((fedmrg_ws / "sites" / "site-2" / "fedmrg" / "site_state.json").read_text())
+    assert state["site"] == "site-2" and state["rounds_done"] == 2
+
+
+def test_no_message_the_server_received_held_a_local_parameter(fedmrg_ws):
+    audits = sorted((fedmrg_ws / "audit").glob("round-*.json"))
+    assert len(audits) == 2
+    for path in audits:
+        for site, entry in json.loads(path.read_text()).items():
+            assert entry["params"] == ["fedmrg_update"]
+            names = entry["payload_entries"] + entry["meta"] + entry["metrics"]
+            assert entry["payload_entries"] and not [n for n in names if any(m in n for m in LOCAL_MARKERS)], site
+
+
+def test_a_finished_job_resumes_with_more_rounds(fedmrg_ws, tiny_bench, tiny_base_llm):
+    done = run_job("fedmrg", tiny_bench, tiny_base_llm, "--workspace", str(fedmrg_ws), "--rounds", "3",
+                   "--test-limit", "4")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [r["round"] for r in results(fedmrg_ws)["rounds"]] == [0, 1, 2]
+    state = json.loads((fedmrg_ws / "sites" / "site-1" / "fedmrg" / "site_state.json").read_text())
+    assert state["rounds_done"] == 3  # the site kept its local state across the two runs
+
+
+def test_the_fedavg_baseline_sends_dense_fp32_and_keeps_no_local_adapter(fedavg_ws):
+    data = results(fedavg_ws)
+    for record in data["rounds"]:
+        assert record["bytes_up"] == record["dense_bytes_up"]
+    assert not list(fedavg_ws.rglob("specialized"))
+    for site in SITES:
+        assert data["final"][site]["generic"] == data["final"][site]["personalized"]
+
+
+def test_export_writes_a_job_folder_without_site_paths(tiny_bench, tiny_base_llm, tmp_path):
+    done = run_job("fedmrg", tiny_bench, tiny_base_llm, "--export", "--export-dir", str(tmp_path / "job"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = tmp_path / "job" / "fedmrg"
+    assert (job / "meta.json").is_file()
+    text = "\n".join(p.read_text() for p in job.rglob("*.json"))
+    for component in ("fedmrg.fl.controller.FedMRGController", "fedmrg.fl.aggregator.LowRankAggregator",
+                      "fedmrg.fl.executor.MRGExecutor"):
+        assert component in text and component in COMPONENT_CLASSES
+    assert str(tiny_bench) not in text  # where a hospital keeps its data is the hospital's business
+    assert not list(job.rglob("*.py"))  # the fedmrg package is installed at the sites, not shipped
+
+
+def test_a_job_without_data_says_what_is_missing(tiny_base_llm, tmp_path):
+    done = run_job("fedmrg", tmp_path / "nothing-here", tiny_base_llm, "--workspace", str(tmp_path / "ws"))
+    assert done.returncode == 2 and "no folder for site-1, site-2" in done.stderr

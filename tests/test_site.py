@@ -1,0 +1,123 @@
+"""A site's side of federated training: its own settings, one round, local state that survives restarts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from peft import LoraConfig
+
+from fedmrg.config import load_config
+from fedmrg.errors import ConfigError
+from fedmrg.fl.codec import decode, payload_header
+from fedmrg.fl.merge import expected_delta_shapes
+from fedmrg.fl.site import (
+    SETTINGS_ENV,
+    SETTINGS_FILE,
+    SPECIALIZED_DIR,
+    STATE_FILE,
+    SiteTrainer,
+    apply_site_settings,
+    load_site_settings,
+)
+
+
+# ----------------------------------------------------------------------------------- settings
+def test_the_sites_own_file_wins_over_the_environment(tmp_path, monkeypatch):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / SETTINGS_FILE).write_text(yaml.safe_dump({"data_dir": str(tmp_path), "device": "cpu", "batch_size": 2}))
+    shared = tmp_path / "sites.yaml"
+    shared.write_text(yaml.safe_dump({"site-1": {"data_dir": "/elsewhere"}}))
+    monkeypatch.setenv(SETTINGS_ENV, str(shared))
+    settings, source = load_site_settings("site-1", local)
+    assert source == str(local / SETTINGS_FILE) and settings.batch_size == 2
+    job = load_config("tiny")
+    cfg = apply_site_settings(job, settings)
+    assert (cfg.train.batch_size, cfg.train.device) == (2, "cpu")
+    assert (job.train.batch_size, job.train.device) == (4, "auto")  # the job's own config is left as it was
+
+
+def test_one_environment_file_serves_several_simulated_sites(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shared = tmp_path / "sites.yaml"
+    shared.write_text(yaml.safe_dump({"site-1": {"data_dir": str(tmp_path / "a")},
+                                      "site-2": {"data_dir": str(tmp_path / "b"), "threads": 1}}))
+    monkeypatch.setenv(SETTINGS_ENV, str(shared))
+    assert load_site_settings("site-2", tmp_path / "no-local")[0].data_dir == str(tmp_path / "b")
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"data_dir": "/no/such/folder"}, "data_dir: /no/such/folder is not a folder"),
+    ({"data_dir": ".", "batch": 3}, "batch: unknown setting"),
+    ({"data_dir": ".", "batch_size": 0}, "batch_size: must be an integer >= 1"),
+    ({"data_dir": ".", "device": 1}, "device: must be a string"),
+    ({"site-9": {"data_dir": "."}}, "nor a section for site 'site-1'"),
+])
+def test_bad_settings_name_the_file_and_the_field(tmp_path, content, message):
+    (tmp_path / SETTINGS_FILE).write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_site_settings("site-1", tmp_path)
+    assert str(tmp_path / SETTINGS_FILE) in str(err.value)
+
+
+def test_missing_settings_say_what_to_write(tmp_path, monkeypatch):
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"write {SETTINGS_FILE} with at least 'data_dir"):
+        load_site_settings("site-1", tmp_path)
+
+
+# ---------------------------------------------------------------------------------- one round
+@pytest.fixture(scope="module")
+def site_cfg(tiny_base_llm):
+    cfg = load_config("tiny", {"fl.rounds": 3, "fl.local_steps": 2, "train.device": "cpu"})
+    cfg.model.base_llm = str(tiny_base_llm)
+    return cfg
+
+
+def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cfg, tiny_bench, tmp_path):
+    site = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    shared = site.model.shared_state_dict()
+    update = site.train_round(0)
+    entries = payload_header(update.payload)
+    assert set(entries) == set(expected_delta_shapes(shared))
+    assert not [name for name in entries if "specialized" in name or "contrastive.client" in name]
+    assert update.bytes_up == len(update.payload) + 4 * update.prototypes["sums"].numel() + 4 * 14
+    assert update.dense_bytes_up == sum(4 * t.numel() for t in shared.values())
+    assert update.train_studies == len(site.train_loader.dataset) and update.steps == 2
+    assert update.metrics["train_loss"] > 0
+    assert any(v.abs().sum() > 0 for v in decode(update.payload).values() if isinstance(v, torch.Tensor))
+    adapter = tmp_path / "state" / SPECIALIZED_DIR
+    assert LoraConfig.from_pretrained(str(adapter)).r == site_cfg.model.lora_rank
+    assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["rounds_done"] == 1
+
+
+def test_a_restarted_site_resumes_its_local_state(site_cfg, tiny_bench, tmp_path):
+    first = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    first.train_round(0)
+    local, step = first.model.local_state_dict(), first.trainer.state.step
+    again = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    assert (again.rounds_done, again.trainer.state.step) == (1, step)
+    for name, value in again.model.local_state_dict().items():
+        assert torch.equal(value, local[name])
+    again.train_round(1)
+    assert again.trainer.state.step == step + 2
+
+
+def test_state_of_another_model_is_set_aside_not_used(site_cfg, tiny_bench, tmp_path):
+    SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state").train_round(0)
+    other = load_config("tiny", {"fl.rounds": 3, "fl.local_steps": 2, "model.lora_rank": 2, "train.device": "cpu"})
+    other.model.base_llm = site_cfg.model.base_llm
+    site = SiteTrainer(other, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    assert site.rounds_done == 0 and site.trainer.state.step == 0
+    assert [p.name.startswith("state.stale-") for p in tmp_path.iterdir()].count(True) == 1
+
+
+def test_an_aborted_round_sends_nothing_and_saves_nothing(site_cfg, tiny_bench, tmp_path):
+    site = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    with pytest.raises(InterruptedError):
+        site.train_round(0, abort=lambda: True)
+    assert not (tmp_path / "state").exists()
