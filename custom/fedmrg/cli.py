@@ -219,6 +219,7 @@ def _cmd_fl_report(args: argparse.Namespace) -> int:
     results = read_results(workspace / "results.json")
     text = summary_markdown(results, site_examples(workspace, results["job"], args.examples))
     out = Path(args.out) if args.out else workspace / "summary.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(text)
     print(f"summary written to {out}; per-round plot: {workspace / 'rounds.png'}")

@@ -61,6 +61,7 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = results["rounds"]
     if not rounds:
@@ -84,6 +85,8 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
         bytes_ax.plot(x, series, marker="o", label=label)
     bytes_ax.set(xlabel="round", ylabel="MiB uploaded (all sites, cumulative)", title="upload traffic")
     bytes_ax.legend()
+    for ax in (loss_ax, bytes_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
