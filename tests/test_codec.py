@@ -159,3 +159,19 @@ def test_tensors_of_more_dimensions_travel_as_matricized_factors():
         torch.testing.assert_close(dense(decoded[name]) + left_out[name], value)
         assert (dense(decoded[name]) - value).norm() / value.norm() < 1e-2
     assert len(payload) < 0.4 * (kernel.numel() + position.numel()) * 2  # far below dense fp16
+
+
+def test_large_matrices_use_a_randomized_svd_that_stays_near_optimal():
+    from fedmrg.fl.codec import RANDOMIZED_ABOVE
+
+    g = torch.Generator().manual_seed(7)
+    d = RANDOMIZED_ABOVE + 76
+    matrix = low_rank(d, d + 20, 6, seed=3) + 0.01 * torch.randn(d, d + 20, generator=g)
+    state = torch.get_rng_state()
+    payload, left_out = encode({"big": matrix}, CodecSpec(rank=6, dense_below=1))
+    assert torch.equal(torch.get_rng_state(), state)  # training's random stream is not disturbed
+    sent = dense(decode(payload)["big"])
+    torch.testing.assert_close(sent + left_out["big"], matrix)
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    best = float(s[6:].pow(2).sum().sqrt())
+    assert float((sent - matrix).norm()) < 1.01 * best + 1e-4 * float(matrix.norm())  # + fp16 rounding
