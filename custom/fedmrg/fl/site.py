@@ -191,29 +191,31 @@ class SiteTrainer:
         if abort and abort():
             raise InterruptedError(f"site {self.site}: round {round_number} aborted")
         after = self.model.shared_state_dict()
-        metrics = _mean_losses(self.trainer.state.history[history_start:])
-        update = self._encode(before, after)
         bank = self.trainer.prototype_bank if self.cfg.model.contrastive else None
         prototypes = bank.state() if bank is not None else None
-        update.prototypes = prototypes
-        update.bytes_up += _prototype_bytes(prototypes)
-        update.metrics = metrics
+        payload, dense = self._encode(before, after)
+        update = RoundUpdate(payload=payload, dense=dense, prototypes=prototypes,
+                             train_studies=len(self.train_loader.dataset), steps=self.trainer.state.step,
+                             bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
+                             dense_bytes_up=dense_bytes(after),
+                             metrics=_mean_losses(self.trainer.state.history[history_start:]))
         self.rounds_done = round_number + 1
         self.save_state()
         return update
 
-    def _encode(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> RoundUpdate:
-        common = dict(prototypes=None, train_studies=len(self.train_loader.dataset), steps=self.trainer.state.step,
-                      dense_bytes_up=dense_bytes(after), metrics={})
+    def _encode(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
+                ) -> tuple[bytes, dict[str, torch.Tensor] | None]:
+        """The codec payload of the round's change (its left-out part kept for the next round),
+        or the parameters themselves for the dense FedAvg baseline."""
         if self.cfg.fl.update == "dense":
-            return RoundUpdate(payload=b"", dense=after, bytes_up=dense_bytes(after), **common)
+            return b"", after
         delta = round_delta(before, after)
         if self.cfg.fl.error_feedback:
             delta = self.feedback.compensate(delta)
         payload, left_out = encode(delta, self.spec)
         if self.cfg.fl.error_feedback:
             self.feedback.keep(left_out, self.spec)
-        return RoundUpdate(payload=payload, dense=None, bytes_up=len(payload), **common)
+        return payload, None
 
     # ------------------------------------------------------------------------------ local state
     def save_state(self) -> None:
