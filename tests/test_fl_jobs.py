@@ -134,3 +134,36 @@ def test_export_writes_a_job_folder_without_site_paths(tiny_bench, tiny_base_llm
 def test_a_job_without_data_says_what_is_missing(tiny_base_llm, tmp_path):
     done = run_job("fedmrg", tmp_path / "nothing-here", tiny_base_llm, "--workspace", str(tmp_path / "ws"))
     assert done.returncode == 2 and "no folder for site-1, site-2" in done.stderr
+
+
+def export_only(tmp_path: Path, *flags: str) -> Path:
+    """job.py --export as a user types it: no --data (no simulator run is prepared)."""
+    command = [sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", "tiny", "--sites", "3",
+               "--export", "--export-dir", str(tmp_path / "job"), *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "NVFlare reserves" not in done.stderr
+    return tmp_path / "job" / "fedmrg"
+
+
+def test_exported_meta_names_versions_sites_and_resources(tmp_path):
+    import fedmrg
+    from fedmrg.fl.versions import installed_versions
+
+    meta = json.loads((export_only(tmp_path, "--gpus-per-site", "1", "--gpu-mem-gib", "20") / "meta.json").read_text())
+    assert meta["min_clients"] == 3
+    assert meta["fedmrg_version"] == fedmrg.__version__ == installed_versions()["fedmrg_version"]
+    assert meta["nvflare_version"] == installed_versions()["nvflare_version"]
+    assert meta["resource_spec"] == {"@default": {"num_of_gpus": 1, "mem_per_gpu_in_GiB": 20.0}}
+
+
+def test_ship_code_puts_a_complete_importable_package_in_the_job(tmp_path):
+    job = export_only(tmp_path, "--ship-code")
+    custom = job / "app" / "custom"
+    assert (custom / "fedmrg" / "configs" / "tiny.yaml").is_file() and not list(custom.rglob("__pycache__"))
+    probe = ("import fedmrg, fedmrg.fl.executor, fedmrg.fl.controller, fedmrg.fl.aggregator; "
+             "print(fedmrg.__file__)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(custom)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == str(custom / "fedmrg" / "__init__.py")  # the job's copy, not the installed one

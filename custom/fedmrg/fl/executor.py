@@ -13,16 +13,18 @@ from pathlib import Path
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
+import fedmrg
 from fedmrg.config import parse_config
-from fedmrg.errors import FedMRGError
+from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
+from fedmrg.fl.versions import check_job_versions
 from fedmrg.fl.site import SiteTrainer, apply_site_settings, load_site_settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class MRGExecutor(Executor):
         self.settings = None
         self.trainer: SiteTrainer | None = None
         self.site_root: Path | None = None
+        self.startup_error = ""
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
@@ -51,7 +54,14 @@ class MRGExecutor(Executor):
             self.site = fl_ctx.get_identity_name()
             workspace = engine.get_workspace()
             self.site_root = Path(workspace.get_root_dir())
-            self.settings, source = load_site_settings(self.site, workspace.get_site_config_dir())
+            self.log_info(fl_ctx, f"fedmrg {fedmrg.__version__} from {Path(fedmrg.__file__).parent}")
+            try:
+                check_job_versions(fl_ctx.get_prop(FLContextKey.JOB_META) or {})
+                self.settings, source = load_site_settings(self.site, workspace.get_site_config_dir())
+            except FedMRGError as exc:  # every task then fails with this reason
+                self.startup_error = str(exc)
+                self.log_error(fl_ctx, self.startup_error)
+                return
             self.log_info(fl_ctx, f"site settings from {source}: data {self.settings.data_dir}")
             if self.writer_id:
                 self.writer = engine.get_component(self.writer_id)
@@ -83,6 +93,8 @@ class MRGExecutor(Executor):
 
     def _trainer(self) -> SiteTrainer:
         if self.trainer is None:
+            if self.startup_error:
+                raise ConfigError(self.startup_error)
             if self.settings is None:
                 raise ValueError("the executor was not started (no START_RUN event)")
             cfg = parse_config(self.config, "job config")

@@ -9,9 +9,11 @@ the job folder that ``nvflare job submit`` and the admin console take). Its job 
   ``submit_model``, and the writer that streams its metrics to the server.
 
 The job carries the config (model, training plan, codec) but no site paths: each site reads its own
-settings (data folder, base LLM, device) from its workspace or ``$FEDMRG_SITE_SETTINGS``. The
-``fedmrg`` package is expected to be installed at every site (``pip install``), as the hospitals'
-IT would pre-install it; it is not copied into the job.
+settings (data folder, base LLM, device) from its workspace or ``$FEDMRG_SITE_SETTINGS``. By default
+the job carries no code: the ``fedmrg`` package is installed at every site (``pip install``) and
+admitted by the site's ``class_allow_list``. ``--ship-code`` copies the package into each app's
+``custom/`` folder instead, which FLARE treats as bring-your-own-code (the submitter needs the
+``byoc`` right at every site).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -28,10 +32,15 @@ from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
 from nvflare.job_config.api import FedJob
-from nvflare.recipe import ProdEnv, SimEnv
-from nvflare.recipe.spec import Recipe
+
+# NVFlare's recipe module takes --export / --export-dir out of sys.argv on import and warns that it did;
+# job.py declares both and reads them back (main), so the warning says nothing to our users.
+warnings.filterwarnings("ignore", message="NVFlare reserves '--export'", category=UserWarning)
+from nvflare.recipe import ProdEnv, SimEnv  # noqa: E402
+from nvflare.recipe.spec import Recipe, _peek_recipe_args  # noqa: E402
 from nvflare.recipe.utils import add_experiment_tracking
 
+import fedmrg
 from fedmrg.config import Config, config_to_dict, load_config
 from fedmrg.errors import ConfigError
 from fedmrg.fl import messages as msg
@@ -39,6 +48,7 @@ from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
 from fedmrg.fl.controller import RESULTS_FILE, FedMRGController
 from fedmrg.fl.executor import MRGExecutor
 from fedmrg.fl.site import SETTINGS_ENV
+from fedmrg.fl.versions import installed_versions
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,9 @@ def allow_fedmrg_components(local_dir: str | os.PathLike) -> Path:
     from nvflare.app_common.widgets.component_path_authorizer import CLASS_ALLOW_LIST
 
     path = Path(local_dir) / "resources.json"
-    resources = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"format_version": 2}
+    # Without resources.json FLARE reads resources.json.default (a provisioned kit's components are there).
+    source = next((p for p in (path, path.with_name("resources.json.default")) if p.is_file()), None)
+    resources = json.loads(source.read_text(encoding="utf-8")) if source else {"format_version": 2}
     allowed = list(resources.get(CLASS_ALLOW_LIST, DEFAULT_CLASS_ALLOW_LIST))
     resources[CLASS_ALLOW_LIST] = allowed + [name for name in COMPONENT_CLASSES if name not in allowed]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,14 +74,46 @@ def allow_fedmrg_components(local_dir: str | os.PathLike) -> Path:
     return path
 
 
+ALL_SITES_SPEC = "@default"  # FLARE's portable resource_spec entry that applies to every site
+
+
+def resource_spec(gpus: int = 0, gpu_mem_gib: float | None = None) -> dict:
+    """What each site's resource manager must grant: CPU jobs ask for no GPU (and FLARE's GPU resource
+    manager then reserves none); GPU jobs for ``gpus`` devices of at least ``gpu_mem_gib`` each."""
+    if gpus < 0 or (gpu_mem_gib is not None and gpu_mem_gib <= 0):
+        raise ConfigError(f"resource spec: gpus must be >= 0 and GPU memory > 0 (got {gpus}, {gpu_mem_gib})")
+    spec: dict = {"num_of_gpus": gpus}
+    if gpus and gpu_mem_gib:
+        spec["mem_per_gpu_in_GiB"] = gpu_mem_gib
+    return spec
+
+
+def ship_package(job_dir: str | os.PathLike) -> list[Path]:
+    """Copy the installed ``fedmrg`` package into the ``custom/`` folder of every app of an exported job
+    (sources and configs, no caches): the job then runs this code at sites that grant ``byoc``."""
+    source = Path(fedmrg.__file__).resolve().parent
+    apps = sorted(p for p in Path(job_dir).iterdir() if (p / "config").is_dir())
+    if not apps:
+        raise ConfigError(f"{job_dir}: no app folder (with config/) to ship the package into")
+    for app in apps:
+        target = app / "custom" / "fedmrg"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return apps
+
+
 class FedMRGRecipe(Recipe):
     """A federated FedMRG run (or its FedAvg baseline when ``cfg.fl.update`` is ``dense``)."""
 
     def __init__(self, cfg: Config, *, name: str = "fedmrg", sites: int = 2, base_llm: str | None = None,
-                 results_dir: str | None = None, test_limit: int | None = None, final_validation: bool = True) -> None:
+                 results_dir: str | None = None, test_limit: int | None = None, final_validation: bool = True,
+                 gpus_per_site: int = 0, gpu_mem_gib: float | None = None) -> None:
+        """``sites``: how many sites the job needs (``fl.min_sites`` wins when set); ``gpus_per_site`` and
+        ``gpu_mem_gib``: what each site's FLARE resource manager must grant before the job is scheduled."""
         config = config_to_dict(cfg)
         fl = cfg.fl
-        job = FedJob(name=name, min_clients=fl.min_sites or sites)
+        job = FedJob(name=name, min_clients=fl.min_sites or sites, meta_props=installed_versions())
+        job.job.add_resource_spec(ALL_SITES_SPEC, resource_spec(gpus_per_site, gpu_mem_gib))
         job.set_app_packages(["fedmrg"])
         controller = FedMRGController(config=config, rounds=fl.rounds, job_name=name, min_sites=fl.min_sites,
                                       key_metric=fl.key_metric, results_dir=results_dir,
@@ -107,8 +151,14 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, help="test studies scored per site at the end (default: all)")
     p.add_argument("--export", action="store_true", help="write the job folder instead of running it")
     p.add_argument("--export-dir", default="fl_job", help="where --export writes the job (default: fl_job)")
+    p.add_argument("--ship-code", action="store_true",
+                   help="copy the fedmrg package into the job's custom/ folders (needs the byoc right at every site)")
+    p.add_argument("--gpus-per-site", type=int, default=0,
+                   help="GPUs each site's FLARE resource manager must grant (job meta resource_spec; default: 0)")
+    p.add_argument("--gpu-mem-gib", type=float, help="GPU memory each of those GPUs must have (GiB)")
     p.add_argument("--startup-kit", metavar="ADMIN_KIT",
                    help="submit to a running POC or provisioned system through this admin startup kit")
+    p.add_argument("--username", help="the admin's name for --startup-kit (default: the kit folder's name)")
     return p
 
 
@@ -122,17 +172,27 @@ def run_job(job: str, args: argparse.Namespace, cfg: Config) -> int:
     sites = [f"site-{k}" for k in range(1, args.sites + 1)]
     workspace = Path(args.workspace).resolve()
     simulate = not (args.export or args.startup_kit)
+    if args.ship_code and not args.export:
+        raise ConfigError("--ship-code applies to --export (submit the exported folder with its code)")
     if simulate:
         _prepare_simulation(args, sites, workspace)
     recipe = FedMRGRecipe(cfg, name=job, sites=len(sites), base_llm=_resolved(args.base_llm),
-                          results_dir=str(workspace) if simulate else None, test_limit=args.test_limit)
+                          results_dir=str(workspace) if simulate else None, test_limit=args.test_limit,
+                          gpus_per_site=args.gpus_per_site, gpu_mem_gib=args.gpu_mem_gib)
+    if args.export:
+        recipe.export(job_dir=args.export_dir)
+        if args.ship_code:
+            ship_package(Path(args.export_dir) / job)
+        print(f"job folder: {Path(args.export_dir).resolve() / job}")
+        return 0
     if args.startup_kit:
-        env = ProdEnv(startup_kit_location=args.startup_kit)
+        kit = Path(args.startup_kit).resolve()
+        env = ProdEnv(startup_kit_location=str(kit), username=args.username or kit.name)
     else:
         # One process per site for the whole job (a site swapped out between tasks rebuilds its model);
         # single-threaded processes share the cores without the spinning that multi-threaded ones do.
         env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace))
-    run = recipe.execute(env)  # --export writes the job folder and exits here
+    run = recipe.execute(env)
     if simulate:
         results = workspace / RESULTS_FILE
         if not results.is_file():
@@ -174,6 +234,10 @@ def _resolved(path: str | None) -> str | None:
 def main(job: str, description: str, overrides: dict | None = None, argv: list[str] | None = None) -> int:
     """Entry point of a ``job.py``: parse, configure, run; input errors print one line."""
     args = job_parser(job, description).parse_args(argv)
+    # NVFlare's recipe module takes --export / --export-dir out of sys.argv when it is imported.
+    exported, export_dir = _peek_recipe_args()
+    if exported and not args.export:
+        args.export, args.export_dir = True, export_dir
     args.job = job
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
