@@ -11,8 +11,16 @@ DEMO_DIR := $(DATA)/demo
 FL_WS := $(DEMO_DIR)/fedmrg
 RESULTS := $(DEMO_DIR)/results
 FEDMRG = FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/fedmrg
+# make poc: a local FLARE POC federation (server + SITES hospitals with the provisioning/ policies).
+SITES ?= 3
+ROUNDS ?=
+CONFIG ?= demo
+TEST_LIMIT ?= 100
+POLICIES ?= provisioning
+POC_WS ?= $(DATA)/poc
+POC_DATA = $(DATA)/$(CONFIG)
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo clean-demo poc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +48,13 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Benchmark and base LLM of CONFIG (shared with `make demo` for demo), the exported job, then `fedmrg poc`:
+# prepare, wire the sites, start, submit through the FLARE API, follow, download, summary, stop (always).
+poc: $(STAMP)
+	$(FEDMRG) prepare-data --config $(CONFIG) --out $(POC_DATA)/bench --reuse
+	test -f $(POC_DATA)/base-llm/config.json || $(FEDMRG) make-base-llm --corpus $(POC_DATA)/bench/public --out $(POC_DATA)/base-llm --quiet
+	$(BIN)/python jobs/fedmrg/job.py --config $(CONFIG) --sites $(SITES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
+		--test-limit $(TEST_LIMIT) --export --export-dir $(POC_WS)/jobs
+	OMP_NUM_THREADS=1 $(FEDMRG) poc --job $(POC_WS)/jobs/fedmrg --data $(POC_DATA)/bench --base-llm $(POC_DATA)/base-llm \
+		--sites $(SITES) --workspace $(POC_WS) $(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))

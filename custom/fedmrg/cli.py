@@ -436,6 +436,98 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     return _score_and_write(args, predictions, loader, cfg.data.dataset, retrieved)
 
 
+def _site_check_parser(sub) -> None:
+    p = sub.add_parser(
+        "site-check", help="check a hospital's setup before it joins a federation (exit 1 on any FAIL)",
+        description="Check what a site needs to run a FedMRG job: its settings (fedmrg_site.yaml), data "
+                    "(annotation.json, every image file, a decoded sample, labels of the train reports), base LLM, "
+                    "device and 4-bit support, free disk, versions, and its FLARE startup kit. One line per check: "
+                    "PASS, WARN, FAIL (or SKIP after a failure it depends on). Exit status 0 without FAIL, 1 with.",
+    )
+    p.add_argument("--kit", metavar="SITE_KIT",
+                   help="the site's startup kit (startup/, local/): its name, allow list and local/fedmrg_site.yaml")
+    p.add_argument("--settings", metavar="FILE",
+                   help="site settings file (default: SITE_KIT/local/fedmrg_site.yaml, else $FEDMRG_SITE_SETTINGS)")
+    p.add_argument("--site", metavar="NAME", help="the site's name (default: the kit's)")
+    p.add_argument("--job", metavar="JOB_DIR", help="an exported FedMRG job: its client config and versions are "
+                                                    "checked against this site")
+    p.add_argument("--config", metavar="NAME_OR_PATH",
+                   help="the config to check against without --job: a named config or a YAML file (default: demo)")
+    p.add_argument("--min-free-gib", type=float, default=5.0, metavar="N",
+                   help="free disk needed where the site keeps its state (default: 5)")
+    p.add_argument("--sample", type=_positive_int, default=20, metavar="N",
+                   help="studies decoded as the trainer does (default: 20; every image file is checked to exist)")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    p.set_defaults(handler=_cmd_site_check)
+
+
+def _cmd_site_check(args: argparse.Namespace) -> int:
+    from fedmrg.fl.site_check import CheckRequest, format_report, run_site_check, write_json_report
+
+    if args.min_free_gib < 0:
+        raise FedMRGError(f"--min-free-gib: {args.min_free_gib:g} must be at least 0")
+    request = CheckRequest(kit=Path(args.kit) if args.kit else None,
+                           settings_file=Path(args.settings) if args.settings else None, site=args.site,
+                           job=Path(args.job) if args.job else None, config=args.config,
+                           min_free_gib=args.min_free_gib, sample=args.sample)
+    report = run_site_check(request)
+    print(format_report(report))
+    if args.json:
+        write_json_report(report, Path(args.json))
+        print(f"results written to {args.json}")
+    return 1 if report.failed else 0
+
+
+def _poc_parser(sub) -> None:
+    p = sub.add_parser(
+        "poc", help="run an exported job on a local FLARE POC federation, end to end (what `make poc` does)",
+        description="Prepare a FLARE POC system (server, SITES clients, admin kits) in WS, give each site its "
+                    "benchmark folder (local/fedmrg_site.yaml) and, with --policies, the hospital's policy files; "
+                    "start it, submit the job through the FLARE API as the project admin, follow its rounds, "
+                    "download the result, print the summary and the job's final status, and stop every process "
+                    "it started, also when a step fails or on Ctrl-C. nvflare runs with HOME=WS/home, so the "
+                    "user's ~/.nvflare is left alone. Exit status 0 when the job ends FINISHED:COMPLETED.",
+    )
+    p.add_argument("--job", required=True, metavar="JOB_DIR", help="an exported job (jobs/<job>/job.py --export)")
+    p.add_argument("--data", required=True, metavar="BENCH_DIR", help="benchmark folder with site-1, site-2, ...")
+    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder every site uses")
+    p.add_argument("--sites", type=_positive_int, default=2, help="number of sites (default: 2)")
+    p.add_argument("--workspace", metavar="WS", default="data/poc",
+                   help="where the POC system, the job's download and nvflare's HOME go (default: data/poc)")
+    p.add_argument("--policies", metavar="DIR",
+                   help="install DIR's authorization.json, privacy.json, resources.json at every site "
+                        "(e.g. provisioning/)")
+    p.add_argument("--timeout", type=_positive_int, default=7200,
+                   help="seconds the job may run before it is aborted (default: 7200)")
+    p.set_defaults(handler=_cmd_poc)
+
+
+def _cmd_poc(args: argparse.Namespace) -> int:
+    import signal
+
+    from fedmrg.fl.poc import PocRun, find_results, run_poc
+    from fedmrg.fl.results import read_results, site_examples, summary_markdown
+
+    def interrupted(signum, frame):  # SIGTERM stops the federation the same way Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    logging.getLogger("nvflare").setLevel(logging.WARNING)  # FLARE API connection chatter
+    workspace = Path(args.workspace)
+    outcome = run_poc(PocRun(workspace=workspace, job_dir=Path(args.job), data=Path(args.data), sites=args.sites,
+                             base_llm=Path(args.base_llm) if args.base_llm else None,
+                             policies=Path(args.policies) if args.policies else None, timeout=args.timeout))
+    run_dir = find_results(outcome.result_dir)
+    if run_dir is not None:
+        results = read_results(run_dir / "results.json")
+        text = summary_markdown(results, site_examples(workspace, results["job"], 2))
+        (run_dir / "summary.md").write_text(text, encoding="utf-8")
+        print(text)
+        print(f"downloaded: {outcome.result_dir} (results.json, global_model/, rounds.png in {run_dir.name}/)")
+    print(f"job {outcome.job_id}: {outcome.status}")
+    return 0 if outcome.completed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmrg", description="Federated chest X-ray report generation on NVIDIA FLARE")
     parser.add_argument("--version", action="version", version=f"fedmrg {__version__}")
@@ -443,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_prepare_data_parser, _show_data_parser, _config_parser, _label_parser, _score_parser,
                 _report_parser, _make_base_llm_parser, _train_parser, _generate_parser, _evaluate_parser,
-                _retrieve_parser, _fl_report_parser):
+                _retrieve_parser, _fl_report_parser, _site_check_parser, _poc_parser):
         add(sub)
     return parser
 

@@ -23,6 +23,7 @@ from fedmrg.eval.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import Delta, Factored, decode
 from fedmrg.fl.merge import apply_mean_delta, expected_delta_shapes, update_problem, weighted_mean
+from fedmrg.fl.privacy import local_parameters
 from fedmrg.model.contrastive import PrototypeBank
 
 
@@ -63,7 +64,9 @@ class LowRankAggregator(ModelAggregator):
         except ValueError as exc:
             reason = str(exc)
         else:
-            reason = update_problem(delta, self._expected, self.max_rank, self.max_norm)
+            local = local_parameters(delta)
+            reason = (f"site-local parameters sent: {', '.join(local[:3])}" if local
+                      else update_problem(delta, self._expected, self.max_rank, self.max_norm))
         if reason is not None:
             self.refused[site] = reason
             self.warning(f"round {self.round}: update of {site} refused: {reason}")

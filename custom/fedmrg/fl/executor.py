@@ -118,7 +118,7 @@ class MRGExecutor(Executor):
         update = trainer.train_round(round_number, abort=lambda: abort_signal.triggered)
         metrics.update(update.metrics)
         meta = {msg.TRAIN_STUDIES: update.train_studies, msg.BYTES_UP: update.bytes_up,
-                msg.DENSE_BYTES_UP: update.dense_bytes_up, "steps": update.steps}
+                msg.DENSE_BYTES_UP: update.dense_bytes_up, msg.STEPS: update.steps}
         if update.prototypes is not None:
             meta[msg.PROTOTYPE_SUMS] = update.prototypes["sums"].numpy()
             meta[msg.PROTOTYPE_COUNTS] = update.prototypes["counts"].numpy()

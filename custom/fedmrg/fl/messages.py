@@ -25,6 +25,7 @@ TRAIN_STUDIES = "train_studies"
 PROTOTYPE_SUMS, PROTOTYPE_COUNTS = "prototype_sums", "prototype_counts"
 PROTOTYPES, AVAILABLE = "prototypes", "prototype_available"
 BYTES_UP, DENSE_BYTES_UP = "bytes_up", "dense_bytes_up"
+STEPS = "steps"  # optimizer steps of the round
 SCORES = "scores"
 MODEL_META = "model_meta"
 CLIENT_NAME = "client_name"  # set by FLARE's ModelController on every result

@@ -13,7 +13,8 @@ settings (data folder, base LLM, device) from its workspace or ``$FEDMRG_SITE_SE
 the job carries no code: the ``fedmrg`` package is installed at every site (``pip install``) and
 admitted by the site's ``class_allow_list``. ``--ship-code`` copies the package into each app's
 ``custom/`` folder instead, which FLARE treats as bring-your-own-code (the submitter needs the
-``byoc`` right at every site).
+``byoc`` right at every site). FLARE appends ``custom/`` to the import path, so the shipped copy
+runs only at sites where ``fedmrg`` is not installed; the executor logs which copy it runs.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, st
     """Quality per site (generic / personalized), bytes moved, and a few reports beside their references."""
     from fedmrg.eval.report import COLUMNS, row_values
 
-    lines = [f"## {results['job']}: {len(results['rounds'])} rounds", ""]
+    n_rounds = len(results["rounds"])
+    lines = [f"## {results['job']}: {n_rounds} round{'' if n_rounds == 1 else 's'}", ""]
     header = ["site", "adapters", *COLUMNS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for site, scores in sorted(results.get("final", {}).items()):

@@ -2,8 +2,9 @@
 
 A site whose installed ``fedmrg`` differs from the job's would run other code than the one the job's
 config was written for (a message field renamed, a module added): it refuses the job's tasks with
-one line that says which versions differ. A job that ships its own code (``--ship-code``) brings the
-package with it, so its versions match by construction.
+one line that says which versions differ. A job that ships its code (``--ship-code``) changes nothing
+where the package is installed: FLARE appends the job's ``custom/`` folder to the import path, so the
+installed ``fedmrg`` is the one that runs and the one checked.
 """
 
 from __future__ import annotations
@@ -38,4 +39,4 @@ def check_job_versions(job_meta: dict) -> None:
     mismatches = version_mismatches(job_meta)
     if mismatches:
         raise ConfigError("version mismatch (" + "; ".join(mismatches) + "): install the job's versions at this "
-                          "site, or submit the job with its code (--ship-code) where the site allows byoc")
+                          "site (or remove fedmrg here and let byoc jobs bring it with --ship-code)")

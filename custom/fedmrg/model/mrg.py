@@ -65,7 +65,7 @@ ADAPTERS_DIR = "adapters"
 SHARED_SCOPE = "shared"  # fedmrg_model.json "scope" of a model folder without local parameters
 _POSITIVE_STATE = 1  # diagnosis class index of "positive" (see diagnosis.STATES)
 _SHARED_MODULES = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.")
-_LOCAL_MODULES = ("contrastive.client.",)
+LOCAL_MODULES = ("contrastive.client.",)  # never leave a site (with the specialized adapter)
 _FINGERPRINT_BYTES = 1 << 20
 
 
@@ -136,7 +136,7 @@ class MRGModel(nn.Module):
         return params
 
     def _local_parameters(self) -> dict[str, nn.Parameter]:
-        params = {k: p for k, p in self.named_parameters() if p.requires_grad and k.startswith(_LOCAL_MODULES)}
+        params = {k: p for k, p in self.named_parameters() if p.requires_grad and k.startswith(LOCAL_MODULES)}
         if SPECIALIZED in adapter_names(self.cfg.model):
             params.update({f"llm.{k}": p for k, p in adapter_parameters(self.llm, SPECIALIZED).items()})
         return params

@@ -1,0 +1,276 @@
+"""A hospital's guard on what leaves it: a FLARE task result filter for FedMRG results.
+
+A site forces :class:`ResultGuard` on every job through its ``local/privacy.json`` (the
+``task_result_filters`` of the scope jobs run under; see ``provisioning/privacy.json``). FLARE runs
+a site's task result filters in the site's job process, after the executor and before the result
+is sent. The guard checks the results of FedMRG's tasks (``train``, ``validate``,
+``submit_model``):
+
+- no parameter is site-local (:func:`is_local_parameter`: the ``specialized`` LoRA adapter and the
+  client contrastive head); for a low-rank update the names are the entries listed in the codec
+  payload's header, so an unreadable payload is refused too;
+- ``meta`` holds only the keys FedMRG sends for that task (:data:`RESULT_META`), and apart from the
+  model description, numbers only (a number, a numeric array or a mapping of them): no text, such
+  as generated reports, leaves through scores or metrics;
+- parameters are numeric arrays, and the result is at most ``max_result_mib`` MiB (when set).
+
+What a refusal does (FLARE 2.9, ``nvflare/private/fed/client/client_runner.py``): the guard logs
+which key it refused and raises :class:`ResultRefused` (FLARE's ``ContentBlockedException``); the
+client runner catches any exception from a result filter and sends the server, instead of the
+result, an empty reply whose return code is ``TASK_RESULT_FILTER_ERROR`` (and writes
+``submit result: TASK_RESULT_FILTER_ERROR`` to the site's audit log). The server's
+``ModelController`` (FedMRG's controller is one) ignores that reply when the other sites still
+reach the task's ``min_responses`` and otherwise stops the job ("Result from <site> is bad, error
+code: TASK_RESULT_FILTER_ERROR"); with ``fl.min_sites`` unset every site is needed, so one refused
+result stops a FedMRG job. FLARE's own log lines show only the exception's type when its secure
+logging is on (``nvflare.security.logging``), which is why the guard logs the reason itself, to the
+site's job log and ``error_log.txt`` (which a site with ``allow_log_streaming`` streams to the server).
+
+Results of other tasks pass unchanged (the guard knows only FedMRG's messages) unless
+``refuse_other_tasks`` is set. FedMRG's task names are FLARE's standard ones, so on a site that
+forces the guard, every job's ``train`` / ``validate`` / ``submit_model`` results must be shaped
+like FedMRG's.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.filter import ContentBlockedException
+from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable
+
+from fedmrg.fl import messages as msg
+from fedmrg.fl.codec import payload_header
+from fedmrg.model.adapters import SPECIALIZED
+from fedmrg.model.mrg import LOCAL_MODULES
+
+
+# ------------------------------------------------------------------------ the local-state rule
+def is_local_parameter(name: str) -> bool:
+    """True for a parameter that must stay at its site.
+
+    ``name`` is a model parameter name (``MRGModel`` naming: ``contrastive.client.*``, or an LLM
+    LoRA tensor ``llm.<module>.lora_A.specialized.weight``) or a codec entry name, in which a LoRA
+    pair appears as its product ``...lora_AB.specialized.weight``.
+    """
+    return name.startswith(LOCAL_MODULES) or f".{SPECIALIZED}." in name
+
+
+def local_parameters(names: Iterable[str]) -> list[str]:
+    """The site-local names among ``names``, sorted."""
+    return sorted(name for name in map(str, names) if is_local_parameter(name))
+
+
+# --------------------------------------------------------------------------- what FedMRG sends
+_FLARE_META = frozenset({FLMetaKey.INITIAL_METRICS, FLMetaKey.FILTER_HISTORY})
+RESULT_META: dict[str, frozenset[str]] = {
+    msg.TRAIN: frozenset({msg.TRAIN_STUDIES, msg.BYTES_UP, msg.DENSE_BYTES_UP, msg.STEPS,
+                          msg.PROTOTYPE_SUMS, msg.PROTOTYPE_COUNTS}) | _FLARE_META,
+    msg.VALIDATE: frozenset({msg.SCORES}) | _FLARE_META,
+    msg.SUBMIT_MODEL: frozenset({msg.MODEL_META}) | _FLARE_META,
+}
+_TEXT_META = frozenset({msg.MODEL_META, FLMetaKey.FILTER_HISTORY})  # values that may hold strings
+_DATA_KINDS = [DataKind.WEIGHTS, DataKind.WEIGHT_DIFF, DataKind.METRICS]
+_SHAREABLE_KEYS = frozenset({ReservedHeaderKey.HEADERS, "DXO"})
+_MIB = 1 << 20
+_SHOWN = 5  # names listed per problem in a refusal
+
+
+class ResultRefused(ContentBlockedException):
+    """A result that must not leave the site."""
+
+
+class ResultGuard(DXOFilter):
+    """Refuses FedMRG results that carry site-local parameters, unexpected metadata or too many bytes."""
+
+    def __init__(self, max_result_mib: float | None = None, extra_meta_keys: list[str] | None = None,
+                 refuse_other_tasks: bool = False) -> None:
+        """``max_result_mib``: the largest result sent, in MiB (None: no limit); ``extra_meta_keys``:
+        ``meta`` keys admitted besides FedMRG's; ``refuse_other_tasks``: refuse the results of tasks
+        other than FedMRG's instead of passing them unchanged."""
+        super().__init__(supported_data_kinds=list(_DATA_KINDS), data_kinds_to_filter=list(_DATA_KINDS))
+        if max_result_mib is not None and not (_is_number(max_result_mib) and not isinstance(max_result_mib, bool)
+                                               and max_result_mib > 0):
+            raise ValueError(f"max_result_mib must be a positive number or null, got {max_result_mib!r}")
+        extra = list(extra_meta_keys or [])
+        if not all(isinstance(key, str) for key in extra):
+            raise TypeError(f"extra_meta_keys must be a list of strings, got {extra_meta_keys!r}")
+        if not isinstance(refuse_other_tasks, bool):
+            raise TypeError(f"refuse_other_tasks must be true or false, got {refuse_other_tasks!r}")
+        self.max_result_mib = max_result_mib
+        self.extra_meta_keys = frozenset(extra)
+        self.refuse_other_tasks = refuse_other_tasks
+
+    # --------------------------------------------------------------------------- FLARE hooks
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        """Check the whole result, then return it unchanged (or raise :class:`ResultRefused`).
+
+        ``DXOFilter.process`` is replaced because it lets through what must be checked here: a
+        result with an empty ``params`` (``validate`` sends its scores in ``meta``), results whose
+        return code is not OK, and content outside the DXO.
+        """
+        task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
+        if task is not None and task not in RESULT_META:
+            if self.refuse_other_tasks:
+                self._refuse(fl_ctx, task, [f"task {task!r} is not a FedMRG task"])
+            self.log_debug(fl_ctx, f"result of task {task!r} passed unchecked (not a FedMRG task)")
+            return shareable
+        problems = result_problems(shareable, task, self.max_result_mib, self.extra_meta_keys)
+        if problems:
+            self._refuse(fl_ctx, task, problems)
+        self.log_info(fl_ctx, f"ResultGuard: result of task {task} checked, no site-local content")
+        return shareable
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> None:
+        """The DXO checks alone (for use inside a DXO filter chain); None: the DXO is unchanged."""
+        task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
+        problems = dxo_problems(dxo, task, self.extra_meta_keys) + size_problems(dxo, self.max_result_mib)
+        if problems:
+            self._refuse(fl_ctx, task, problems)
+        return None
+
+    def _refuse(self, fl_ctx: FLContext, task: str | None, problems: list[str]) -> None:
+        reason = f"result of task {task or '(unknown)'} refused, it stays at this site: " + "; ".join(problems)
+        self.log_error(fl_ctx, reason, fire_event=False)
+        raise ResultRefused(reason)
+
+
+# ---------------------------------------------------------------------------------- checks
+def result_problems(shareable: Shareable, task: str | None, max_result_mib: float | None = None,
+                    extra_meta_keys: Iterable[str] = ()) -> list[str]:
+    """Why a FedMRG task's result must not leave the site (empty: it may)."""
+    extra_keys = sorted(set(map(str, shareable)) - _SHAREABLE_KEYS)
+    if extra_keys:
+        return [f"content outside the DXO: {_names(extra_keys)}"]
+    try:
+        dxo = from_shareable(shareable)
+    except (ValueError, KeyError, TypeError) as exc:
+        if shareable.get_return_code() != ReturnCode.OK and "DXO" not in shareable:
+            return []  # a plain error reply: nothing but headers
+        return [f"not a FedMRG result ({exc})"]
+    return dxo_problems(dxo, task, extra_meta_keys) + size_problems(dxo, max_result_mib)
+
+
+def dxo_problems(dxo: DXO, task: str | None, extra_meta_keys: Iterable[str] = ()) -> list[str]:
+    """The parameter and metadata checks of one DXO (see the module docstring)."""
+    if dxo.data_kind not in _DATA_KINDS:
+        return [f"data kind {dxo.data_kind} (FedMRG sends {', '.join(k.value for k in _DATA_KINDS)})"]
+    problems = []
+    data = dxo.data if dxo.data is not None else {}
+    if not isinstance(data, Mapping):
+        return [f"data of type {type(data).__name__}, expected a mapping of names to arrays"]
+    if dxo.data_kind == DataKind.METRICS:
+        problems += _numeric_problems(data, "metrics")
+    else:
+        problems += param_problems(data)
+    problems += meta_problems(dxo.meta or {}, task, extra_meta_keys)
+    return problems
+
+
+def param_problems(params: Mapping) -> list[str]:
+    """Local parameter names (in the dense parameters or in a low-rank payload's header) and
+    non-numeric values."""
+    names = [str(name) for name in params if name != msg.UPDATE]
+    problems: list[str] = []
+    if msg.UPDATE in params:
+        try:
+            entries = payload_header(msg.array_to_payload(params[msg.UPDATE]))
+        except Exception as exc:  # untrusted bytes: what cannot be read cannot be checked
+            problems.append(f"unreadable update payload '{msg.UPDATE}' ({exc.__class__.__name__})")
+        else:
+            local = local_parameters(entries)
+            if local:
+                problems.append(f"site-local entries in the update payload: {_names(local)}")
+    local = local_parameters(names)
+    if local:
+        problems.append(f"site-local parameters: {_names(local)}")
+    not_arrays = sorted(str(name) for name, value in params.items() if not _is_numeric_array(value))
+    if not_arrays:
+        problems.append(f"parameters that are not numeric arrays: {_names(not_arrays)}")
+    return problems
+
+
+def meta_problems(meta: Mapping, task: str | None, extra_meta_keys: Iterable[str] = ()) -> list[str]:
+    """Keys FedMRG does not send for ``task`` (any of its tasks when unknown), and text where
+    only numbers belong."""
+    allowed = RESULT_META.get(task) if task else None
+    if allowed is None:
+        allowed = frozenset().union(*RESULT_META.values())
+    allowed = allowed | frozenset(extra_meta_keys)
+    problems = []
+    unexpected = sorted(str(key) for key in meta if key not in allowed)
+    if unexpected:
+        problems.append(f"unexpected meta keys: {_names(unexpected)}")
+    for key in sorted(str(k) for k in meta if k in allowed and k not in _TEXT_META):
+        problems += _numeric_problems(meta[key], f"meta.{key}")
+    return problems
+
+
+def size_problems(dxo: DXO, max_result_mib: float | None) -> list[str]:
+    """The size limit: the bytes of the DXO's data and meta (:func:`content_bytes`) against ``max_result_mib``."""
+    if max_result_mib is None:
+        return []
+    size = content_bytes(dxo.data) + content_bytes(dxo.meta)
+    if size > max_result_mib * _MIB:
+        return [f"{size / _MIB:.1f} MiB, above the site's limit of {max_result_mib:g} MiB"]
+    return []
+
+
+def content_bytes(value) -> int:
+    """Bytes a value carries: array and tensor data, strings, keys; 8 per scalar."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(content_bytes(k) + content_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return sum(content_bytes(v) for v in value)
+    return 8
+
+
+# --------------------------------------------------------------------------------- values
+def _is_numeric_array(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biuf"
+    if isinstance(value, torch.Tensor):
+        return not value.is_complex()
+    return False
+
+
+def _is_number(value) -> bool:
+    return value is None or isinstance(value, (numbers.Real, np.number, np.bool_))
+
+
+def _numeric_problems(value, where: str) -> list[str]:
+    """``value`` must be numbers, numeric arrays, or mappings / lists of them (no text)."""
+    bad: list[str] = []
+    _collect_non_numeric(value, where, bad)
+    return [f"values that are not numbers: {_names(bad)}"] if bad else []
+
+
+def _collect_non_numeric(value, path: str, bad: list[str]) -> None:
+    if _is_number(value) or _is_numeric_array(value):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _collect_non_numeric(item, f"{path}.{key}", bad)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _collect_non_numeric(item, f"{path}[{index}]", bad)
+    else:
+        bad.append(f"{path} ({type(value).__name__})")
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")

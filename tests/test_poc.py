@@ -1,0 +1,85 @@
+"""A POC federation end to end (tiny data, tiny LLM, 2 sites, 1 round): prepared, started, jobs submitted
+through the FLARE API, a hospital's policy enforced, the result downloaded, and everything stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fedmrg
+from fedmrg.fl.poc import SERVER_PORTS, PocSystem, find_results, port_is_free, submit_and_follow
+
+REPO = Path(__file__).resolve().parents[1]
+POLICIES = REPO / "provisioning"
+
+pytestmark = pytest.mark.slow
+
+
+def export_job(out: Path, *flags: str) -> Path:
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", "tiny", "--rounds", "1",
+                           "--sites", "2", "--test-limit", "4", "--export", "--export-dir", str(out), *flags],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out / "fedmrg"
+
+
+@pytest.fixture(scope="module")
+def poc_run(tiny_bench, tiny_base_llm, tmp_path_factory):
+    """One POC system: site-1 with FLARE's default policies, site-2 with the hospital templates of
+    provisioning/ (no job-supplied code, FedMRG classes allowed, privacy filter on every result).
+    Two jobs: the package shipped in the job (byoc), then the same job without code."""
+    if not all(port_is_free(port) for port in SERVER_PORTS):
+        pytest.fail(f"POC ports {SERVER_PORTS} are in use before the test; stop the other FLARE system")
+    root = tmp_path_factory.mktemp("poc")
+    shipped, plain = export_job(root / "shipped", "--ship-code"), export_job(root / "plain")
+    lines: list[str] = []
+    system = PocSystem(root / "ws", ["site-1", "site-2"])
+    with system:
+        system.prepare()
+        from fedmrg.fl.recipe import allow_fedmrg_components
+
+        allow_fedmrg_components(system.kit("server") / "local")
+        system.wire_site("site-1", tiny_bench / "site-1", tiny_base_llm, policies=None)
+        system.wire_site("site-2", tiny_bench / "site-2", tiny_base_llm, policies=POLICIES)
+        system.start()
+        refused = submit_and_follow(system, shipped, 300, root / "results", lines.append)
+        completed = submit_and_follow(system, plain, 600, root / "results", lines.append)
+        running_before_stop = len(system.processes())
+    return {"system": system, "refused": refused, "completed": completed, "lines": lines,
+            "running_before_stop": running_before_stop}
+
+
+def test_a_site_without_byoc_refuses_a_job_that_carries_code(poc_run):
+    outcome, system = poc_run["refused"], poc_run["system"]
+    assert outcome.status == "FINISHED:FAILED_TO_RUN"
+    server_log = (system.kit("server") / "log.txt").read_text(encoding="utf-8")
+    refusal = next(line for line in server_log.splitlines() if outcome.job_id in line and "deploy failure" in line)
+    assert "site-2: NVFLARE_ERROR: BYOC not permitted" in refusal
+    assert "site-1: OK" in refusal  # FLARE's default policy lets the project admin bring code
+
+
+def test_the_same_job_runs_on_the_preinstalled_package(poc_run):
+    outcome = poc_run["completed"]
+    assert outcome.completed, outcome.status
+    run_dir = find_results(outcome.result_dir)
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    assert len(results["rounds"]) == 1
+    assert sorted(results["rounds"][0]["accepted"]) == ["site-1", "site-2"]
+    assert sorted(results["final"]) == ["site-1", "site-2"]
+    assert (run_dir / "global_model" / "adapters" / "generic" / "adapter_config.json").is_file()
+    assert any("round 1/1" in line for line in poc_run["lines"])  # progress followed from the server's log
+    site_log = (poc_run["system"].kit("site-2") / outcome.job_id / "log.txt").read_text(encoding="utf-8")
+    assert f"fedmrg {fedmrg.__version__} from {Path(fedmrg.__file__).parent}\n" in site_log  # the installed package
+    # the privacy scope of provisioning/privacy.json was forced on every result site-2 sent
+    assert "ResultGuard: result of task train checked" in site_log
+    assert "ResultGuard: result of task validate checked" in site_log
+
+
+def test_everything_is_stopped_and_the_ports_are_free(poc_run):
+    assert poc_run["running_before_stop"] > 0  # the check below can see the federation's processes
+    assert poc_run["system"].processes() == []
+    assert all(port_is_free(port) for port in SERVER_PORTS)
