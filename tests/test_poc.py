@@ -19,9 +19,9 @@ POLICIES = REPO / "provisioning"
 pytestmark = pytest.mark.slow
 
 
-def export_job(out: Path, *flags: str) -> Path:
+def export_job(out: Path, *flags: str, sites: int = 2) -> Path:
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", "tiny", "--rounds", "1",
-                           "--sites", "2", "--test-limit", "4", "--export", "--export-dir", str(out), *flags],
+                           "--sites", str(sites), "--test-limit", "4", "--export", "--export-dir", str(out), *flags],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return out / "fedmrg"
@@ -83,3 +83,37 @@ def test_everything_is_stopped_and_the_ports_are_free(poc_run):
     assert poc_run["running_before_stop"] > 0  # the check below can see the federation's processes
     assert poc_run["system"].processes() == []
     assert all(port_is_free(port) for port in SERVER_PORTS)
+
+
+def environment_without_fedmrg(root: Path) -> Path:
+    """A virtual environment that sees every package of this one except the (editable) fedmrg install:
+    its .pth adds our site-packages to the path, and .pth files there (fedmrg's finder) are not run."""
+    import sysconfig
+    import venv
+
+    venv.create(root, with_pip=False)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    python = root / "bin" / "python"
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    (Path(target) / "shared.pth").write_text(f"{purelib}\n", encoding="utf-8")
+    return python
+
+
+def test_a_job_that_ships_its_code_runs_where_the_package_is_not_installed(tiny_bench, tiny_base_llm, tmp_path):
+    python = environment_without_fedmrg(tmp_path / "bare")
+    probe = subprocess.run([str(python), "-c", "import nvflare, torch, peft\ntry:\n import fedmrg\nexcept ImportError:"
+                            "\n print('no fedmrg')"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert probe.stdout.strip() == "no fedmrg", probe.stderr[-2000:]
+    job = export_job(tmp_path / "job", "--ship-code", sites=1)
+    system = PocSystem(tmp_path / "ws", ["site-1"], python=str(python))
+    with system:
+        system.prepare()  # FLARE's default policies: the project admin may bring code, no allow list applies
+        system.wire_site("site-1", tiny_bench / "site-1", tiny_base_llm, policies=None)
+        system.start()
+        outcome = submit_and_follow(system, job, 600, tmp_path / "results", lambda line: None)
+    assert outcome.completed, outcome.status
+    site_log = (system.kit("site-1") / outcome.job_id / "log.txt").read_text(encoding="utf-8")
+    assert f"fedmrg {fedmrg.__version__} from {system.kit('site-1') / outcome.job_id}" in site_log  # the job's copy
+    assert json.loads((find_results(outcome.result_dir) / "results.json").read_text())["final"]["site-1"]
+    assert system.processes() == []

@@ -57,6 +57,7 @@ class PocSystem:
     workspace: Path
     sites: list[str]
     timeout: float = 120.0  # for each nvflare command
+    python: str = sys.executable  # the environment the federation's processes run in (its bin/ leads PATH)
     started: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -80,7 +81,7 @@ class PocSystem:
 
     def env(self) -> dict[str, str]:
         """The environment of every nvflare command and so of every process of the federation."""
-        bin_dir = str(Path(sys.executable).parent)
+        bin_dir = str(Path(self.python).parent)
         home = self.workspace / "home"
         home.mkdir(parents=True, exist_ok=True)
         return {**os.environ, "NVFLARE_POC_WORKSPACE": str(self.poc_dir), "HOME": str(home),
@@ -90,7 +91,7 @@ class PocSystem:
     # ------------------------------------------------------------------------------ commands
     def nvflare(self, *args: str, timeout: float | None = None) -> str:
         """Run ``nvflare ARGS`` in this workspace's environment; a failure raises with its output."""
-        command = [sys.executable, "-m", "nvflare.cli", *args]
+        command = [self.python, "-m", "nvflare.cli", *args]
         try:
             done = subprocess.run(command, env=self.env(), capture_output=True, text=True,
                                   timeout=timeout or self.timeout, stdin=subprocess.DEVNULL)
