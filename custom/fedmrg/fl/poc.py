@@ -134,16 +134,8 @@ class PocSystem:
         return killed
 
     def processes(self) -> list[psutil.Process]:
-        """Every live process whose command line names this workspace (server, clients, job workers)."""
-        marker = str(self.poc_dir)
-        found = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                if proc.pid != os.getpid() and any(marker in part for part in proc.info["cmdline"] or ()):
-                    found.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return found
+        """Every live process of the federation: server, clients, job workers and their watchdogs."""
+        return processes_under(self.poc_dir)
 
     def __enter__(self) -> PocSystem:
         return self
@@ -175,6 +167,22 @@ def install_policies(local_dir: Path, policies: Path | None) -> list[str]:
     for name in copied:
         shutil.copy2(Path(policies) / name, Path(local_dir) / name)
     return copied
+
+
+def processes_under(folder: str | os.PathLike) -> list[psutil.Process]:
+    """Live processes (other than this one) with a command-line argument that is ``folder`` or a path
+    inside it: what FLARE starts from a workspace names its kit folders so (``-m <kit>``, scripts)."""
+    root = str(Path(folder).resolve())
+    inside = root + os.sep
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(part == root or part.startswith(inside)
+                                               for part in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def port_is_free(port: int, host: str = "0.0.0.0") -> bool:

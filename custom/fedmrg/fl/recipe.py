@@ -58,6 +58,13 @@ COMPONENT_CLASSES = tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in (
     FedMRGController, LowRankAggregator, DenseAggregator, MRGExecutor))
 
 
+def resources_file(local_dir: str | os.PathLike) -> Path | None:
+    """The resources file FLARE reads from a workspace's ``local/``: ``resources.json``, else
+    ``resources.json.default`` (a provisioned kit's components are there); None without either."""
+    path = Path(local_dir) / "resources.json"
+    return next((p for p in (path, path.with_name("resources.json.default")) if p.is_file()), None)
+
+
 def allow_fedmrg_components(local_dir: str | os.PathLike) -> Path:
     """Add the FedMRG components to the ``class_allow_list`` of a workspace's ``local/resources.json``
     (FLARE's default list when the file has none), keeping everything else in the file."""
@@ -65,8 +72,7 @@ def allow_fedmrg_components(local_dir: str | os.PathLike) -> Path:
     from nvflare.app_common.widgets.component_path_authorizer import CLASS_ALLOW_LIST
 
     path = Path(local_dir) / "resources.json"
-    # Without resources.json FLARE reads resources.json.default (a provisioned kit's components are there).
-    source = next((p for p in (path, path.with_name("resources.json.default")) if p.is_file()), None)
+    source = resources_file(local_dir)
     resources = json.loads(source.read_text(encoding="utf-8")) if source else {"format_version": 2}
     allowed = list(resources.get(CLASS_ALLOW_LIST, DEFAULT_CLASS_ALLOW_LIST))
     resources[CLASS_ALLOW_LIST] = allowed + [name for name in COMPONENT_CLASSES if name not in allowed]
