@@ -86,7 +86,7 @@ def bad_updates(start):
     return {
         "not finite": lowrank_result("s", nan),
         "shape": lowrank_result("s", wrong_shape),
-        "site-local parameters sent: llm.q.lora_AB.specialized": lowrank_result("s", local),
+        "site-local parameters sent (1): llm.q.lora_AB.specialized": lowrank_result("s", local),
         "contrastive.client": lowrank_result("s", client_head),
         "above the bound": lowrank_result("s", huge),
         "rank 8 above the bound 4": lowrank_result("s", delta, spec=CodecSpec(rank=8, dense_below=64)),

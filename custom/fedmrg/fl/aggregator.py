@@ -65,7 +65,7 @@ class LowRankAggregator(ModelAggregator):
             reason = str(exc)
         else:
             local = local_parameters(delta)
-            reason = (f"site-local parameters sent: {', '.join(local[:3])}" if local
+            reason = (f"site-local parameters sent ({len(local)}): {', '.join(local[:3])}" if local
                       else update_problem(delta, self._expected, self.max_rank, self.max_norm))
         if reason is not None:
             self.refused[site] = reason

@@ -16,6 +16,7 @@ set to ``<workspace>/home``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,8 +25,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +87,9 @@ class PocSystem:
         bin_dir = str(Path(self.python).parent)
         home = self.workspace / "home"
         home.mkdir(parents=True, exist_ok=True)
-        return {**os.environ, "NVFLARE_POC_WORKSPACE": str(self.poc_dir), "HOME": str(home),
+        tmp = self.workspace / "tmp"  # FLARE's server stages the sites' streamed logs in the temp folder
+        tmp.mkdir(parents=True, exist_ok=True)
+        return {**os.environ, "NVFLARE_POC_WORKSPACE": str(self.poc_dir), "HOME": str(home), "TMPDIR": str(tmp),
                 "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1",
                 "PYTHONUNBUFFERED": "1"}
 
@@ -117,15 +122,17 @@ class PocSystem:
 
     def stop(self, grace: float = 30.0) -> list[int]:
         """Stop the federation; kill what is still running from the workspace after ``grace`` seconds.
-        Returns the pids that had to be killed."""
+        Returns the pids that had to be killed. Ctrl-C and SIGTERM wait until this is done."""
         if not self.started:
             return []
-        try:
-            self.nvflare("poc", "stop", timeout=grace + 30)
-        except PocError as exc:
-            log.warning("nvflare poc stop: %s", exc)
-        killed = end_processes(self.processes, grace)
-        self.started = False
+        with signals_deferred():
+            try:
+                self.nvflare("poc", "stop", timeout=grace + 30)
+            except PocError as exc:
+                log.warning("nvflare poc stop: %s", exc)
+            finally:
+                killed = end_processes(self.processes, grace)
+                self.started = False
         busy = [port for port in SERVER_PORTS if not port_is_free(port)]
         if busy:
             log.warning("port %d is still in use after the POC stopped", busy[0])
@@ -157,16 +164,22 @@ class PocSystem:
         return local
 
 
+def policy_files(folder: str | os.PathLike) -> list[Path]:
+    """The policy files a folder holds (at least one, else ConfigError)."""
+    found = [Path(folder) / name for name in POLICY_FILES if (Path(folder) / name).is_file()]
+    if not found:
+        raise ConfigError(f"{folder}: none of {', '.join(POLICY_FILES)} found")
+    return found
+
+
 def install_policies(local_dir: Path, policies: Path | None) -> list[str]:
     """Copy the policy files found in ``policies`` into a kit's ``local/`` (they override FLARE's .default ones)."""
     if policies is None:
         return []
-    copied = [name for name in POLICY_FILES if (Path(policies) / name).is_file()]
-    if not copied:
-        raise ConfigError(f"{policies}: none of {', '.join(POLICY_FILES)} found")
-    for name in copied:
-        shutil.copy2(Path(policies) / name, Path(local_dir) / name)
-    return copied
+    copied = policy_files(policies)
+    for path in copied:
+        shutil.copy2(path, Path(local_dir) / path.name)
+    return [path.name for path in copied]
 
 
 def processes_under(folder: str | os.PathLike) -> list[psutil.Process]:
@@ -195,22 +208,49 @@ def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
     return True
 
 
-def end_processes(list_processes: Callable[[], list[psutil.Process]], grace: float) -> list[int]:
+def end_processes(list_processes: Callable[[], list[psutil.Process]], grace: float, passes: int = 3) -> list[int]:
     """Wait up to ``grace`` seconds for the listed processes to end by themselves, then terminate and
-    finally kill those still alive. Returns the pids that had to be ended."""
+    kill those still alive; list again and repeat, since FLARE's watchdog script (``sub_start.sh``)
+    restarts a process that dies. Returns the pids that had to be ended."""
     deadline = time.monotonic() + grace
     while list_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = list_processes()
-    for proc in left:
-        log.warning("still running after the POC stopped, terminating: %d %s", proc.pid,
-                    " ".join(proc.info.get("cmdline") or [])[:160])
-        _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(left, timeout=5)
-    for proc in alive:
-        _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
-    return [proc.pid for proc in left]
+    ended = []
+    for _ in range(passes):
+        left = list_processes()
+        if not left:
+            break
+        for proc in left:
+            log.warning("still running after the POC stopped, terminating: %d %s", proc.pid,
+                        " ".join(proc.info.get("cmdline") or [])[:160])
+            _signal(proc, signal.SIGTERM)
+        _, alive = psutil.wait_procs(left, timeout=5)
+        for proc in alive:
+            _signal(proc, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+        ended += [proc.pid for proc in left]
+    survivors = list_processes()
+    if survivors:
+        log.error("could not end processes %s; end them by hand", ", ".join(str(p.pid) for p in survivors))
+    return ended
+
+
+@contextmanager
+def signals_deferred():
+    """Hold Ctrl-C and SIGTERM while the federation is being stopped (a second Ctrl-C would otherwise
+    leave it half stopped); a signal that arrives is logged and the stop goes on. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def note(signum, frame):
+        log.warning("%s received: still stopping the federation", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:
@@ -238,33 +278,92 @@ def submit_and_follow(system: PocSystem, job_dir: Path, timeout: float, download
     (or ``timeout`` seconds pass: the job is then aborted), and download its result."""
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    session = new_secure_session(PROJECT_ADMIN, str(system.admin_kit), timeout=30)
+    server_log = system.kit("server") / "log.txt"
+    # The FLARE API raises many exception types (connection, authentication, command errors): each
+    # becomes one PocError line naming what failed and where the server's log is.
     try:
-        job_id = session.submit_job(str(job_dir))
-        echo(f"submitted job {job_id} ({job_dir.name}) through the FLARE API as {PROJECT_ADMIN}")
-        log_file = system.kit("server") / job_id / "log.txt"
-        follower = LogFollower(log_file, echo)
-        deadline = time.monotonic() + timeout
-        status = session.get_job_status(job_id) or "SUBMITTED"
-        while not status.startswith("FINISHED"):
-            if time.monotonic() > deadline:
-                echo(f"job {job_id}: no end after {timeout:.0f} s; aborting it")
-                session.abort_job(job_id)
-                time.sleep(5)
-                status = session.get_job_status(job_id) or status
-                break
-            follower.poll()
-            time.sleep(2)
-            status = session.get_job_status(job_id) or status
-        follower.poll()
-        result_dir = None
+        session = new_secure_session(PROJECT_ADMIN, str(system.admin_kit), timeout=30)
+    except Exception as exc:  # noqa: BLE001
+        raise PocError(f"cannot log in as {PROJECT_ADMIN} with {system.admin_kit}: {exc} (server log: {server_log})") \
+            from None
+    try:
         try:
-            result_dir = Path(session.download_job_result(job_id, destination=str(download_to)))
-        except Exception as exc:  # noqa: BLE001 -- FLARE raises several kinds; the status still tells
-            echo(f"job {job_id}: download failed: {exc}")
-        return JobOutcome(job_id, status, result_dir)
+            job_id = session.submit_job(str(job_dir))
+        except Exception as exc:  # noqa: BLE001
+            raise PocError(f"submit_job {job_dir} failed: {exc} (server log: {server_log})") from None
+        echo(f"submitted job {job_id} ({job_dir.name}) through the FLARE API as {PROJECT_ADMIN}")
+        status = follow_job(session, job_id, LogFollower(system.kit("server") / job_id / "log.txt", echo),
+                            timeout, echo)
+        return JobOutcome(job_id, status, download_result(session, job_id, download_to, echo))
     finally:
         session.close()
+
+
+SCHEDULING_NOTICE_S = 60.0  # a job still waiting after this long gets one line saying what it waits for
+LOST_AFTER_POLLS = 10  # consecutive failed status polls (2 s apart) before the server counts as lost
+
+
+def follow_job(session, job_id: str, follower: LogFollower, timeout: float, echo: Callable[[str], None]) -> str:
+    """Poll the job's status until it is FINISHED:* (aborting it after ``timeout`` s); its final status."""
+    start = time.monotonic()
+    poller = StatusPoller(session, job_id)
+    status = poller.status("SUBMITTED")
+    noticed = False
+    while not status.startswith("FINISHED"):
+        waited = time.monotonic() - start
+        if waited > timeout:
+            echo(f"job {job_id}: no end after {timeout:.0f} s; aborting it")
+            session.abort_job(job_id)
+            return poller.wait_finished(status, 60.0)
+        if status == "SUBMITTED" and waited > SCHEDULING_NOTICE_S and not noticed:
+            echo(f"job {job_id}: not scheduled after {waited:.0f} s; the server starts it once min_clients sites "
+                 f"are connected and grant its resource_spec (meta.json)")
+            noticed = True
+        follower.poll()
+        time.sleep(2)
+        status = poller.status(status)
+    follower.poll()
+    return status
+
+
+class StatusPoller:
+    """``get_job_status`` that rides out a few failed polls (a busy server) before giving up."""
+
+    def __init__(self, session, job_id: str) -> None:
+        self.session, self.job_id, self.failures = session, job_id, 0
+
+    def status(self, last: str) -> str:
+        try:
+            current = self.session.get_job_status(self.job_id)
+        except Exception as exc:  # noqa: BLE001 -- see submit_and_follow
+            self.failures += 1
+            if self.failures >= LOST_AFTER_POLLS:
+                raise PocError(f"job {self.job_id}: the server stopped answering ({exc})") from None
+            log.warning("job %s: status poll failed (%s); trying again", self.job_id, exc)
+            return last
+        self.failures = 0
+        return current or last
+
+    def wait_finished(self, last: str, limit: float) -> str:
+        deadline = time.monotonic() + limit
+        status = self.status(last)
+        while not status.startswith("FINISHED") and time.monotonic() < deadline:
+            time.sleep(2)
+            status = self.status(status)
+        return status
+
+
+def download_result(session, job_id: str, download_to: Path, echo: Callable[[str], None]) -> Path | None:
+    """The downloaded job folder, or None (said on one line) when the server cannot give it."""
+    try:
+        location = session.download_job_result(job_id, destination=str(download_to))
+    except Exception as exc:  # noqa: BLE001 -- see submit_and_follow; the status still tells the outcome
+        echo(f"job {job_id}: download failed: {exc}")
+        return None
+    if not location:
+        echo(f"job {job_id}: the server gave no result to download")
+        return None
+    return Path(location)
 
 
 class LogFollower:
@@ -307,20 +406,51 @@ class PocRun:
     sites: int = 2
     base_llm: Path | None = None
     policies: Path | None = None  # a folder of hospital policy files installed at every site
-    timeout: float = 3600.0  # for the job
+    timeout: float = 7200.0  # for the job (then it is aborted)
 
     def site_names(self) -> list[str]:
         return [f"site-{k}" for k in range(1, self.sites + 1)]
 
     def validate(self) -> None:
-        if not (Path(self.job_dir) / "meta.json").is_file():
-            raise ConfigError(f"{self.job_dir}: not an exported job folder (no meta.json); "
-                              f"write one with `python jobs/fedmrg/job.py --export --export-dir DIR`")
+        """Refuse, before anything starts, a run that could not complete: a job this POC could never
+        schedule, missing site data, unreadable policy files."""
+        self._validate_job_meta()
         missing = [s for s in self.site_names() if not (Path(self.data) / s / "annotation.json").is_file()]
         if missing:
             raise ConfigError(f"{self.data}: no benchmark folder for {', '.join(missing)} (annotation.json)")
         if self.base_llm and not (Path(self.base_llm) / "config.json").is_file():
             raise ConfigError(f"{self.base_llm}: not a model folder (no config.json)")
+        if self.policies is not None:
+            self._validate_policies()
+
+    def _validate_job_meta(self) -> None:
+        path = Path(self.job_dir) / "meta.json"
+        if not path.is_file():
+            raise ConfigError(f"{self.job_dir}: not an exported job folder (no meta.json); "
+                              f"write one with `python jobs/fedmrg/job.py --export --export-dir DIR`")
+        meta = _read_json(path)
+        if int(meta.get("min_clients", 1)) > self.sites:
+            raise ConfigError(f"{path}: min_clients: the job needs {meta['min_clients']} sites, the POC has "
+                              f"{self.sites} (export it with --sites {self.sites})")
+        gpus = [spec.get("num_of_gpus", 0) for spec in (meta.get("resource_spec") or {}).values()
+                if isinstance(spec, dict)]
+        if any(gpus):
+            raise ConfigError(f"{path}: resource_spec: the job asks each site for {max(gpus)} GPU(s); POC sites "
+                              f"grant none (export it without --gpus-per-site)")
+
+    def _validate_policies(self) -> None:
+        for path in policy_files(self.policies):
+            _read_json(path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    return data
 
 
 def run_poc(plan: PocRun, echo: Callable[[str], None] = print) -> JobOutcome:

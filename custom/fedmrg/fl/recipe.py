@@ -38,7 +38,7 @@ from nvflare.job_config.api import FedJob
 # job.py declares both and reads them back (main), so the warning says nothing to our users.
 warnings.filterwarnings("ignore", message="NVFlare reserves '--export'", category=UserWarning)
 from nvflare.recipe import ProdEnv, SimEnv  # noqa: E402
-from nvflare.recipe.spec import Recipe, _peek_recipe_args  # noqa: E402
+from nvflare.recipe.spec import DEFAULT_EXPORT_DIR, Recipe, _peek_recipe_args  # noqa: E402
 from nvflare.recipe.utils import add_experiment_tracking
 
 import fedmrg
@@ -245,6 +245,9 @@ def main(job: str, description: str, overrides: dict | None = None, argv: list[s
     exported, export_dir = _peek_recipe_args()
     if exported and not args.export:
         args.export, args.export_dir = True, export_dir
+    elif not args.export and export_dir != DEFAULT_EXPORT_DIR:  # FLARE took --export-dir but not --export
+        print(f"{job}: error: --export-dir needs --export", file=sys.stderr)
+        return 2
     args.job = job
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
