@@ -1,5 +1,5 @@
 """The site's result guard (fedmrg.fl.privacy.ResultGuard): FedMRG's own results pass unchanged,
-anything carrying site-local state, unexpected metadata, text or too many bytes is refused."""
+anything carrying site-local state, unexpected metadata or headers, text or too many bytes is refused."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import logging
 import numpy as np
 import pytest
 import torch
-from nvflare.apis.fl_constant import FilterKey, FLContextKey, ReturnCode
+from nvflare.apis.fl_constant import FilterKey, FLContextKey, FLMetaKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from nvflare.apis.utils.task_utils import apply_filters
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.filters.exclude_vars import ExcludeVars
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.private.privacy_manager import Scope
 
@@ -60,11 +62,12 @@ def lowrank_result(delta=None, meta=None) -> Shareable:
         metrics={"val_loss": 2.5, "train_loss": 2.1}, meta=train_meta() if meta is None else meta))
 
 
-def dense_result(params=None, meta=None) -> Shareable:
-    """A ``train`` result of the dense FedAvg baseline (every shared parameter, fp32)."""
+def dense_result(params=None, meta=None, **rounds) -> Shareable:
+    """A ``train`` result of the dense FedAvg baseline (every shared parameter, fp32); ``rounds``:
+    FLModel's round fields."""
     params = params if params is not None else msg.to_numpy(after_training(shared_state()))
-    return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=params,
-                                             metrics={"val_loss": 2.5}, meta=train_meta() if meta is None else meta))
+    return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=params, metrics={"val_loss": 2.5},
+                                             meta=train_meta() if meta is None else meta, **rounds))
 
 
 def scores(**extra) -> dict:
@@ -79,6 +82,11 @@ def validate_result(meta_scores=None) -> Shareable:
                                              meta={msg.SCORES: meta_scores or scores()}))
 
 
+def error_reply() -> Shareable:
+    """What MRGExecutor sends when a task fails."""
+    return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+
+
 def submit_model_result() -> Shareable:
     model_meta = {"fedmrg_version": "0.1.0", "config": {"model": {"lora_rank": 4}}, "llm": {"family": "llama"}}
     return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(shared_state()),
@@ -90,6 +98,22 @@ def context(task: str | None) -> FLContext:
     if task is not None:
         fl_ctx.set_prop(FLContextKey.TASK_NAME, task, private=True, sticky=False)
     return fl_ctx
+
+
+def site_scope(*filters) -> FLContext:
+    """A ``train`` task's context under a site scope whose result filters are ``filters``, in order."""
+    scope = Scope()
+    scope.set_name("fedmrg")
+    for result_filter in filters:
+        scope.add_task_result_filter(result_filter, FilterKey.OUT)
+    fl_ctx = context(msg.TRAIN)
+    fl_ctx.set_prop(FLContextKey.SCOPE_OBJECT, scope, private=True, sticky=False)
+    return fl_ctx
+
+
+def send(result: Shareable, fl_ctx: FLContext) -> Shareable:
+    """As the client runner does: the scope's result filters, then the job's (none here)."""
+    return apply_filters(Scope.TASK_RESULT_FILTERS_NAME, result, fl_ctx, {}, msg.TRAIN, FilterKey.OUT)
 
 
 def refusal(guard: ResultGuard, result: Shareable, task: str | None = msg.TRAIN) -> str:
@@ -111,9 +135,25 @@ def test_fedmrg_results_pass_unchanged(task, make):
         np.testing.assert_array_equal(out["DXO"]["data"][name], value)
 
 
+def test_the_headers_flare_writes_into_a_result_pass():
+    """FLModelUtils.to_shareable writes the content type and FLModel's rounds (start_round 0 by default)."""
+    result = dense_result(current_round=3, total_rounds=5)
+    assert set(result[ReservedHeaderKey.HEADERS]) == {ReservedHeaderKey.CONTENT_TYPE, AppConstants.START_ROUND,
+                                                      AppConstants.CURRENT_ROUND, AppConstants.NUM_ROUNDS}
+    assert ResultGuard().process(result, context(msg.TRAIN)) is result
+
+
+def test_a_filter_history_flare_writes_passes():
+    """A site filter before the guard (FLARE's ExcludeVars) changes the result and records itself."""
+    result = dense_result()
+    out = send(result, site_scope(ExcludeVars(exclude_vars=["encoder.norm.bias"]), ResultGuard()))
+    assert out is result and out["DXO"]["meta"][FLMetaKey.FILTER_HISTORY] == ["ExcludeVars"]
+    assert "encoder.norm.bias" not in out["DXO"]["data"]
+
+
 def test_error_replies_and_other_tasks_pass():
     guard = ResultGuard()
-    error = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    error = error_reply()
     assert guard.process(error, context(msg.TRAIN)) is error
     other = dense_result(meta={"NUM_STEPS_CURRENT_ROUND": 1})  # not FedMRG's, but not its task either
     assert guard.process(other, context("fed_stats")) is other
@@ -155,7 +195,8 @@ def test_an_oversize_result_is_refused():
     params = {**msg.to_numpy(shared_state()), "encoder.patch.weight": np.zeros((512, 1024), np.float32)}  # 2 MiB
     reason = refusal(ResultGuard(max_result_mib=1), dense_result(params=params))
     assert "above the site's limit of 1 MiB" in reason
-    assert ResultGuard(max_result_mib=4).process(dense_result(params=params), context(msg.TRAIN)) is not None
+    result = dense_result(params=params)
+    assert ResultGuard(max_result_mib=4).process(result, context(msg.TRAIN)) is result
 
 
 def test_text_in_scores_is_refused():
@@ -173,8 +214,40 @@ def test_what_cannot_be_checked_is_refused(params, expected):
     assert expected in refusal(ResultGuard(), result)
 
 
+@pytest.mark.parametrize("history", ["ExcludeVars", ["The heart is normal in size."], [1], {"ExcludeVars": 1}, None])
+def test_a_filter_history_that_is_not_filter_class_names_is_refused(history):
+    result = lowrank_result(meta=train_meta(**{FLMetaKey.FILTER_HISTORY: history}))
+    assert "meta.filter_history is not a list of filter class names" in refusal(ResultGuard(), result)
+
+
+@pytest.mark.parametrize("make", [dense_result, error_reply])
+@pytest.mark.parametrize("key, value", [("notes", "The heart is normal in size."),
+                                        ("patients", np.arange(3)),
+                                        (AppConstants.JOB_STATS_CLIENT_TELEMETRY, {"error": "no such study"})])
+def test_a_header_flare_does_not_write_is_refused(make, key, value):
+    result = make()
+    result.set_header(key, value)
+    assert f"unexpected headers: {key}" in refusal(ResultGuard(), result)
+
+
+@pytest.mark.parametrize("key, value", [(ReservedHeaderKey.CONTENT_TYPE, "DXO: the heart is normal"),
+                                        (ReservedHeaderKey.RC, "OK, the heart is normal"),
+                                        (AppConstants.CURRENT_ROUND, "3 (the heart is normal)"),
+                                        (AppConstants.START_ROUND, -1)])
+def test_a_header_value_flare_does_not_write_is_refused(key, value):
+    result = dense_result()
+    result.set_header(key, value)
+    assert f"header values FLARE does not write: {key} ({type(value).__name__})" in refusal(ResultGuard(), result)
+
+
+def test_headers_that_are_not_a_mapping_are_refused():
+    result = dense_result()
+    result[ReservedHeaderKey.HEADERS] = ["The heart is normal in size."]
+    assert "headers of type list" in refusal(ResultGuard(), result)
+
+
 def test_content_outside_the_dxo_is_refused_even_on_an_error_reply():
-    result = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    result = error_reply()
     result["site_files"] = ["annotation.json"]
     assert "content outside the DXO: site_files" in refusal(ResultGuard(), result)
 
@@ -199,17 +272,11 @@ def test_the_refusal_is_logged_with_the_key():
 
 
 def test_flare_applies_the_guard_from_a_site_scope_and_the_refusal_stops_the_result():
-    """As the client runner does: the scope's result filters, then the job's (none here)."""
-    scope = Scope()
-    scope.set_name("fedmrg")
-    scope.add_task_result_filter(ResultGuard(), FilterKey.OUT)
-    fl_ctx = context(msg.TRAIN)
-    fl_ctx.set_prop(FLContextKey.SCOPE_OBJECT, scope, private=True, sticky=False)
+    fl_ctx = site_scope(ResultGuard())
     ok = lowrank_result()
-    assert apply_filters(Scope.TASK_RESULT_FILTERS_NAME, ok, fl_ctx, {}, msg.TRAIN, FilterKey.OUT) is ok
-    bad = lowrank_result(meta=train_meta(extra=1))
+    assert send(ok, fl_ctx) is ok
     with pytest.raises(ResultRefused):
-        apply_filters(Scope.TASK_RESULT_FILTERS_NAME, bad, fl_ctx, {}, msg.TRAIN, FilterKey.OUT)
+        send(lowrank_result(meta=train_meta(extra=1)), fl_ctx)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_result_mib": 0}, {"max_result_mib": "64"}, {"max_result_mib": True},

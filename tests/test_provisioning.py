@@ -14,7 +14,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from cryptography import x509
@@ -29,6 +28,8 @@ from nvflare.fuel.sec.authz import AuthorizationService, AuthzContext, Person
 from nvflare.private.fed.app.fl_conf import create_privacy_manager
 from nvflare.private.fed.utils.app_authz import AppAuthzService
 from nvflare.security.security import FLAuthorizer
+
+from fedmrg.fl.poc import end_processes, processes_under
 
 REPO = Path(__file__).resolve().parents[1]
 PROVISIONING = REPO / "provisioning"
@@ -189,8 +190,6 @@ def test_privacy_template_forces_the_result_guard_on_every_job(provisioned, tmp_
     assert isinstance(guard, ResultGuard) and guard.max_result_mib == 1024 and not guard.refuse_other_tasks
     assert scope.task_result_filters[FilterKey.IN] == [] and scope.task_data_filters[FilterKey.IN] == []
     assert manager.get_scope("public") is None  # a job naming another scope is not deployed at this site
-    # privacy.json is not subject to the class allow list: the guard is built although it is not listed
-    assert "fedmrg.fl.privacy.ResultGuard" not in template("resources.json")[CLASS_ALLOW_LIST]
 
 
 # ---------------------------------------------------------------------------- resources.json
@@ -328,17 +327,6 @@ def start(kit: Path, env: dict, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def processes_under(root: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(root) in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -361,15 +349,13 @@ def stop(procs: list[subprocess.Popen], root: Path) -> None:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=10)
-    for proc in processes_under(root):
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    end_processes(lambda: processes_under(root), grace=0)
 
 
 @pytest.mark.slow
 def test_provisioned_kits_start_connect_enforce_the_site_policies_and_shut_down(tmp_path):
+    """Among the policies: the site's privacy.json applies the result guard although the site's class
+    allow list (resources.json) would refuse the guard's class in a job, as privacy filters are exempt."""
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
     spec_file, spec = local_project(tmp_path)
@@ -377,6 +363,11 @@ def test_provisioned_kits_start_connect_enforce_the_site_policies_and_shut_down(
     admin = next(p["name"] for p in spec["participants"] if p.get("role") == "project_admin")
     for name in SITE_POLICIES:
         shutil.copy(PROVISIONING / name, kits / "hospital-a" / "local" / name)
+    (scope,) = template("privacy.json")["scopes"]
+    (guard,) = scope["task_result_filters"]
+    with pytest.raises(UnsafeComponentError):
+        ComponentPathAuthorizer().authorize_component_config(
+            guard, workspace=Workspace(root_dir=str(kits / "hospital-a"), site_name="hospital-a"))
     install_server_resources(kits / "localhost", tmp_path / "storage")
     for relative, content in PROBE_JOB.items():
         (tmp_path / "probe" / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -396,7 +387,7 @@ def test_provisioned_kits_start_connect_enforce_the_site_policies_and_shut_down(
         job_id = session.submit_job(str(tmp_path / "probe"))
         session.monitor_job(job_id, timeout=90)
         assert session.get_job_meta(job_id)["status"] == "FINISHED:EXECUTION_EXCEPTION"
-        site_log = (kits / "hospital-a" / job_id / "log.txt").read_text()
+        site_log = (kits / "hospital-a" / job_id / "log.txt").read_text()  # the guard ran at the site
         assert "ResultRefused" in site_log and "unexpected meta keys: NUM_STEPS_CURRENT_ROUND" in site_log
         assert "submit result: TASK_RESULT_FILTER_ERROR" in (kits / "hospital-a" / job_id / "audit.log").read_text()
         with zipfile.ZipFile(tmp_path / "storage" / "jobs-storage" / job_id / "workspace") as saved:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +15,17 @@ from fedmrg.errors import ConfigError
 from fedmrg.fl.codec import decode, payload_header
 from fedmrg.fl.merge import expected_delta_shapes
 from fedmrg.fl.site import (
+    DEFAULT_STATE_DIR,
     SETTINGS_ENV,
     SETTINGS_FILE,
     SPECIALIZED_DIR,
     STATE_FILE,
+    SiteSettings,
     SiteTrainer,
     apply_site_settings,
     load_site_settings,
+    site_run_config,
+    site_state_root,
 )
 
 
@@ -66,8 +71,39 @@ def test_bad_settings_name_the_file_and_the_field(tmp_path, content, message):
 
 def test_missing_settings_say_what_to_write(tmp_path, monkeypatch):
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
-    with pytest.raises(ConfigError, match=f"write {SETTINGS_FILE} with at least 'data_dir"):
+    with pytest.raises(ConfigError, match=f"write {SETTINGS_FILE} into the site's local/ folder with at least 'data_dir"):
         load_site_settings("site-1", tmp_path)
+
+
+def test_a_named_settings_file_is_the_only_one_read(tmp_path, monkeypatch):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / SETTINGS_FILE).write_text(yaml.safe_dump({"data_dir": str(tmp_path), "batch_size": 2}))
+    monkeypatch.setenv(SETTINGS_ENV, str(local / SETTINGS_FILE))
+    named = tmp_path / "named.yaml"
+    named.write_text(yaml.safe_dump({"site-1": {"data_dir": str(tmp_path), "batch_size": 3}}))
+    settings, source = load_site_settings("site-1", local, named)
+    assert (settings.batch_size, source) == (3, str(named))
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match=f"no FedMRG site settings found \\({missing}\\); write {missing} with"):
+        load_site_settings("site-1", local, missing)
+
+
+def test_the_site_run_config_is_the_jobs_with_the_sites_choices(tmp_path):
+    job = load_config("tiny")
+    threads = torch.get_num_threads()
+    cfg = site_run_config(job, SiteSettings(data_dir=str(tmp_path), threads=threads + 1), "/job/llm", set_threads=False)
+    assert cfg.model.base_llm == "/job/llm" and torch.get_num_threads() == threads
+    assert job.model.base_llm is None  # the job's own config is left as it was
+    site = SiteSettings(data_dir=str(tmp_path), base_llm="/site/llm", device="cpu")
+    assert site_run_config(job, site, "/job/llm").model.base_llm == "/site/llm"  # the site's setting wins
+    job.model.base_llm = "/config/llm"
+    assert site_run_config(job, SiteSettings(data_dir=str(tmp_path)), "/job/llm").model.base_llm == "/config/llm"
+
+
+def test_the_state_root_is_the_setting_else_in_the_workspace(tmp_path):
+    assert site_state_root(SiteSettings(data_dir="."), tmp_path) == tmp_path / DEFAULT_STATE_DIR
+    assert site_state_root(SiteSettings(data_dir=".", state_dir="/var/state"), tmp_path) == Path("/var/state")
 
 
 # ---------------------------------------------------------------------------------- one round

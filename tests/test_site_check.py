@@ -21,6 +21,7 @@ from fedmrg.fl.site_check import (
     CheckRequest,
     check_allow_list,
     check_kit,
+    read_job,
     run_site_check,
 )
 
@@ -164,6 +165,19 @@ def test_a_job_built_with_another_fedmrg_fails(tmp_path, good_settings):
     assert "built with 0.0.9" in check.detail and check.where == f"{job / 'meta.json'}: fedmrg_version"
 
 
+def test_a_job_that_ships_another_fedmrg_still_fails(tmp_path, good_settings):
+    """FLARE appends the job's custom/ folder to the import path: the installed fedmrg runs, and is checked."""
+    from fedmrg.fl.recipe import ship_package
+
+    kit = make_kit(tmp_path, good_settings, allow=["nvflare."])
+    job = export_job(tmp_path, meta={"fedmrg_version": "0.0.9"})
+    ship_package(job)
+    checks = by_name(run_site_check(CheckRequest(kit=kit, job=job)))
+    check = checks["job fedmrg_version"]
+    assert check.status == FAIL and "built with 0.0.9" in check.detail and "the installed one runs" in check.detail
+    assert checks["allow list"].status == PASS and "byoc" in checks["allow list"].detail
+
+
 def test_cuda_on_a_machine_without_it_fails(tmp_path, good_settings, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     settings = tmp_path / "settings.yaml"
@@ -172,6 +186,13 @@ def test_cuda_on_a_machine_without_it_fails(tmp_path, good_settings, monkeypatch
     assert checks["settings"].status == PASS and "kit" not in checks
     assert checks["device"].status == FAIL and "CUDA is not available" in checks["device"].detail
     assert checks["device"].where == f"{settings}: device" and checks["4-bit"].status == SKIP
+
+
+def test_a_missing_settings_file_fails_naming_it(tmp_path):
+    missing = tmp_path / "no-such-settings.yaml"
+    check = by_name(run_site_check(CheckRequest(settings_file=missing, config="tiny")))["settings"]
+    assert check.status == FAIL and check.where == str(missing)
+    assert f"no FedMRG site settings found ({missing})" in check.detail
 
 
 def test_too_little_disk_fails(tmp_path, good_settings):
@@ -190,12 +211,35 @@ def test_the_kits_name_must_be_the_site(tmp_path, good_settings):
     assert result.status == FAIL and "ssl_private_key client.key" in result.detail
 
 
+@pytest.mark.parametrize("servers, problem", [
+    ({"name": "project"}, "servers must be a list of server objects, not dict"),
+    (["fl.example.org:8002"], "servers [0] must be a server object, not str"),
+    ([{"service": "fl.example.org:8002"}], "servers [0].service must be an object, not str"),
+])
+def test_unreadable_servers_fail_the_kit(tmp_path, good_settings, servers, problem):
+    kit = make_kit(tmp_path, good_settings)
+    client_json = kit / "startup" / "fed_client.json"
+    client_json.write_text(json.dumps(json.loads(client_json.read_text()) | {"servers": servers}))
+    result, name = check_kit(kit, None)
+    assert (result.status, name) == (FAIL, "site-1") and problem in result.detail
+    assert result.where == f"{client_json}: servers"
+
+
 def test_an_allow_list_without_fedmrg_warns(tmp_path, good_settings):
     kit = make_kit(tmp_path, good_settings, allow=["nvflare."])
     result = check_allow_list(kit / "local", None)
     assert result.status == WARN and "fedmrg.fl.executor.MRGExecutor" in result.detail and "byoc" in result.detail
     (kit / "local" / "resources.json").write_text(json.dumps({"class_allow_list": ["fedmrg."]}))
     assert check_allow_list(kit / "local", None).status == PASS  # a package prefix admits its classes
+
+
+def test_an_allow_list_refusing_a_job_without_code_fails(tmp_path, good_settings):
+    kit = make_kit(tmp_path, good_settings, allow=["nvflare."])
+    (kit / "local" / "resources.json").rename(kit / "local" / "resources.json.default")  # as provisioned
+    result = check_allow_list(kit / "local", read_job(export_job(tmp_path), "site-1"))
+    assert result.status == FAIL and "FLARE refuses this job here" in result.detail
+    assert "fedmrg.fl.executor.MRGExecutor" in result.detail
+    assert result.where == f"{kit / 'local' / 'resources.json.default'}: class_allow_list"
 
 
 # ------------------------------------------------------------------------------------ the CLI
@@ -223,3 +267,15 @@ def test_unusable_input_is_exit_2(tmp_path, good_settings, capsys):
         assert main(["site-check", "--kit", str(kit), *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("fedmrg: error: ") and "Traceback" not in err
+
+
+def test_executor_args_that_are_not_an_object_are_exit_2(tmp_path, good_settings, capsys):
+    kit = make_kit(tmp_path, good_settings)
+    job = export_job(tmp_path)
+    client_config = job / "app" / "config" / "config_fed_client.json"
+    client = json.loads(client_config.read_text())
+    client["executors"][0]["executor"]["args"] = ["not", "an", "object"]
+    client_config.write_text(json.dumps(client))
+    assert main(["site-check", "--kit", str(kit), "--job", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert f"{client_config}: fedmrg.fl.executor.MRGExecutor: args must be an object, not list" in err

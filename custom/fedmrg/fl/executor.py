@@ -25,7 +25,7 @@ from fedmrg.config import parse_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
 from fedmrg.fl.versions import check_job_versions
-from fedmrg.fl.site import SiteTrainer, apply_site_settings, load_site_settings
+from fedmrg.fl.site import SiteTrainer, load_site_settings, site_run_config, site_state_root
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,9 @@ class MRGExecutor(Executor):
                 raise ConfigError(self.startup_error)
             if self.settings is None:
                 raise ValueError("the executor was not started (no START_RUN event)")
-            cfg = parse_config(self.config, "job config")
-            if self.base_llm and not cfg.model.base_llm:
-                cfg.model.base_llm = self.base_llm
-            cfg = apply_site_settings(cfg, self.settings)
-            state_root = Path(self.settings.state_dir) if self.settings.state_dir else self.site_root / "fedmrg-state"
-            self.trainer = SiteTrainer(cfg, self.site, self.settings.data_dir, state_root / self.run_name)
+            cfg = site_run_config(parse_config(self.config, "job config"), self.settings, self.base_llm)
+            state_dir = site_state_root(self.settings, self.site_root) / self.run_name
+            self.trainer = SiteTrainer(cfg, self.site, self.settings.data_dir, state_dir)
         return self.trainer
 
     def _load_global(self, trainer: SiteTrainer, request: FLModel) -> None:

@@ -37,7 +37,7 @@ import yaml
 
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.recipe import allow_fedmrg_components
-from fedmrg.fl.site import SETTINGS_FILE
+from fedmrg.fl.site import DEFAULT_STATE_DIR, SETTINGS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ def run_poc(plan: PocRun, echo: Callable[[str], None] = print) -> JobOutcome:
         for site in system.sites:
             system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies)
             sites[site] = {"data_dir": str((Path(plan.data) / site).resolve()),
-                           "state_dir": str(system.kit(site) / "fedmrg-state")}
+                           "state_dir": str(system.kit(site) / DEFAULT_STATE_DIR)}
         (system.workspace / "sites.yaml").write_text(yaml.safe_dump(sites), encoding="utf-8")
         if plan.policies:
             echo(f"site policies from {plan.policies} installed at every site")

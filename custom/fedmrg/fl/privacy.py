@@ -10,9 +10,22 @@ is sent. The guard checks the results of FedMRG's tasks (``train``, ``validate``
   client contrastive head); for a low-rank update the names are the entries listed in the codec
   payload's header, so an unreadable payload is refused too;
 - ``meta`` holds only the keys FedMRG sends for that task (:data:`RESULT_META`), and apart from the
-  model description, numbers only (a number, a numeric array or a mapping of them): no text, such
-  as generated reports, leaves through scores or metrics;
-- parameters are numeric arrays, and the result is at most ``max_result_mib`` MiB (when set).
+  model description (``submit_model``'s, not checked) and FLARE's ``filter_history`` (a list of
+  filter class names, as ``DXO.add_filter_history`` writes it), numbers only (a number, a numeric
+  array or a mapping of them): no text, such as generated reports, leaves through scores or metrics;
+- parameters are numeric arrays, and the result is at most ``max_result_mib`` MiB (when set);
+- the shareable holds nothing besides its DXO and its headers, and the headers only what FLARE's
+  ``FLModelUtils.to_shareable`` and ``make_reply`` write into FedMRG's results (:data:`RESULT_HEADERS`:
+  the content type ``DXO``, round numbers, a FLARE return code). FLARE's client runner adds no header
+  of its own before the result filters run, so a header from elsewhere (a job component handling
+  ``AFTER_TASK_EXECUTION``, such as the telemetry of FLARE's ``JobStatsReporter`` when a job runs
+  it at its sites) gets the result refused.
+
+What the guard does not see: the headers the client runner adds after the result filters (the task
+name and id, the audit event id, the server's cookie jar echoed back, and the message id when it is
+sent), and what the job's own result filters do, as FLARE runs them after the site's (the scope's
+filters first); a job may name only the classes the site's ``class_allow_list`` admits (enforced in
+``provisioning/resources.json``) and bring no code (``provisioning/authorization.json``).
 
 What a refusal does (FLARE 2.9, ``nvflare/private/fed/client/client_runner.py``): the guard logs
 which key it refused and raises :class:`ResultRefused` (FLARE's ``ContentBlockedException``); the
@@ -35,16 +48,16 @@ like FedMRG's.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
-from nvflare.apis.dxo_filter import DXOFilter
-from nvflare.apis.filter import ContentBlockedException
+from nvflare.apis.filter import ContentBlockedException, Filter
 from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
+from nvflare.app_common.app_constant import AppConstants
 
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import payload_header
@@ -76,26 +89,55 @@ RESULT_META: dict[str, frozenset[str]] = {
     msg.VALIDATE: frozenset({msg.SCORES}) | _FLARE_META,
     msg.SUBMIT_MODEL: frozenset({msg.MODEL_META}) | _FLARE_META,
 }
-_TEXT_META = frozenset({msg.MODEL_META, FLMetaKey.FILTER_HISTORY})  # values that may hold strings
 _DATA_KINDS = [DataKind.WEIGHTS, DataKind.WEIGHT_DIFF, DataKind.METRICS]
-_SHAREABLE_KEYS = frozenset({ReservedHeaderKey.HEADERS, "DXO"})
+_DXO = "DXO"  # the DXO's key in a shareable, and the content type header DXO.update_shareable writes
+_SHAREABLE_KEYS = frozenset({ReservedHeaderKey.HEADERS, _DXO})
+_RETURN_CODES = frozenset(code for name, code in vars(ReturnCode).items() if not name.startswith("_"))
 _MIB = 1 << 20
 _SHOWN = 5  # names listed per problem in a refusal
+
+
+def _is_dxo_content_type(value) -> bool:
+    return isinstance(value, str) and value == _DXO
+
+
+def _is_return_code(value) -> bool:
+    return isinstance(value, str) and value in _RETURN_CODES
+
+
+def _is_round(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+RESULT_HEADERS: dict[str, Callable[[object], bool]] = {  # header -> its admitted values
+    ReservedHeaderKey.CONTENT_TYPE: _is_dxo_content_type,  # DXO.update_shareable
+    ReservedHeaderKey.RC: _is_return_code,  # make_reply (an error reply)
+    AppConstants.START_ROUND: _is_round,  # FLModelUtils.to_shareable (FLModel.start_round, 0 by default)
+    AppConstants.CURRENT_ROUND: _is_round,  # FLModelUtils.to_shareable, when the FLModel has it
+    AppConstants.NUM_ROUNDS: _is_round,  # FLModelUtils.to_shareable, when the FLModel has it
+}
 
 
 class ResultRefused(ContentBlockedException):
     """A result that must not leave the site."""
 
 
-class ResultGuard(DXOFilter):
-    """Refuses FedMRG results that carry site-local parameters, unexpected metadata or too many bytes."""
+class ResultGuard(Filter):
+    """Refuses FedMRG results that carry site-local parameters, unexpected metadata or headers, or
+    too many bytes.
+
+    A plain :class:`~nvflare.apis.filter.Filter`, not a ``DXOFilter``: ``DXOFilter.process`` lets
+    through what must be checked here (a result with an empty ``params``, as ``validate`` sends its
+    scores in ``meta``; results whose return code is not OK; content outside the DXO), and its
+    abstract ``process_dxo`` would go unused.
+    """
 
     def __init__(self, max_result_mib: float | None = None, extra_meta_keys: list[str] | None = None,
                  refuse_other_tasks: bool = False) -> None:
         """``max_result_mib``: the largest result sent, in MiB (None: no limit); ``extra_meta_keys``:
         ``meta`` keys admitted besides FedMRG's; ``refuse_other_tasks``: refuse the results of tasks
         other than FedMRG's instead of passing them unchanged."""
-        super().__init__(supported_data_kinds=list(_DATA_KINDS), data_kinds_to_filter=list(_DATA_KINDS))
+        super().__init__()
         if max_result_mib is not None and not (_is_number(max_result_mib) and not isinstance(max_result_mib, bool)
                                                and max_result_mib > 0):
             raise ValueError(f"max_result_mib must be a positive number or null, got {max_result_mib!r}")
@@ -110,12 +152,7 @@ class ResultGuard(DXOFilter):
 
     # --------------------------------------------------------------------------- FLARE hooks
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        """Check the whole result, then return it unchanged (or raise :class:`ResultRefused`).
-
-        ``DXOFilter.process`` is replaced because it lets through what must be checked here: a
-        result with an empty ``params`` (``validate`` sends its scores in ``meta``), results whose
-        return code is not OK, and content outside the DXO.
-        """
+        """Check the whole result, then return it unchanged (or raise :class:`ResultRefused`)."""
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
         if task is not None and task not in RESULT_META:
             if self.refuse_other_tasks:
@@ -127,14 +164,6 @@ class ResultGuard(DXOFilter):
             self._refuse(fl_ctx, task, problems)
         self.log_info(fl_ctx, f"ResultGuard: result of task {task} checked, no site-local content")
         return shareable
-
-    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> None:
-        """The DXO checks alone (for use inside a DXO filter chain); None: the DXO is unchanged."""
-        task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
-        problems = dxo_problems(dxo, task, self.extra_meta_keys) + size_problems(dxo, self.max_result_mib)
-        if problems:
-            self._refuse(fl_ctx, task, problems)
-        return None
 
     def _refuse(self, fl_ctx: FLContext, task: str | None, problems: list[str]) -> None:
         reason = f"result of task {task or '(unknown)'} refused, it stays at this site: " + "; ".join(problems)
@@ -149,13 +178,32 @@ def result_problems(shareable: Shareable, task: str | None, max_result_mib: floa
     extra_keys = sorted(set(map(str, shareable)) - _SHAREABLE_KEYS)
     if extra_keys:
         return [f"content outside the DXO: {_names(extra_keys)}"]
+    problems = header_problems(shareable.get(ReservedHeaderKey.HEADERS) or {})
+    if problems:
+        return problems
+    if _DXO not in shareable and shareable.get_return_code() != ReturnCode.OK:
+        return []  # a plain error reply: its return code alone
     try:
         dxo = from_shareable(shareable)
     except (ValueError, KeyError, TypeError) as exc:
-        if shareable.get_return_code() != ReturnCode.OK and "DXO" not in shareable:
-            return []  # a plain error reply: nothing but headers
         return [f"not a FedMRG result ({exc})"]
     return dxo_problems(dxo, task, extra_meta_keys) + size_problems(dxo, max_result_mib)
+
+
+def header_problems(headers) -> list[str]:
+    """Headers FLARE does not write into a result before the result filters run, and values it
+    does not write there (:data:`RESULT_HEADERS`)."""
+    if not isinstance(headers, Mapping):
+        return [f"headers of type {type(headers).__name__}, expected a mapping"]
+    unexpected = sorted(str(key) for key in headers if key not in RESULT_HEADERS)
+    bad = sorted(f"{key} ({type(value).__name__})" for key, value in headers.items()
+                 if key in RESULT_HEADERS and not RESULT_HEADERS[key](value))
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected headers: {_names(unexpected)}")
+    if bad:
+        problems.append(f"header values FLARE does not write: {_names(bad)}")
+    return problems
 
 
 def dxo_problems(dxo: DXO, task: str | None, extra_meta_keys: Iterable[str] = ()) -> list[str]:
@@ -198,8 +246,8 @@ def param_problems(params: Mapping) -> list[str]:
 
 
 def meta_problems(meta: Mapping, task: str | None, extra_meta_keys: Iterable[str] = ()) -> list[str]:
-    """Keys FedMRG does not send for ``task`` (any of its tasks when unknown), and text where
-    only numbers belong."""
+    """Keys FedMRG does not send for ``task`` (any of its tasks when unknown), a ``filter_history``
+    that is not a list of filter class names, and text where only numbers belong."""
     allowed = RESULT_META.get(task) if task else None
     if allowed is None:
         allowed = frozenset().union(*RESULT_META.values())
@@ -208,9 +256,26 @@ def meta_problems(meta: Mapping, task: str | None, extra_meta_keys: Iterable[str
     unexpected = sorted(str(key) for key in meta if key not in allowed)
     if unexpected:
         problems.append(f"unexpected meta keys: {_names(unexpected)}")
-    for key in sorted(str(k) for k in meta if k in allowed and k not in _TEXT_META):
-        problems += _numeric_problems(meta[key], f"meta.{key}")
+    for key in sorted(str(k) for k in meta if k in allowed):
+        problems += _meta_value_problems(key, meta[key])
     return problems
+
+
+def _meta_value_problems(key: str, value) -> list[str]:
+    if key == msg.MODEL_META:
+        return []  # the model description submit_model sends
+    if key == FLMetaKey.FILTER_HISTORY:
+        return filter_history_problems(value)
+    return _numeric_problems(value, f"meta.{key}")
+
+
+def filter_history_problems(history) -> list[str]:
+    """FLARE's ``filter_history`` holds the class names of the DXO filters that changed the result
+    (``DXOFilter`` adds ``self.__class__.__name__`` through ``DXO.add_filter_history``): a list of
+    Python identifiers, nothing else."""
+    if isinstance(history, list) and all(isinstance(name, str) and name.isidentifier() for name in history):
+        return []
+    return [f"meta.{FLMetaKey.FILTER_HISTORY} is not a list of filter class names"]
 
 
 def size_problems(dxo: DXO, max_result_mib: float | None) -> list[str]:

@@ -46,6 +46,7 @@ LOCAL_FILE = "local.safetensors"
 FEEDBACK_FILE = "feedback.safetensors"
 TRAINER_FILE = "trainer.pt"
 SPECIALIZED_DIR = "specialized"  # the site's adapter in PEFT's format, for use outside the job
+DEFAULT_STATE_DIR = "fedmrg-state"  # the site's state folder inside its workspace (no state_dir setting)
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -62,19 +63,29 @@ class SiteSettings:
     threads: Optional[int] = None  # torch CPU threads; several sites on one machine want 1 each
 
 
-def load_site_settings(site: str, local_dir: str | os.PathLike | None) -> tuple[SiteSettings, str]:
-    """The site's settings and where they came from (file, or the environment variable's file)."""
-    candidates = []
-    if local_dir is not None:
-        candidates.append(Path(local_dir) / SETTINGS_FILE)
+def settings_candidates(local_dir: str | os.PathLike | None,
+                        settings_file: str | os.PathLike | None = None) -> list[Path]:
+    """The files the loader reads a site's settings from, in order: ``settings_file`` alone when given,
+    else ``<local_dir>/fedmrg_site.yaml`` and the file ``$FEDMRG_SITE_SETTINGS`` names."""
+    if settings_file is not None:
+        return [Path(settings_file)]
+    candidates = [Path(local_dir) / SETTINGS_FILE] if local_dir is not None else []
     if os.environ.get(SETTINGS_ENV):
         candidates.append(Path(os.environ[SETTINGS_ENV]))
+    return candidates
+
+
+def load_site_settings(site: str, local_dir: str | os.PathLike | None,
+                       settings_file: str | os.PathLike | None = None) -> tuple[SiteSettings, str]:
+    """The site's settings and where they came from: the first of :func:`settings_candidates` that exists."""
+    candidates = settings_candidates(local_dir, settings_file)
     for path in candidates:
         if path.is_file():
             return _parse_settings(path, site), str(path)
     where = " or ".join(str(p) for p in candidates) or f"${SETTINGS_ENV}"
-    raise ConfigError(f"site {site}: no FedMRG site settings found ({where}); write {SETTINGS_FILE} with at least "
-                      f"'data_dir: /path/to/site/data' into the site's local/ folder")
+    to_write = settings_file if settings_file is not None else f"{SETTINGS_FILE} into the site's local/ folder"
+    raise ConfigError(f"site {site}: no FedMRG site settings found ({where}); write {to_write} with at least "
+                      f"'data_dir: /path/to/site/data'")
 
 
 def _parse_settings(path: Path, site: str) -> SiteSettings:
@@ -118,6 +129,22 @@ def apply_site_settings(cfg: Config, settings: SiteSettings) -> Config:
     if settings.base_llm:
         cfg.model.base_llm = settings.base_llm
     return cfg
+
+
+def site_run_config(cfg: Config, settings: SiteSettings, job_base_llm: str | None = None,
+                    set_threads: bool = True) -> Config:
+    """The config a site's trainer runs: a copy of the job's, with the base LLM the job's executor
+    names when the config names none, then the site's settings (:func:`apply_site_settings`; without
+    ``set_threads``, this process's thread count is left as it is)."""
+    if job_base_llm and not cfg.model.base_llm:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, base_llm=job_base_llm))
+    return apply_site_settings(cfg, settings if set_threads else dataclasses.replace(settings, threads=None))
+
+
+def site_state_root(settings: SiteSettings, site_workspace: str | os.PathLike) -> Path:
+    """The folder that holds a site's local state, one subfolder per job name: the ``state_dir``
+    setting, else ``<site workspace>/fedmrg-state``."""
+    return Path(settings.state_dir) if settings.state_dir else Path(site_workspace) / DEFAULT_STATE_DIR
 
 
 # --------------------------------------------------------------------------------- site trainer

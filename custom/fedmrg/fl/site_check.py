@@ -38,15 +38,16 @@ from fedmrg.config import Config, load_config, named_configs, parse_config
 from fedmrg.data.annotation import SPLITS, Annotation, read_annotation
 from fedmrg.data.files import load_json
 from fedmrg.errors import ConfigError, DataError
-from fedmrg.fl.site import (  # _parse_settings: the loader's own rules, for a file named on the command line
+from fedmrg.fl.site import (
     SETTINGS_ENV,
     SETTINGS_FILE,
     SiteSettings,
-    _parse_settings,
-    apply_site_settings,
     load_site_settings,
+    settings_candidates,
+    site_run_config,
+    site_state_root,
 )
-from fedmrg.fl.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions
+from fedmrg.fl.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions, version_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ DEFAULT_SAMPLE = 20  # studies decoded
 DEFAULT_MIN_FREE_GIB = 5.0
 LABEL_LIMIT = 5000  # train reports labeled (about 2 s on one core); a larger site gets an even sample
 UNNAMED_SITE = "(unnamed)"  # no --site and no kit
-STATE_FOLDER = "fedmrg-state"  # the executor's default state folder inside the site's workspace
 _MAX_4BIT_ERROR = 0.25  # relative error of an NF4 matmul of random matrices is about 0.1
 
 
@@ -94,7 +94,7 @@ class JobInfo:
     config: Config
     base_llm: str | None  # the MRGExecutor's base_llm argument (a site's setting wins)
     component_paths: list[str]  # every class the client app builds
-    ships_code: bool  # the app carries a custom/ folder: FLARE treats it as bring-your-own-code
+    ships_code: bool  # the app carries a custom/ folder: FLARE treats it as bring-your-own-code (byoc)
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _job_and_config(request: CheckRequest, site: str | None) -> tuple[JobInfo | 
 def _checks_with_settings(request: CheckRequest, settings: SiteSettings, settings_source: str, job: JobInfo | None,
                           cfg: Config, config_source: str) -> list[CheckResult]:
     """Data, base LLM, device, 4-bit and disk, with the config as this site's trainer would see it."""
-    cfg = site_config(cfg, settings, job.base_llm if job else None)
+    cfg = site_run_config(cfg, settings, job.base_llm if job else None, set_threads=False)
     results = check_data(Path(settings.data_dir), cfg, request.sample)
     results.append(check_base_llm(cfg.model.base_llm, _base_llm_source(settings, settings_source, job, config_source)))
     device_where = f"{settings_source}: device" if settings.device else f"{config_source}: train.device"
@@ -170,15 +170,6 @@ def _checks_with_settings(request: CheckRequest, settings: SiteSettings, setting
     return results
 
 
-def site_config(cfg: Config, settings: SiteSettings, job_base_llm: str | None) -> Config:
-    """The config this site's trainer would run with, built as ``MRGExecutor`` builds it (but without
-    changing this process's thread count)."""
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model))
-    if job_base_llm and not cfg.model.base_llm:
-        cfg.model.base_llm = job_base_llm
-    return apply_site_settings(cfg, dataclasses.replace(settings, threads=None))
-
-
 def _base_llm_source(settings: SiteSettings, settings_source: str, job: JobInfo | None, config_source: str) -> str:
     if settings.base_llm:
         return f"{settings_source}: base_llm"
@@ -188,12 +179,15 @@ def _base_llm_source(settings: SiteSettings, settings_source: str, job: JobInfo 
 
 
 def _state_folder(settings: SiteSettings, kit: Path | None) -> tuple[Path, str]:
-    """Where the executor keeps the site's state, and why there."""
+    """Where the executor keeps the site's state (the kit is the site's workspace; without a kit, the
+    current folder stands for it), and why there."""
     if settings.state_dir:
-        return Path(settings.state_dir), "the state_dir setting"
-    if kit is not None:
-        return kit / STATE_FOLDER, "the kit's default state folder"
-    return Path.cwd(), "no --kit and no state_dir setting: the current folder"
+        why = "the state_dir setting"
+    elif kit is not None:
+        why = "the kit's default state folder"
+    else:
+        why = "no --kit and no state_dir setting: the default state folder in the current folder"
+    return site_state_root(settings, kit if kit is not None else Path.cwd()), why
 
 
 # -------------------------------------------------------------------------------------- the kit
@@ -239,6 +233,9 @@ def check_kit(kit: Path, site: str | None) -> tuple[CheckResult, str | None]:
     if missing:
         return CheckResult("kit", FAIL, f"site {name}: files named in fed_client.json are missing from startup/: "
                            f"{', '.join(missing)}", str(client_json)), name
+    servers_problem = _servers_problem(data.get("servers", []))
+    if servers_problem:
+        return CheckResult("kit", FAIL, f"site {name}: servers {servers_problem}", f"{client_json}: servers"), name
     if not (kit / "local").is_dir():
         return CheckResult("kit", FAIL, f"site {name}: no local/ folder (site policies, {SETTINGS_FILE})",
                            str(kit)), name
@@ -246,11 +243,23 @@ def check_kit(kit: Path, site: str | None) -> tuple[CheckResult, str | None]:
                        name_source), name
 
 
+def _servers_problem(servers: Any) -> str | None:
+    """Why fed_client.json's ``servers`` cannot be read as FLARE's client reads it (a list whose first
+    entry is an object with a ``service`` object), or None."""
+    if not isinstance(servers, list):
+        return f"must be a list of server objects, not {type(servers).__name__}"
+    if servers and not isinstance(servers[0], dict):
+        return f"[0] must be a server object, not {type(servers[0]).__name__}"
+    if servers and not isinstance(servers[0].get("service", {}), dict):
+        return f"[0].service must be an object, not {type(servers[0]['service']).__name__}"
+    return None
+
+
 def _server_address(client_json: dict) -> str:
-    servers = client_json.get("servers") or [{}]
-    server = servers[0] if isinstance(servers[0], dict) else {}
-    service = server.get("service") or {}
-    security = (client_json.get("client") or {}).get("connection_security")
+    """The first server's target and the client's connection security (``servers`` already checked)."""
+    servers = client_json.get("servers", [])
+    service = servers[0].get("service", {}) if servers else {}
+    security = client_json["client"].get("connection_security")
     return f"{service.get('target', '?')}" + (f" ({security})" if security else "")
 
 
@@ -264,14 +273,13 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
         CLASS_LIST_ENFORCEMENT_MODE,
     )
 
-    from fedmrg.fl.recipe import COMPONENT_CLASSES
+    from fedmrg.fl.recipe import COMPONENT_CLASSES, resources_file
 
     if job is not None and job.ships_code:
         return CheckResult("allow list", PASS, "the job ships its own code (custom/): FLARE skips the allow list, "
                            "but the submitter needs the byoc right in this site's authorization policy",
                            str(local_dir))
-    source = next((p for p in (local_dir / "resources.json", local_dir / "resources.json.default") if p.is_file()),
-                  None)
+    source = resources_file(local_dir)
     try:
         resources = load_json(source, what="resources.json") if source else {}
     except DataError as exc:
@@ -293,9 +301,13 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
     if resources.get(CLASS_LIST_ENFORCEMENT_MODE) == "warn":
         return CheckResult("allow list", PASS, f"does not list {listed}, but {CLASS_LIST_ENFORCEMENT_MODE} is 'warn': "
                            "FLARE builds them with a warning", where)
-    return CheckResult("allow list", WARN, f"does not admit {listed}: jobs that bring no code will be refused here, "
-                       "unless they ship the code (--ship-code) and the site grants byoc; add them to the list (as "
-                       "fedmrg.fl.recipe.allow_fedmrg_components does)", where)
+    remedy = ("add them to the list (as fedmrg.fl.recipe.allow_fedmrg_components does), or ship the code "
+              "(--ship-code) to a site that grants byoc")
+    if job is not None:
+        return CheckResult("allow list", FAIL, f"does not admit {listed}: FLARE refuses this job here, as it brings "
+                           f"no code; {remedy}", where)
+    return CheckResult("allow list", WARN, f"does not admit {listed}: jobs that bring no code will be refused here; "
+                       f"{remedy}", where)
 
 
 def _admits(entry: str, path: str) -> bool:
@@ -334,7 +346,9 @@ def read_job(path: Path, site: str | None) -> JobInfo:
     executors = [c for c in components if _component_path(c) == executor_path]
     if not executors:
         raise ConfigError(f"{config_path}: no {executor_path} component, so not a FedMRG job")
-    args = executors[0].get("args") or {}
+    args = executors[0].get("args", {})
+    if not isinstance(args, dict):
+        raise ConfigError(f"{config_path}: {executor_path}: args must be an object, not {type(args).__name__}")
     if not isinstance(args.get("config"), dict):
         raise ConfigError(f"{config_path}: {executor_path}: args.config must be the job's config mapping")
     config = parse_config(args["config"], f"{config_path}: {executor_path} config")
@@ -380,15 +394,10 @@ def _component_path(component: dict) -> str | None:
 def check_settings(site: str | None, kit: Path | None, settings_file: Path | None
                    ) -> tuple[CheckResult, SiteSettings | None, str]:
     """The site's settings, read as the executor reads them (``--settings`` names the file instead)."""
-    where = _settings_candidate(kit, settings_file)
-    name = site or UNNAMED_SITE
+    local_dir = kit / "local" if kit is not None else None
+    where = _settings_candidate(local_dir, settings_file)
     try:
-        if settings_file is not None:
-            if not settings_file.exists() or settings_file.is_dir():
-                raise ConfigError(f"{settings_file}: no such settings file")
-            settings, source = _parse_settings(settings_file, name), str(settings_file)
-        else:
-            settings, source = load_site_settings(name, kit / "local" if kit is not None else None)
+        settings, source = load_site_settings(site or UNNAMED_SITE, local_dir, settings_file)
     except ConfigError as exc:
         hint = " (give --site NAME)" if site is None and "nor a section for site" in str(exc) else ""
         return CheckResult("settings", FAIL, f"{exc}{hint}", where), None, where
@@ -396,15 +405,11 @@ def check_settings(site: str | None, kit: Path | None, settings_file: Path | Non
     return CheckResult("settings", PASS, ", ".join(f"{k} {v}" for k, v in chosen.items()), source), settings, source
 
 
-def _settings_candidate(kit: Path | None, settings_file: Path | None) -> str:
-    """The file the loader would read first (for messages)."""
-    if settings_file is not None:
-        return str(settings_file)
-    if kit is not None and (kit / "local" / SETTINGS_FILE).is_file():
-        return str(kit / "local" / SETTINGS_FILE)
-    if os.environ.get(SETTINGS_ENV):
-        return os.environ[SETTINGS_ENV]
-    return str(kit / "local" / SETTINGS_FILE) if kit is not None else f"${SETTINGS_ENV}"
+def _settings_candidate(local_dir: Path | None, settings_file: Path | None) -> str:
+    """The file the loader reads (else the first it looks for), for messages."""
+    candidates = settings_candidates(local_dir, settings_file)
+    chosen = next((p for p in candidates if p.is_file()), candidates[0] if candidates else None)
+    return str(chosen) if chosen is not None else f"${SETTINGS_ENV}"
 
 
 # -------------------------------------------------------------------------------------- data
@@ -579,7 +584,7 @@ def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
 # --------------------------------------------------------------------------- model and device
 def check_base_llm(path: str | None, where: str) -> CheckResult:
     """A local checkpoint folder (config, tokenizer, weights) whose tokenizer loads; weights are not loaded."""
-    from fedmrg.model.llm import check_checkpoint, load_tokenizer
+    from fedmrg.model.llm import WEIGHT_SUFFIXES, check_checkpoint, load_tokenizer
 
     if not path:
         return CheckResult("base LLM", FAIL, "no base LLM: set base_llm in the site settings to the local "
@@ -594,7 +599,7 @@ def check_base_llm(path: str | None, where: str) -> CheckResult:
     if isinstance(vocab, int) and len(tokenizer) > vocab:
         return CheckResult("base LLM", FAIL, f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model "
                            f"embeds only {vocab}: the tokenizer does not belong to these weights", where)
-    weights = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".safetensors", ".bin")))
+    weights = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     family = config.get("model_type", "?") if isinstance(config, dict) else "?"
     size = f"{weights / 2**30:.1f} GiB" if weights >= 2**30 else f"{weights / 2**20:.1f} MiB"
     return CheckResult("base LLM", PASS, f"{folder}: {family}, tokenizer of {len(tokenizer)} tokens, weights {size}",
@@ -689,21 +694,21 @@ def check_versions(job: JobInfo | None) -> list[CheckResult]:
                            str(Path(fedmrg.__file__).parent))]
     if job is None:
         return results
-    for key, name in ((FEDMRG_VERSION_KEY, "fedmrg"), (NVFLARE_VERSION_KEY, "nvflare")):
-        results.append(_job_version_result(job, key, here[name]))
-    return results
+    return results + [_job_version_result(job, key, installed) for key, installed in installed_versions().items()]
 
 
 def _job_version_result(job: JobInfo, key: str, installed: str) -> CheckResult:
+    """One version the job records, compared as the site's executor compares it
+    (:func:`fedmrg.fl.versions.version_mismatches`)."""
     where = f"{job.meta_path}: {key}"
     recorded = job.meta.get(key)
     if recorded is None:
         return CheckResult(f"job {key}", WARN, f"not recorded in the job; this site has {installed}", where)
-    if key == FEDMRG_VERSION_KEY and job.ships_code:
-        return CheckResult(f"job {key}", PASS, f"{recorded}, shipped with the job (custom/): the installed "
-                           f"{installed} is not used", where)
-    if str(recorded) != installed:
-        return CheckResult(f"job {key}", FAIL, f"the job was built with {recorded}, this site has {installed}", where)
+    mismatch = version_mismatches({key: recorded})
+    if mismatch:
+        shipped = (" (the fedmrg the job ships in custom/ comes after the installed one on FLARE's import path, "
+                   "so the installed one runs)" if job.ships_code and key == FEDMRG_VERSION_KEY else "")
+        return CheckResult(f"job {key}", FAIL, f"{mismatch[0]}: the site's executor refuses the job{shipped}", where)
     return CheckResult(f"job {key}", PASS, f"{recorded}, as installed", where)
 
 
