@@ -7,10 +7,8 @@ compression. Diagnosis-driven and instance-specific prompts stay, as in FedMRG.
 
 import sys
 
+from fedmrg.eval.methods import FEDAVG_LORA
 from fedmrg.fl.recipe import main
 
-BASELINE = {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False,
-            "model.adapters": "single", "model.contrastive": False, "model.mutual_boosting": 0.0}
-
 if __name__ == "__main__":
-    sys.exit(main("fedavg_lora", __doc__, overrides=BASELINE))
+    sys.exit(main("fedavg_lora", __doc__, overrides=dict(FEDAVG_LORA)))

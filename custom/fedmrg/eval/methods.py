@@ -1,0 +1,78 @@
+"""The methods the FL-MRG benchmark compares, as data: each is a training setting plus config overrides.
+
+Every method trains the same model family on the same benchmark with the same seeds and the same
+budget, counted in passes over a site's training data: a federated run of R rounds of E local
+epochs, a local-only run of R x E epochs on one site, and a centralized run of R x E epochs on the
+pooled training data of all sites (so it takes more optimizer steps: it sees every site's data in
+each pass, as the federation does over its sites).
+
+The ablations switch off one FedMRG mechanism each and keep everything else as in ``fedmrg``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+from fedmrg.config import Config
+from fedmrg.errors import ConfigError
+
+Setting = Literal["local", "centralized", "federated"]
+
+# FedIT: dense fp32 FedAvg of every shared parameter, one LoRA adapter whose A and B are averaged
+# separately; no contrastive learning, no specialized adapter, no compression. The diagnosis-driven
+# and instance-specific prompts stay, as in FedMRG, so the comparison isolates the federated parts.
+FEDAVG_LORA = MappingProxyType({
+    "fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False,
+    "model.adapters": "single", "model.contrastive": False, "model.mutual_boosting": 0.0,
+})
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    setting: Setting
+    description: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    job: str | None = None  # the jobs/<job>/job.py of a federated method
+
+    def budget_overrides(self, cfg: Config) -> dict[str, Any]:
+        """The overrides that give this method the benchmark's budget (fl.rounds x fl.local_epochs)."""
+        if cfg.fl.local_steps:
+            raise ConfigError(f"config {cfg.name!r}: fl.local_steps: the benchmark counts its budget in epochs; "
+                              f"set fl.local_epochs instead")
+        if self.setting == "federated":
+            return dict(self.overrides)
+        return {**self.overrides, "train.epochs": cfg.fl.rounds * cfg.fl.local_epochs, "train.max_steps": None}
+
+
+METHODS: tuple[Method, ...] = (
+    Method("local", "local", "each site trains alone on its own data"),
+    Method("centralized", "centralized", "one model on the pooled training data of every site (not private)"),
+    Method("fedavg_lora", "federated", "FedIT: dense fp32 FedAvg, one LoRA adapter", FEDAVG_LORA, "fedavg_lora"),
+    Method("fedmrg", "federated", "FedMRG, every mechanism on", {}, "fedmrg"),
+    Method("fedmrg-no-compression", "federated", "FedMRG sending dense fp32 updates",
+           {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False}, "fedmrg"),
+    Method("fedmrg-single-adapter", "federated", "FedMRG with the generic adapter only (no specialized one)",
+           {"model.adapters": "single", "model.mutual_boosting": 0.0}, "fedmrg"),
+    Method("fedmrg-no-contrastive", "federated", "FedMRG without client-aware contrastive learning",
+           {"model.contrastive": False}, "fedmrg"),
+    Method("fedmrg-no-diagnosis", "federated", "FedMRG without the diagnosis head and its prompt",
+           {"model.diagnosis": False}, "fedmrg"),
+    Method("fedmrg-prompt-none", "federated", "FedMRG without instance-specific prompts",
+           {"model.prompt_mode": "none"}, "fedmrg"),
+    Method("fedmrg-prompt", "federated", "FedMRG with prompt-wise (not promptbook-wise) prompts",
+           {"model.prompt_mode": "prompt"}, "fedmrg"),
+)
+BY_NAME = MappingProxyType({method.name: method for method in METHODS})
+
+
+def select_methods(names: list[str] | None) -> list[Method]:
+    """The methods named (all when ``names`` is empty), in the registry's order; an unknown name is an error."""
+    if not names:
+        return list(METHODS)
+    unknown = [name for name in names if name not in BY_NAME]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown method (known: {', '.join(BY_NAME)})")
+    return [method for method in METHODS if method.name in names]

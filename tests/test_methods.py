@@ -1,0 +1,58 @@
+"""The benchmark's methods: each one a valid config, one mechanism off per ablation, the same budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedmrg.config import config_to_dict, load_config
+from fedmrg.errors import ConfigError
+from fedmrg.eval.methods import BY_NAME, FEDAVG_LORA, METHODS, select_methods
+
+
+def flat(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("config", ["tiny", "demo"])
+def test_every_method_is_a_valid_config_that_differs_from_fedmrg_exactly_where_it_says(config):
+    base = load_config(config)
+    fedmrg = flat(config_to_dict(load_config(config, BY_NAME["fedmrg"].budget_overrides(base))))
+    for method in METHODS:
+        cfg = flat(config_to_dict(load_config(config, method.budget_overrides(base))))
+        changed = {key for key in cfg if cfg[key] != fedmrg[key]}
+        assert changed == {key for key, value in method.budget_overrides(base).items()
+                           if fedmrg[key] != value}, method.name
+        if method.setting == "federated" and method.name != "fedmrg":  # an ablation that changes nothing is a typo
+            assert changed, f"{method.name} changes nothing in {config}"
+
+
+def test_every_method_gets_the_same_number_of_passes_over_the_data():
+    base = load_config("demo")
+    passes = base.fl.rounds * base.fl.local_epochs
+    for method in METHODS:
+        cfg = load_config("demo", method.budget_overrides(base))
+        assert (cfg.fl.rounds * cfg.fl.local_epochs if method.setting == "federated" else cfg.train.epochs) == passes
+
+
+def test_the_fedavg_baseline_job_runs_the_registrys_settings():
+    assert BY_NAME["fedavg_lora"].overrides == FEDAVG_LORA and BY_NAME["fedavg_lora"].job == "fedavg_lora"
+    assert {m.job for m in METHODS if m.setting == "federated"} == {"fedmrg", "fedavg_lora"}
+
+
+def test_methods_are_selected_by_name_in_the_registrys_order():
+    assert [m.name for m in select_methods(["fedmrg", "local"])] == ["local", "fedmrg"]
+    assert len(select_methods(None)) == len(METHODS) == len(BY_NAME)
+    with pytest.raises(ConfigError, match="fedmgr: unknown method"):
+        select_methods(["fedmgr"])
+
+
+def test_a_budget_in_steps_is_refused():
+    base = load_config("tiny", {"fl.local_steps": 5})
+    with pytest.raises(ConfigError, match="fl.local_steps"):
+        BY_NAME["local"].budget_overrides(base)
