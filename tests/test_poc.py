@@ -40,9 +40,6 @@ def poc_run(tiny_bench, tiny_base_llm, tmp_path_factory):
     system = PocSystem(root / "ws", ["site-1", "site-2"])
     with system:
         system.prepare()
-        from fedmrg.fl.recipe import allow_fedmrg_components
-
-        allow_fedmrg_components(system.kit("server") / "local")
         system.wire_site("site-1", tiny_bench / "site-1", tiny_base_llm, policies=None)
         system.wire_site("site-2", tiny_bench / "site-2", tiny_base_llm, policies=POLICIES)
         system.start()

@@ -113,6 +113,7 @@ class PocSystem:
             raise PocError(f"port {busy[0]} is in use (another POC or FLARE server?); stop it first "
                            f"(`nvflare poc stop` in its workspace) and try again")
         self.nvflare("poc", "prepare", "-c", *self.sites, "--force")
+        allow_fedmrg_components(self.kit("server") / "local")  # the server runs FedMRG's controller in every job
         log.info("POC prepared in %s (server, %s, admin kits)", self.prod_dir, ", ".join(self.sites))
 
     def start(self) -> None:
@@ -151,8 +152,9 @@ class PocSystem:
         self.stop()
 
     # --------------------------------------------------------------------------------- sites
-    def wire_site(self, site: str, data_dir: Path, base_llm: Path | None, policies: Path | None) -> Path:
-        """Write the site's settings into its kit and, with ``policies``, the hospital's policy files."""
+    def wire_site(self, site: str, data_dir: Path, base_llm: Path | None, policies: Path | None) -> dict[str, str]:
+        """Write the site's settings into its kit and, with ``policies``, the hospital's policy files.
+        Returns where the site's data and state are (a ``sites.yaml`` entry for the summary's examples)."""
         local = self.kit(site) / "local"
         settings = {"data_dir": str(Path(data_dir).resolve()), "threads": 1}
         if base_llm:
@@ -161,7 +163,7 @@ class PocSystem:
         install_policies(local, policies)
         if not policies or not (Path(policies) / "resources.json").is_file():
             allow_fedmrg_components(local)
-        return local
+        return {"data_dir": settings["data_dir"], "state_dir": str(self.kit(site) / DEFAULT_STATE_DIR)}
 
 
 def policy_files(folder: str | os.PathLike) -> list[Path]:
@@ -461,12 +463,8 @@ def run_poc(plan: PocRun, echo: Callable[[str], None] = print) -> JobOutcome:
     with system:
         echo(f"preparing a POC federation with {plan.sites} sites in {system.poc_dir}")
         system.prepare()
-        allow_fedmrg_components(system.kit("server") / "local")
-        sites = {}
-        for site in system.sites:
-            system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies)
-            sites[site] = {"data_dir": str((Path(plan.data) / site).resolve()),
-                           "state_dir": str(system.kit(site) / DEFAULT_STATE_DIR)}
+        sites = {site: system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies)
+                 for site in system.sites}
         (system.workspace / "sites.yaml").write_text(yaml.safe_dump(sites), encoding="utf-8")
         if plan.policies:
             echo(f"site policies from {plan.policies} installed at every site")
