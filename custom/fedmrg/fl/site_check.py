@@ -271,6 +271,7 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
         ALLOW_ALL,
         CLASS_ALLOW_LIST,
         CLASS_LIST_ENFORCEMENT_MODE,
+        ComponentPathAuthorizer,
     )
 
     from fedmrg.fl.recipe import COMPONENT_CLASSES, resources_file
@@ -293,7 +294,8 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
     required = job.component_paths if job is not None else list(COMPONENT_CLASSES)
     if ALLOW_ALL in allowed:
         return CheckResult("allow list", PASS, f"'{ALLOW_ALL}' admits every class", where)
-    refused = [path for path in required if not any(_admits(str(entry), path) for entry in allowed)]
+    refused = [path for path in required
+               if not any(ComponentPathAuthorizer._path_matches_prefix(path, str(entry)) for entry in allowed)]
     what = "the job's client classes" if job is not None else "the FedMRG classes"
     if not refused:
         return CheckResult("allow list", PASS, f"admits {what} ({len(required)})", where)
@@ -308,11 +310,6 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
                            f"no code; {remedy}", where)
     return CheckResult("allow list", WARN, f"does not admit {listed}: jobs that bring no code will be refused here; "
                        f"{remedy}", where)
-
-
-def _admits(entry: str, path: str) -> bool:
-    """FLARE's rule: an entry is a class path, or a package prefix ending in '.'."""
-    return path == entry or (path.startswith(entry) if entry.endswith(".") else path.startswith(entry + "."))
 
 
 # -------------------------------------------------------------------------------------- the job
