@@ -82,7 +82,8 @@ def no_java(tmp_path, monkeypatch):
 
 
 def _fake_java(tmp_path, monkeypatch, body: str) -> None:
-    """Put a shell script named java first on PATH."""
+    """Put a shell script named java first on PATH (after stopping the real JVM an earlier scoring left)."""
+    nlg._close_shared_scorer()
     folder = tmp_path / "fakebin"
     folder.mkdir()
     script = folder / "java"
@@ -123,6 +124,19 @@ def test_texts_are_cleaned_and_single_spaced():
 def test_meteor_with_java(scores):
     assert 0 < scores["METEOR"] <= 1
     assert all(0 <= s["METEOR"] <= 1 for s in scores["per_study"].values())
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no Java: METEOR cannot run here")
+def test_one_jvm_serves_every_scoring_of_a_process_and_a_dead_one_is_replaced(monkeypatch):
+    started = _record_scorers(monkeypatch)
+    first, second = nlg_scores(PRED, REF), nlg_scores(PRED, REF)
+    assert len(started) <= 1 and first["METEOR"] == second["METEOR"]  # none when an earlier test left one
+    jvm = nlg._running[0].meteor_p
+    jvm.kill()
+    jvm.wait()
+    assert nlg_scores(PRED, REF)["METEOR"] == first["METEOR"] and nlg._running[0].meteor_p is not jvm
+    nlg._close_shared_scorer()
+    assert not nlg._running and started and started[-1].meteor_p.returncode is not None
 
 
 def test_meteor_without_java_is_none_with_a_warning(no_java, caplog):

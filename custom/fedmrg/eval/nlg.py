@@ -7,11 +7,14 @@ BLEU-1..4, METEOR, ROUGE-L and CIDEr come from pycocoevalcap's scorers, called t
 what R2Gen's ``decode(encode(report))`` gives.
 
 METEOR runs a Java process. Where ``java`` is missing or the JVM fails, METEOR is ``None``
-(unavailable) and a warning says why; it is never reported as 0.
+(unavailable) and a warning says why; it is never reported as 0. The JVM takes seconds to load
+METEOR's paraphrase tables, so one process serves every scoring of a Python process (a benchmark
+scores dozens of splits) and is stopped at exit, or at once after an error.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 from contextlib import contextmanager
@@ -93,25 +96,47 @@ class _Meteor(Meteor):
         pass
 
 
+_running: list[Meteor] = []  # the process-wide scorer, once started
+
+
 @contextmanager
 def _meteor_scorer() -> Iterator[Meteor]:
-    """A METEOR scorer whose Java process is stopped and reaped on exit, even after an error."""
+    """The shared METEOR scorer; after an error its Java process is stopped and reaped, and the next
+    call starts a new one."""
     if shutil.which("java") is None:
         raise MeteorUnavailable("'java' is not on PATH (install Java 8 or later to compute METEOR)")
-    try:
-        scorer = _Meteor()
-    except OSError as exc:
-        raise MeteorUnavailable(f"cannot start java ({exc})") from None
+    if _running and _running[0].meteor_p.poll() is not None:  # the JVM died between two scorings
+        _close(_running.pop())
+    if not _running:
+        try:
+            _running.append(_Meteor())
+        except OSError as exc:
+            raise MeteorUnavailable(f"cannot start java ({exc})") from None
+    scorer = _running[0]
     try:
         yield scorer
     except (OSError, ValueError) as exc:  # a dead JVM: broken pipe, or an empty line where a score was due
+        _running.clear()
         _stop(scorer)
         reason = _last_line(scorer.meteor_p.stderr.read()) or f"{type(exc).__name__}: {exc}"
+        _close(scorer)
         raise MeteorUnavailable(f"the METEOR JVM failed ({reason})") from None
-    finally:
-        _stop(scorer)
-        for stream in (scorer.meteor_p.stdin, scorer.meteor_p.stdout, scorer.meteor_p.stderr):
-            _close_quietly(stream)
+    except BaseException:
+        _running.clear()
+        _close(scorer)
+        raise
+
+
+@atexit.register
+def _close_shared_scorer() -> None:
+    while _running:
+        _close(_running.pop())
+
+
+def _close(scorer: Meteor) -> None:
+    _stop(scorer)
+    for stream in (scorer.meteor_p.stdin, scorer.meteor_p.stdout, scorer.meteor_p.stderr):
+        _close_quietly(stream)
 
 
 def _stop(scorer: Meteor) -> None:
