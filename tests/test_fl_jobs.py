@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from fedmrg.fl.controller import RESULTS_FILE
+from fedmrg.fl.results import RESULTS_FILE
 from fedmrg.fl.recipe import COMPONENT_CLASSES
 
 pytestmark = pytest.mark.slow

@@ -31,13 +31,12 @@ from fedmrg.config import config_to_dict, parse_config
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import LowRankAggregator
 from fedmrg.fl.codec import payload_header
-from fedmrg.fl.results import plot_rounds, write_json
+from fedmrg.fl.results import RESULTS_FILE, plot_rounds, write_json
 from fedmrg.model.mrg import save_shared_model
 from fedmrg.model.training import recover_directory, replace_directory
 
 STATE_DIR, STATE_FILE = "server_state", "state.json"
 GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors", "residual.safetensors"
-RESULTS_FILE = "results.json"
 
 
 class FedMRGController(ModelController):

@@ -391,7 +391,7 @@ def find_results(result_dir: Path | None) -> Path | None:
     """The run folder (with results.json) inside a downloaded job."""
     if result_dir is None:
         return None
-    from fedmrg.fl.controller import RESULTS_FILE
+    from fedmrg.fl.results import RESULTS_FILE
 
     found = sorted(result_dir.rglob(RESULTS_FILE))
     return found[0].parent if found else None

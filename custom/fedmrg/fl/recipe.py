@@ -46,8 +46,9 @@ from fedmrg.config import Config, config_to_dict, load_config
 from fedmrg.errors import ConfigError
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
-from fedmrg.fl.controller import RESULTS_FILE, FedMRGController
+from fedmrg.fl.controller import FedMRGController
 from fedmrg.fl.executor import MRGExecutor
+from fedmrg.fl.results import RESULTS_FILE
 from fedmrg.fl.site import SETTINGS_ENV
 from fedmrg.fl.versions import installed_versions
 

@@ -23,6 +23,8 @@ from typing import Any
 from fedmrg.data.files import load_json
 from fedmrg.errors import DataError
 
+RESULTS_FILE = "results.json"
+
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON through a temporary file, so a reader never sees half a file."""

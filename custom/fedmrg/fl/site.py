@@ -302,28 +302,9 @@ class SiteTrainer:
 
         The generated reports stay at the site (``out_dir``); only the scores are returned.
         """
-        from fedmrg.eval.report import score_reports
-        from fedmrg.model.batches import loader_records
-        from fedmrg.model.inference import generate_split
+        from fedmrg.model.inference import adapter_scores
 
-        loader = study_loader(self.cfg, [self.data_dir], "test", train=False,
-                              batch_size=self.cfg.generate.batch_size, limit=limit)
-        references = {str(r["id"]): r["report"] for r in loader_records(loader)}
-        modes = {"generic": "generic"}
-        if SPECIALIZED in adapter_names(self.cfg.model):
-            modes["personalized"] = "dual"
-        scores = {}
-        for label, adapters in modes.items():
-            rows = generate_split(self.model, loader, adapters=adapters, progress=False)
-            predictions = {key: row["report"] for key, row in rows.items()}
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                (out_dir / f"{label}.predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
-            scores[label] = score_reports(predictions, references, dataset=self.cfg.data.dataset)
-        if "personalized" not in scores:
-            scores["personalized"] = scores["generic"]  # one adapter: the site's model is the global one
-        return scores
-
+        return adapter_scores(self.model, self.data_dir, limit=limit, out_dir=out_dir)
 
 def _mean_losses(history: list[dict]) -> dict[str, float]:
     """Mean of each loss over this round's passes (``Trainer.state.history`` rows)."""

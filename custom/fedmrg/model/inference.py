@@ -55,3 +55,38 @@ def generate_split(model: MRGModel, loader: DataLoader, *, adapters: str = "auto
         for study_id, row in zip(batch["id"], generate_for(model, batch, adapters)):
             results[str(study_id)] = row
     return results
+
+
+def adapter_scores(model: MRGModel, data_dir: str | os.PathLike, *, split: str = "test", limit: int | None = None,
+                   generic_only: bool = False, out_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Scores of a site folder's split with the generic adapter alone and with both adapters.
+
+    ``{"generic": scores, "personalized": scores}``; a model with one adapter has one model for
+    every site, so its ``personalized`` is its ``generic``. ``generic_only`` skips the second pass
+    (a held-out population has no specialized adapter of its own). The generated reports are
+    written to ``out_dir`` (``<label>.predictions.json``) when one is given.
+    """
+    import json
+
+    from fedmrg.eval.report import score_reports
+    from fedmrg.model.adapters import SPECIALIZED, adapter_names
+    from fedmrg.model.batches import loader_records, study_loader
+
+    loader = study_loader(model.cfg, [data_dir], split, train=False, batch_size=model.cfg.generate.batch_size,
+                          limit=limit)
+    references = {str(r["id"]): r["report"] for r in loader_records(loader)}
+    modes = {"generic": "generic"}
+    if not generic_only and SPECIALIZED in adapter_names(model.cfg.model):
+        modes["personalized"] = "dual"
+    scores = {}
+    for label, adapters in modes.items():
+        rows = generate_split(model, loader, adapters=adapters, progress=False)
+        predictions = {key: row["report"] for key, row in rows.items()}
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / f"{label}.predictions.json").write_text(json.dumps(predictions, indent=1),
+                                                                      encoding="utf-8")
+        scores[label] = score_reports(predictions, references, dataset=model.cfg.data.dataset)
+    if not generic_only and "personalized" not in scores:
+        scores["personalized"] = scores["generic"]
+    return scores
