@@ -22,11 +22,11 @@ def flat(mapping: dict, prefix: str = "") -> dict:
 @pytest.mark.parametrize("config", ["tiny", "demo"])
 def test_every_method_is_a_valid_config_that_differs_from_fedmrg_exactly_where_it_says(config):
     base = load_config(config)
-    fedmrg = flat(config_to_dict(load_config(config, BY_NAME["fedmrg"].budget_overrides(base))))
+    fedmrg = flat(config_to_dict(load_config(config, BY_NAME["fedmrg"].budget_overrides(base, 3))))
     for method in METHODS:
-        cfg = flat(config_to_dict(load_config(config, method.budget_overrides(base))))
+        cfg = flat(config_to_dict(load_config(config, method.budget_overrides(base, 3))))
         changed = {key for key in cfg if cfg[key] != fedmrg[key]}
-        assert changed == {key for key, value in method.budget_overrides(base).items()
+        assert changed == {key for key, value in method.budget_overrides(base, 3).items()
                            if fedmrg[key] != value}, method.name
         if method.setting == "federated" and method.name != "fedmrg":  # an ablation that changes nothing is a typo
             assert changed, f"{method.name} changes nothing in {config}"
@@ -36,7 +36,7 @@ def test_every_method_gets_the_same_number_of_passes_over_the_data():
     base = load_config("demo")
     passes = base.fl.rounds * base.fl.local_epochs
     for method in METHODS:
-        cfg = load_config("demo", method.budget_overrides(base))
+        cfg = load_config("demo", method.budget_overrides(base, 3))
         assert (cfg.fl.rounds * cfg.fl.local_epochs if method.setting == "federated" else cfg.train.epochs) == passes
 
 
@@ -52,7 +52,9 @@ def test_methods_are_selected_by_name_in_the_registrys_order():
         select_methods(["fedmgr"])
 
 
-def test_a_budget_in_steps_is_refused():
-    base = load_config("tiny", {"fl.local_steps": 5})
-    with pytest.raises(ConfigError, match="fl.local_steps"):
-        BY_NAME["local"].budget_overrides(base)
+def test_a_budget_in_steps_gives_local_the_sites_steps_and_centralized_the_federations():
+    base = load_config("tiny", {"fl.local_steps": 5, "fl.rounds": 3})
+    for name, steps in (("local", 15), ("centralized", 30), ("fedmrg", None)):
+        cfg = load_config("tiny", {"fl.local_steps": 5, "fl.rounds": 3, **BY_NAME[name].budget_overrides(base, 2)})
+        assert cfg.train.max_steps == steps, name
+        assert steps is None or cfg.train.epochs >= steps  # max_steps decides, not an epoch count

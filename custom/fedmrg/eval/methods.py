@@ -1,10 +1,10 @@
 """The methods the FL-MRG benchmark compares, as data: each is a training setting plus config overrides.
 
 Every method trains the same model family on the same benchmark with the same seeds and the same
-budget, counted in passes over a site's training data: a federated run of R rounds of E local
-epochs, a local-only run of R x E epochs on one site, and a centralized run of R x E epochs on the
-pooled training data of all sites (so it takes more optimizer steps: it sees every site's data in
-each pass, as the federation does over its sites).
+budget. The budget is the federation's: R rounds of E local epochs (``fl.local_epochs``) or of S
+optimizer steps (``fl.local_steps``) at each site. A local-only run gets R x E epochs (or R x S
+steps) on its one site; a centralized run gets R x E epochs (or R x S x sites steps) on the pooled
+training data of all sites, so it sees as many studies as the whole federation does.
 
 The ablations switch off one FedMRG mechanism each and keep everything else as in ``fedmrg``.
 """
@@ -37,15 +37,16 @@ class Method:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     job: str | None = None  # the jobs/<job>/job.py of a federated method
 
-    def budget_overrides(self, cfg: Config) -> dict[str, Any]:
-        """The overrides that give this method the benchmark's budget (fl.rounds x fl.local_epochs)."""
-        if cfg.fl.local_steps:
-            raise ConfigError(f"config {cfg.name!r}: fl.local_steps: the benchmark counts its budget in epochs; "
-                              f"set fl.local_epochs instead")
+    def budget_overrides(self, cfg: Config, sites: int) -> dict[str, Any]:
+        """The overrides that give this method the benchmark's budget (see the module docstring)."""
         if self.setting == "federated":
             return dict(self.overrides)
-        return {**self.overrides, "train.epochs": cfg.fl.rounds * cfg.fl.local_epochs, "train.max_steps": None}
-
+        rounds = cfg.fl.rounds
+        if cfg.fl.local_steps is None:
+            return {**self.overrides, "train.epochs": rounds * cfg.fl.local_epochs}
+        steps = rounds * cfg.fl.local_steps * (sites if self.setting == "centralized" else 1)
+        # epochs is only an upper bound here (an epoch has at least one step): max_steps decides.
+        return {**self.overrides, "train.epochs": steps, "train.max_steps": steps}
 
 METHODS: tuple[Method, ...] = (
     Method("local", "local", "each site trains alone on its own data"),
