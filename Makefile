@@ -20,7 +20,11 @@ POLICIES ?= provisioning
 POC_WS ?= $(DATA)/poc
 POC_DATA = $(DATA)/$(CONFIG)
 
-.PHONY: install test demo clean-demo poc
+# make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid).
+PRESET ?= quick
+PARTITION ?= style
+
+.PHONY: install test demo clean-demo poc bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +62,8 @@ poc: $(STAMP)
 		--test-limit $(TEST_LIMIT) --export --export-dir $(POC_WS)/jobs
 	OMP_NUM_THREADS=1 $(FEDMRG) poc --job $(POC_WS)/jobs/fedmrg --data $(POC_DATA)/bench --base-llm $(POC_DATA)/base-llm \
 		--sites $(SITES) --workspace $(POC_WS) $(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))
+
+# Every method x seed on the benchmark (built or reused like `make demo`'s); results in bench/results/,
+# the README's results section rewritten. Finished runs are reused: run it again to resume.
+bench: $(STAMP)
+	$(FEDMRG) bench --$(PRESET) --partition $(PARTITION)

@@ -87,3 +87,25 @@ def tiny_base_llm(tiny_bench, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("llm") / "base"
     make_base_llm(tiny_bench / "public", out, "tiny", epochs=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_bench(tiny_bench, tiny_base_llm, tmp_path_factory) -> dict[str, Path]:
+    """`fedmrg bench --quick` on the tiny benchmark with local-only and the FedAvg job (one seed), as a user
+    types it; also the FedAvg job's simulator run for the job tests. Its folders: work, out, readme."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("quick-bench")
+    paths = {"work": root / "work", "out": root / "results", "readme": root / "README.md"}
+    paths["readme"].write_text("# Project\n\n## Results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
+    command = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny", "--data", str(tiny_bench),
+               "--base-llm", str(tiny_base_llm), "--methods", "local", "fedavg_lora", "--seeds", "0", "--name", "t",
+               "--work", str(paths["work"]), "--out", str(paths["out"]), "--readme", str(paths["readme"]),
+               "--jobs", str(REPO / "jobs"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FEDMRG_SITE_SETTINGS", None)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    paths["stdout"] = done.stdout
+    return paths

@@ -40,8 +40,9 @@ def fedmrg_ws(tiny_bench, tiny_base_llm, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fedavg_ws(tiny_bench, tiny_base_llm, tmp_path_factory):
-    return simulate("fedavg_lora", tiny_bench, tiny_base_llm, tmp_path_factory.mktemp("fedavg") / "ws")
+def fedavg_ws(quick_bench):
+    """The FedAvg job as the benchmark runs it (its own config file, 2 rounds of 10 local steps)."""
+    return quick_bench["work"] / "fedavg_lora" / "seed-0" / "workspace"
 
 
 def results(ws: Path) -> dict:

@@ -528,6 +528,73 @@ def _cmd_poc(args: argparse.Namespace) -> int:
     return 0 if outcome.completed else 1
 
 
+def _bench_parser(sub) -> None:
+    from fedmrg.eval.methods import BY_NAME
+
+    p = sub.add_parser(
+        "bench", help="the FL-MRG benchmark: FedMRG against local, centralized, FedAvg-LoRA and its ablations",
+        description="Run every method (or --methods) with every seed on the benchmark that prepare-data builds, "
+                    "with the same budget; federated methods run their FLARE job in the simulator. Writes "
+                    "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and refreshes the README's "
+                    "results section. Finished runs are reused, so an interrupted benchmark resumes.",
+    )
+    preset = p.add_mutually_exclusive_group(required=True)
+    preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                        help="a short budget and greedy decoding: tens of minutes on a CPU")
+    preset.add_argument("--full", dest="preset", action="store_const", const="full",
+                        help="the config's own budget, beam search, every test study: for a GPU")
+    _add_config_flag(p, "demo")
+    p.add_argument("--partition", choices=["style", "label", "iid"], default="style",
+                   help="how studies are dealt to sites (default: style)")
+    p.add_argument("--data", metavar="BENCH_DIR",
+                   help="a benchmark folder (default: built or reused under $FEDMRG_DATA_DIR)")
+    p.add_argument("--base-llm", metavar="DIR", help="base LLM checkpoint (default: the benchmark's demo LLM)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"a subset of: {', '.join(BY_NAME)}")
+    p.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="SEED", help="default: the preset's")
+    p.add_argument("--name", help="results name (default: the preset, plus the partition unless style)")
+    p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
+    p.add_argument("--work", metavar="DIR", help="run folders (default: $FEDMRG_DATA_DIR/bench/NAME)")
+    p.add_argument("--readme", default="README.md",
+                   help="README whose results section is refreshed (default: README.md; 'none' to skip)")
+    p.add_argument("--jobs", default="jobs", metavar="DIR", help="the jobs folder (default: jobs)")
+    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:N)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from fedmrg.data.iuxray import data_dir
+    from fedmrg.eval.bench_report import markdown, refresh_readme, write_outputs
+    from fedmrg.eval.flmrg_bench import PRESETS, BenchRequest, bench_results, prepare_inputs, run_benchmark
+    from fedmrg.eval.methods import select_methods
+
+    methods = select_methods(args.methods)
+    name = args.name or args.preset + ("" if args.partition == "style" else f"-{args.partition}")
+    if args.data:
+        data, base_llm = Path(args.data), args.base_llm
+        if base_llm is None:
+            raise FedMRGError("--data needs --base-llm (the LLM the benchmark's runs start from)")
+    else:
+        data, default_llm = prepare_inputs(args.config, args.partition, progress=not args.quiet)
+        base_llm = args.base_llm or default_llm
+    request = BenchRequest(preset=PRESETS[args.preset], methods=methods, data=data.resolve(),
+                           base_llm=Path(base_llm).resolve(), config=args.config, seeds=tuple(args.seeds or ()),
+                           work=Path(args.work) if args.work else data_dir() / "bench" / name,
+                           jobs_dir=Path(args.jobs), progress=not args.quiet,
+                           extra_overrides={"train.device": args.device} if args.device else {})
+    records = run_benchmark(request)
+    results = bench_results(name, request, records)
+    paths = write_outputs(results, args.out)
+    text = markdown(results)
+    print(text)
+    if args.readme != "none":
+        readme = Path(args.readme)
+        refresh_readme(readme, markdown(results, image_dir=f"{Path(args.out).as_posix()}/"))
+        print(f"results section of {readme} refreshed")
+    print("written: " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmrg", description="Federated chest X-ray report generation on NVIDIA FLARE")
     parser.add_argument("--version", action="version", version=f"fedmrg {__version__}")
@@ -535,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_prepare_data_parser, _show_data_parser, _config_parser, _label_parser, _score_parser,
                 _report_parser, _make_base_llm_parser, _train_parser, _generate_parser, _evaluate_parser,
-                _retrieve_parser, _fl_report_parser, _site_check_parser, _poc_parser):
+                _retrieve_parser, _fl_report_parser, _site_check_parser, _poc_parser, _bench_parser):
         add(sub)
     return parser
 

@@ -1,0 +1,352 @@
+"""The FL-MRG benchmark's results: summary over seeds and sites, the claims it tests, tables, plots, README.
+
+Everything here is computed from the run records of :mod:`fedmrg.eval.flmrg_bench` (one per method
+and seed), so a results file can be re-reported without running anything.
+
+Per run, a method's quality at a site is that of the model the site deploys: generic+specialized
+adapters where the method trains both, the generic one otherwise. The summary averages over the
+sites first, then gives the mean and the sample standard deviation over seeds (``<metric>_sd``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmrg.errors import ConfigError
+from fedmrg.eval.methods import BY_NAME
+from fedmrg.eval.report import COLUMNS, row_values
+
+METRICS = tuple(column.replace(" ", "-") for column in COLUMNS)  # "CE-F1-example", "BLEU-4", ...
+KEY_METRICS = ("CE-F1-example", "BLEU-4", "CIDEr")
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# The issue's bars: fedmrg within 5% of centralized CE-F1 (example), 25x less upload than FedAvg.
+CENTRALIZED_SHARE, UPLOAD_RATIO = 0.95, 25.0
+
+
+def metric_values(scores: Mapping[str, Any]) -> dict[str, float | None]:
+    return dict(zip(METRICS, row_values(scores)))
+
+
+def deployed_scores(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Each site's scores with the model it deploys (personalized where there is one)."""
+    return {site: scores.get("personalized", scores["generic"]) for site, scores in record["sites"].items()}
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _sd(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.stdev(present) if len(present) > 1 else None
+
+
+def _over_sites(per_site: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    rows = [metric_values(scores) for scores in per_site]
+    return {metric: _mean([row[metric] for row in rows]) for metric in METRICS}
+
+
+def bytes_up_per_round(record: Mapping[str, Any]) -> float | None:
+    """Mean bytes one site uploads in one round: 0 for local-only, None for centralized (it moves the data)."""
+    if record["setting"] == "local":
+        return 0.0
+    traffic = record.get("traffic")
+    if not traffic:
+        return None
+    return _mean([value for series in traffic["bytes_up"].values() for value in series])
+
+
+def bytes_down_per_round(record: Mapping[str, Any]) -> float | None:
+    traffic = record.get("traffic")
+    if record["setting"] == "local":
+        return 0.0
+    return _mean([value for series in traffic["bytes_down"].values() for value in series]) if traffic else None
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Method -> means over seeds of the site means (and ``_sd``), test-global, bytes, wall time, per site."""
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    summary = {}
+    for method, runs in by_method.items():
+        entry: dict[str, Any] = {"setting": runs[0]["setting"], "seeds": [run["seed"] for run in runs]}
+        per_seed = {
+            **{metric: [] for metric in METRICS},
+            **{f"test-global-{metric}": [] for metric in METRICS},
+            "bytes_up_per_round": [], "bytes_down_per_round": [], "wall_s": [],
+        }
+        for run in runs:
+            for metric, value in _over_sites(list(deployed_scores(run).values())).items():
+                per_seed[metric].append(value)
+            for metric, value in _over_sites(list(run["test_global"].values())).items():
+                per_seed[f"test-global-{metric}"].append(value)
+            per_seed["bytes_up_per_round"].append(bytes_up_per_round(run))
+            per_seed["bytes_down_per_round"].append(bytes_down_per_round(run))
+            per_seed["wall_s"].append(run["wall_s"])
+        for key, values in per_seed.items():
+            entry[key], entry[f"{key}_sd"] = _mean(values), _sd(values)
+        sites = sorted({site for run in runs for site in run["sites"]})
+        entry["per_site"] = {site: {metric: _mean([metric_values(deployed_scores(run)[site])[metric]
+                                                   for run in runs if site in run["sites"]])
+                                    for metric in KEY_METRICS} for site in sites}
+        entry["curves"] = _mean_curves([run["curves"] for run in runs if run.get("curves")])
+        summary[method] = entry
+    return summary
+
+
+def _mean_curves(curves: Sequence[Mapping[str, list[float | None]]]) -> dict[str, list[float | None]] | None:
+    if not curves:
+        return None
+    names = set.intersection(*(set(c) for c in curves))
+    return {name: [_mean(points) for points in zip(*(c[name] for c in curves))] for name in sorted(names)}
+
+
+# ----------------------------------------------------------------------------------------------- claims
+def _value(summary: Mapping, method: str, key: str) -> float | None:
+    return summary.get(method, {}).get(key)
+
+
+def _beats(summary: Mapping, other: str) -> dict[str, Any]:
+    values = {metric: (_value(summary, "fedmrg", metric), _value(summary, other, metric))
+              for metric in ("CE-F1-example", "BLEU-4")}
+    known = all(a is not None and b is not None for a, b in values.values())
+    detail = "; ".join(f"{metric} {_fmt(a)} vs {_fmt(b)}" for metric, (a, b) in values.items())
+    return {"claim": f"fedmrg beats {other} on the site mean of CE-F1 (example) and BLEU-4",
+            "holds": all(a > b for a, b in values.values()) if known else None, "detail": detail}
+
+
+def _share_of_centralized(summary: Mapping) -> dict[str, Any]:
+    ours, pooled = _value(summary, "fedmrg", "CE-F1-example"), _value(summary, "centralized", "CE-F1-example")
+    share = ours / pooled if ours is not None and pooled else None
+    return {"claim": f"fedmrg reaches >= {CENTRALIZED_SHARE:.0%} of centralized CE-F1 (example)",
+            "holds": None if share is None else share >= CENTRALIZED_SHARE,
+            "detail": f"{_fmt(ours)} / {_fmt(pooled)} = {_fmt(share, '.1%')}"}
+
+
+def _upload_ratio(summary: Mapping) -> dict[str, Any]:
+    ours, dense = _value(summary, "fedmrg", "bytes_up_per_round"), _value(summary, "fedavg_lora", "bytes_up_per_round")
+    ratio = dense / ours if ours and dense is not None else None
+    return {"claim": f"fedmrg uploads >= {UPLOAD_RATIO:g}x fewer bytes per round than fedavg_lora",
+            "holds": None if ratio is None else ratio >= UPLOAD_RATIO,
+            "detail": f"{_bytes(dense)} / {_bytes(ours)} = {_fmt(ratio, '.1f')}x"}
+
+
+def claims(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The benchmark's headline claims, each with ``holds`` (None where a method needed was not run)."""
+    return [_beats(summary, "fedavg_lora"), _beats(summary, "local"), _share_of_centralized(summary),
+            _upload_ratio(summary)]
+
+
+def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For each ablation run: fedmrg minus the ablation on the key metrics (> 0: the mechanism helps).
+
+    A difference is called clear when it exceeds the sum of the two seed spreads; otherwise it is
+    within the noise of this many seeds and says nothing either way.
+    """
+    effects = []
+    for name in summary:
+        if not name.startswith("fedmrg-") or "fedmrg" not in summary:
+            continue
+        row: dict[str, Any] = {"ablation": name, "removes": BY_NAME[name].description if name in BY_NAME else ""}
+        verdicts = []
+        for metric in KEY_METRICS:
+            ours, theirs = summary["fedmrg"][metric], summary[name][metric]
+            delta = None if ours is None or theirs is None else ours - theirs
+            noise = (summary["fedmrg"][f"{metric}_sd"] or 0.0) + (summary[name][f"{metric}_sd"] or 0.0)
+            row[metric] = delta
+            if delta is not None:
+                verdicts.append("within noise" if abs(delta) <= noise else ("helps" if delta > 0 else "hurts"))
+        row["verdict"] = _verdict(verdicts)
+        row["bytes_up_ratio"] = (summary[name]["bytes_up_per_round"] / summary["fedmrg"]["bytes_up_per_round"]
+                                 if summary["fedmrg"]["bytes_up_per_round"] else None)
+        effects.append(row)
+    return effects
+
+
+def _verdict(verdicts: list[str]) -> str:
+    clear = set(verdicts) - {"within noise"}
+    if not clear:
+        return "no clear effect"
+    if len(clear) > 1:
+        return "mixed"
+    word = clear.pop()
+    return f"fedmrg's mechanism {word} ({verdicts.count(word)} of {len(verdicts)} metrics clearly)"
+
+
+# -------------------------------------------------------------------------------------------- markdown
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _with_sd(entry: Mapping[str, Any], key: str) -> str:
+    sd = entry.get(f"{key}_sd")
+    return _fmt(entry[key]) + ("" if sd is None else f" ± {sd:.3f}")
+
+
+def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
+    """The results as markdown: settings, the method table, the claims, the ablations, the plots."""
+    summary, settings = results["summary"], results["settings"]
+    plain = [m for m in METRICS if m not in KEY_METRICS and m != "CE-F1-micro5"]
+    header = ["method", "setting", *KEY_METRICS, *plain, "test-global CE-F1-example", "test-global BLEU-4",
+              "upload / site / round", "wall (s)"]
+    lines = [f"### FL-MRG benchmark `{results['name']}` ({settings['preset']})", "",
+             _settings_line(settings), "",
+             "Site means of each site's deployed model, mean ± sd over seeds.", "",
+             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for method, entry in summary.items():
+        cells = [method, entry["setting"], *(_with_sd(entry, m) for m in KEY_METRICS),
+                 *(_fmt(entry[m]) for m in plain), _with_sd(entry, "test-global-CE-F1-example"),
+                 _with_sd(entry, "test-global-BLEU-4"), _bytes(entry["bytes_up_per_round"]),
+                 _fmt(entry["wall_s"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "What the numbers show:", ""]
+    for claim in results["claims"]:
+        verdict = {True: "**yes**", False: "**no**", None: "not measured"}[claim["holds"]]
+        lines.append(f"- {claim['claim']}: {verdict} ({claim['detail']})")
+    effects = results["ablations"]
+    if effects:
+        lines += ["", "Ablations: fedmrg minus the ablation (> 0: the mechanism it removes helps).", "",
+                  "| ablation | removes | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict | upload vs fedmrg |",
+                  "|---|---|---:|---:|---:|---|---:|"]
+        for row in effects:
+            lines.append(f"| {row['ablation']} | {row['removes']} | " + " | ".join(
+                _fmt(row[m], "+.3f") for m in KEY_METRICS) + f" | {row['verdict']} | {_fmt(row['bytes_up_ratio'], '.1f')}x |")
+    lines += [""] + [f"![{title}]({image_dir}{Path(path).name})" for title, path in results.get("plots", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _settings_line(settings: Mapping[str, Any]) -> str:
+    bench = settings["benchmark"]
+    budget = (f"{settings['rounds']} rounds x {settings['local_steps']} local steps" if settings.get("local_steps")
+              else f"{settings['rounds']} rounds x {settings['local_epochs']} local epoch(s)")
+    limit = settings["test_limit"] or "all"
+    return (f"Benchmark: {bench['source']} reports, {bench['sites']} sites, `{bench['partition']}` partition "
+            f"({bench['train_studies']} training studies); config `{settings['config']}`; budget {budget} "
+            f"(local-only and centralized: the same number of passes); seeds {settings['seeds']}; "
+            f"{limit} test studies per site, {settings['global_limit'] or 'all'} of test-global; "
+            f"decoding: {settings['decoding']}; {settings['machine']}.")
+
+
+# --------------------------------------------------------------------------------------------- plots
+def _figure(width: float = 7.0, height: float = 4.2, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(1, ncols)
+
+
+def plot_quality_vs_bytes(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """CE-F1 (example) against upload per site and round, log scale; the non-federated settings as lines."""
+    fig, ax = _figure()
+    for method, entry in summary.items():
+        value, upload = entry["CE-F1-example"], entry["bytes_up_per_round"]
+        if value is None:
+            continue
+        if entry["setting"] != "federated":  # nothing sent per round (local) or the data itself (centralized)
+            ax.axhline(value, linestyle="--" if entry["setting"] == "local" else ":", color="grey",
+                       label=f"{method} (no federated upload)")
+            continue
+        ax.errorbar(upload, value, yerr=entry["CE-F1-example_sd"] or 0.0, marker="o", capsize=3)
+        ax.annotate(method, (upload, value), textcoords="offset points", xytext=(5, 4), fontsize="small")
+    ax.set_xscale("log")
+    ax.set(xlabel="bytes uploaded per site per round (log)", ylabel="CE-F1 (example), site mean",
+           title="quality against communication")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="x-small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_per_site(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Grouped bars: one group per site, one bar per method, for CE-F1 (example) and BLEU-4."""
+    import numpy as np
+
+    sites = sorted({site for entry in summary.values() for site in entry["per_site"]},
+                   key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    fig, axes = _figure(width=max(9.0, 1.2 * len(sites) * len(summary) * 0.35 + 4), height=4.2, ncols=2)
+    width = 0.8 / len(summary)
+    x = np.arange(len(sites))
+    for ax, metric in zip(axes, ("CE-F1-example", "BLEU-4")):
+        for k, (method, entry) in enumerate(summary.items()):
+            heights = [np.nan if entry["per_site"].get(s, {}).get(metric) is None else entry["per_site"][s][metric]
+                       for s in sites]
+            ax.bar(x - 0.4 + (k + 0.5) * width, heights, width, label=method)
+        ax.set_xticks(x, sites)
+        ax.set(ylabel=metric, title=f"{metric} per site (mean over seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_round_curves(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+    """Validation LM loss of the generic path after each round (site and seed mean), per federated method."""
+    fig, ax = _figure()
+    for method, entry in summary.items():
+        series = (entry.get("curves") or {}).get("val_lm_generic")
+        if series:
+            ax.plot(range(len(series)), series, marker="o", label=method)
+    if not ax.lines:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set(xlabel="round (global model received)", ylabel="validation LM loss (generic adapter)",
+           title="federated training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+PLOTS: tuple[tuple[str, str, Callable[..., Path | None]], ...] = (
+    ("quality against bytes uploaded", "quality-vs-bytes", plot_quality_vs_bytes),
+    ("per-site quality", "sites", plot_per_site),
+    ("per-round validation loss", "rounds", plot_round_curves),
+)
+
+
+def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """``<name>.json``, ``<name>.md`` and the plots (``<name>-*.png``) in ``out_dir``; their paths."""
+    from fedmrg.fl.results import write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name, summary = results["name"], results["summary"]
+    plots = {title: plot(summary, out_dir / f"{name}-{slug}.png") for title, slug, plot in PLOTS}
+    results["plots"] = {title: str(path) for title, path in plots.items() if path is not None}
+    paths = {"json": out_dir / f"{name}.json", "markdown": out_dir / f"{name}.md"}
+    write_json(paths["json"], results)
+    paths["markdown"].write_text(markdown(results), encoding="utf-8")
+    return {**paths, **{title: Path(p) for title, p in results["plots"].items()}}
+
+
+def refresh_readme(readme: str | os.PathLike, block: str) -> None:
+    """Replace what lies between the README's bench markers with ``block``."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise ConfigError(f"{readme}: no {README_BEGIN} ... {README_END} markers to put the results between")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(f"{head}{README_BEGIN}\n{block}{README_END}{tail}", encoding="utf-8")

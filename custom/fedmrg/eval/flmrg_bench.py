@@ -1,0 +1,291 @@
+"""The FL-MRG benchmark (``fedmrg bench``): every method of the registry on one benchmark, same seeds and budget.
+
+A run is one method with one seed. Federated methods run their FLARE job (``jobs/<job>/job.py``)
+in the simulator with the run's full config written to a YAML file, so what is measured is the
+code a consortium deploys: the bytes are those the aggregator counted on the wire. Local-only and
+centralized runs use ``fedmrg train``'s training loop in this process. Every model is then scored
+on each site's test split (generic adapter, and generic+specialized where there is one) and on
+``test-global`` (generic adapter: what a hospital outside the federation would receive).
+
+Each run leaves ``<work>/<method>/seed-<k>/run.json``; a later ``fedmrg bench`` with the same
+settings reuses it, so an interrupted benchmark resumes where it stopped, and changing one
+method's settings reruns that method only.
+
+Presets (the budget and decoding differ, the benchmark and the model do not):
+
+- ``quick``: a CPU in tens of minutes: 3 rounds of 10 local steps, greedy decoding, 50 test
+  studies per site and 100 of test-global; 2 seeds.
+- ``full``: a GPU: the config's own budget (3 rounds of one local epoch for ``demo``), beam
+  search, every test study; 3 seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+from tqdm.auto import tqdm
+
+from fedmrg.config import Config, config_to_dict, load_config
+from fedmrg.data.benchmark import TEST_GLOBAL
+from fedmrg.data.files import load_json
+from fedmrg.errors import ConfigError, FedMRGError
+from fedmrg.eval.methods import Method
+from fedmrg.fl.results import RESULTS_FILE, read_results, write_json
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+RUN_FORMAT = 1
+
+
+class BenchError(FedMRGError):
+    """A run of the benchmark failed (its log says why)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    overrides: Mapping[str, Any]  # applied to the config before each method's own overrides
+    test_limit: int | None  # test studies scored per site (None = all)
+    global_limit: int | None  # test-global studies scored (None = all)
+    seeds: tuple[int, ...]
+
+
+PRESETS = MappingProxyType({
+    "quick": Preset("quick", MappingProxyType({"fl.local_steps": 10, "generate.num_beams": 1,
+                                               "generate.max_new_tokens": 60}), 50, 100, (0, 1)),
+    "full": Preset("full", MappingProxyType({}), None, None, (0, 1, 2)),
+})
+
+
+@dataclass
+class BenchRequest:
+    preset: Preset
+    methods: list[Method]
+    data: Path  # a benchmark folder (site-1..N, test-global)
+    base_llm: Path
+    work: Path  # run folders
+    config: str = "demo"
+    seeds: tuple[int, ...] = ()  # () = the preset's
+    jobs_dir: Path = Path("jobs")
+    progress: bool = True
+    extra_overrides: Mapping[str, Any] = field(default_factory=dict)  # e.g. train.device
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        return self.seeds or self.preset.seeds
+
+
+def benchmark_sites(data: Path) -> list[str]:
+    """The site folders of a benchmark (site-1, site-2, ...), checked to exist with test-global."""
+    meta = data / "benchmark.json"
+    if not meta.is_file():
+        raise ConfigError(f"{data}: not a benchmark folder (no benchmark.json; build one with `fedmrg prepare-data`)")
+    sites = sorted((p.name for p in data.glob("site-*") if p.is_dir()), key=lambda name: int(name.split("-")[1]))
+    if not sites:
+        raise ConfigError(f"{data}: no site-N folders")
+    if not (data / TEST_GLOBAL).is_dir():
+        raise ConfigError(f"{data}: no {TEST_GLOBAL} folder")
+    return sites
+
+
+def run_config(request: BenchRequest, method: Method, seed: int, sites: int) -> Config:
+    """The config of one run: the named config, the preset, the method and its budget, the seed."""
+    base = load_config(request.config, {**request.preset.overrides, **request.extra_overrides})
+    overrides = {**request.preset.overrides, **request.extra_overrides, **method.budget_overrides(base, sites),
+                 "train.seed": seed}
+    return load_config(request.config, overrides)
+
+
+def run_benchmark(request: BenchRequest) -> list[dict]:
+    """Every (method, seed) run of the request, reusing finished ones; the run records in order."""
+    sites = benchmark_sites(request.data)
+    plan = [(method, seed) for method in request.methods for seed in request.run_seeds]
+    records = []
+    for method, seed in tqdm(plan, desc="benchmark runs", disable=not request.progress):
+        cfg = run_config(request, method, seed, len(sites))
+        run_dir = request.work / method.name / f"seed-{seed}"
+        record = _finished_record(run_dir, cfg)
+        if record is None:
+            log.info("%s, seed %d: running in %s", method.name, seed, run_dir)
+            record = _run(request, method, seed, cfg, sites, run_dir)
+            write_json(run_dir / RUN_FILE, record)
+        else:
+            log.info("%s, seed %d: reusing %s", method.name, seed, run_dir / RUN_FILE)
+        records.append(record)
+    return records
+
+
+def _finished_record(run_dir: Path, cfg: Config) -> dict | None:
+    """The run's record when it finished under the same config; a stale or partial folder is cleared."""
+    path = run_dir / RUN_FILE
+    if path.is_file():
+        record = load_json(path)
+        if record.get("format") == RUN_FORMAT and record.get("config") == config_to_dict(cfg):
+            return record
+        log.info("%s: settings changed since it ran; running it again", run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return None
+
+
+def _run(request: BenchRequest, method: Method, seed: int, cfg: Config, sites: list[str], run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True)
+    started = time.perf_counter()
+    if method.setting == "federated":
+        measured = _run_federated(request, method, cfg, sites, run_dir)
+    elif method.setting == "local":
+        measured = _run_trained(request, cfg, {site: [site] for site in sites}, run_dir)
+    else:
+        measured = _run_trained(request, cfg, {"pooled": sites}, run_dir)
+    return {"format": RUN_FORMAT, "method": method.name, "setting": method.setting, "seed": seed,
+            "config": config_to_dict(cfg), "wall_s": round(time.perf_counter() - started, 1), **measured}
+
+
+def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: list[str], run_dir: Path) -> dict:
+    """The method's FLARE job in the simulator; per-site scores and bytes from its results.json."""
+    from fedmrg.model.inference import adapter_scores
+    from fedmrg.model.mrg import MRGModel
+
+    job = request.jobs_dir / str(method.job) / "job.py"
+    if not job.is_file():
+        raise ConfigError(f"{job}: job not found (run from the repository root, or pass --jobs DIR)")
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    workspace = run_dir / "workspace"
+    command = [sys.executable, str(job), "--data", str(request.data), "--sites", str(len(sites)),
+               "--config", str(config_file), "--base-llm", str(request.base_llm), "--workspace", str(workspace),
+               "--threads", "1"]
+    if request.preset.test_limit:
+        command += ["--test-limit", str(request.preset.test_limit)]
+    log_file = run_dir / "job.log"
+    with open(log_file, "w", encoding="utf-8") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0 or not (workspace / RESULTS_FILE).is_file():
+        raise BenchError(f"{method.name}: the job failed (exit status {done.returncode}); see {log_file}")
+    results = read_results(workspace / RESULTS_FILE)
+    if results["config"] != config_to_dict(cfg):  # the job must have run exactly the method's settings
+        raise BenchError(f"{workspace / RESULTS_FILE}: the job ran another config than {config_file}")
+    model = MRGModel.load(results["global_model"], base_llm=request.base_llm)
+    test_global = adapter_scores(model, request.data / TEST_GLOBAL, limit=request.preset.global_limit,
+                                 generic_only=True)["generic"]
+    return {"sites": results["final"], "test_global": {"global": test_global},
+            "traffic": round_traffic(results["rounds"]), "curves": round_curves(results["rounds"])}
+
+
+def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]], run_dir: Path) -> dict:
+    """Train one model per entry of ``models`` (name -> its sites), score it on those sites and test-global."""
+    from fedmrg.model.inference import adapter_scores
+    from fedmrg.model.mrg import MRGModel
+    from fedmrg.model.training import train_centralized
+
+    sites, test_global = {}, {}
+    for name, own_sites in models.items():
+        out = run_dir / name
+        train_centralized(cfg, [request.data / site for site in own_sites], out, base_llm=request.base_llm,
+                          progress=False)
+        model = MRGModel.load(out, base_llm=request.base_llm)
+        for site in own_sites:
+            sites[site] = adapter_scores(model, request.data / site, limit=request.preset.test_limit)
+        test_global[name] = adapter_scores(model, request.data / TEST_GLOBAL, limit=request.preset.global_limit,
+                                           generic_only=True)["generic"]
+    return {"sites": sites, "test_global": test_global, "traffic": None, "curves": None}
+
+
+def round_traffic(rounds: list[dict]) -> dict:
+    """Bytes each site sent and received in each round (lists in round order) and the totals."""
+    sites = sorted({site for record in rounds for site in record.get("bytes_up", {})})
+    per_round = {key: {site: [record.get(key, {}).get(site, 0) for record in rounds] for site in sites}
+                 for key in ("bytes_up", "bytes_down")}
+    return {**per_round, "up_total": sum(map(sum, per_round["bytes_up"].values())),
+            "down_total": sum(map(sum, per_round["bytes_down"].values())), "rounds": len(rounds)}
+
+
+def round_curves(rounds: list[dict]) -> dict[str, list[float | None]]:
+    """The mean over sites of each validation metric after each round (None where no site reported it)."""
+    names = sorted({name for record in rounds for metrics in record["metrics"].values() for name in metrics
+                    if name.startswith("val_")})
+    curves = {}
+    for name in names:
+        series = []
+        for record in rounds:
+            values = [metrics[name] for metrics in record["metrics"].values() if name in metrics]
+            series.append(sum(values) / len(values) if values else None)
+        curves[name] = series
+    return curves
+
+
+def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[Path, Path]:
+    """The benchmark (built, or reused when already built the same way) and its demo base LLM.
+
+    ``style`` shares ``$FEDMRG_DATA_DIR/<config>/`` with ``make demo``; another partition gets
+    ``$FEDMRG_DATA_DIR/<config>-<partition>/``.
+    """
+    from fedmrg.data.benchmark import build_benchmark
+    from fedmrg.data.iuxray import data_dir
+    from fedmrg.model.base_llm import make_base_llm
+
+    cfg = load_config(config, {"benchmark.partition": partition})
+    root = data_dir() / (config if partition == "style" else f"{config}-{partition}")
+    bench, base_llm = root / "bench", root / "base-llm"
+    build_benchmark(cfg.benchmark, bench, include_impression=cfg.data.include_impression, reuse=True,
+                    progress=progress)
+    if not (base_llm / "config.json").is_file():
+        make_base_llm(bench / "public", base_llm, dataset=cfg.data.dataset, progress=progress)
+    return bench, base_llm
+
+
+def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict[str, Any]:
+    """The results file's content: settings, run records, summary, claims and ablation effects."""
+    from fedmrg.eval.bench_report import ablation_effects, claims, summarize
+
+    if not records:
+        raise BenchError("no runs to report")
+    meta = load_json(request.data / "benchmark.json")
+    first = records[0]["config"]
+    decoding = first["generate"]
+    summary = summarize(records)
+    return {
+        "name": name,
+        "created": time.strftime("%Y-%m-%d %H:%M"),
+        "settings": {
+            "preset": request.preset.name, "config": request.config, "seeds": list(request.run_seeds),
+            "methods": [method.name for method in request.methods],
+            "rounds": first["fl"]["rounds"], "local_steps": first["fl"]["local_steps"],
+            "local_epochs": first["fl"]["local_epochs"],
+            "test_limit": request.preset.test_limit, "global_limit": request.preset.global_limit,
+            "decoding": ("greedy" if decoding["num_beams"] == 1 else f"beam {decoding['num_beams']}")
+                        + f", at most {decoding['max_new_tokens']} new tokens",
+            "machine": machine(),
+            "benchmark": {**{key: meta["request"][key] for key in ("source", "sites", "partition", "seed")},
+                          "train_studies": sum(meta["counts"][site]["train"] for site in meta["counts"]
+                                               if site.startswith("site-"))},
+            "base_llm": str(request.base_llm),
+        },
+        "summary": summary,
+        "claims": claims(summary),
+        "ablations": ablation_effects(summary),
+        "runs": records,
+    }
+
+
+def machine() -> str:
+    """Where the runs ran, in words (the wall times mean nothing without it)."""
+    import platform
+
+    import torch
+
+    where = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    if torch.cuda.is_available():
+        where += f", {torch.cuda.get_device_name(0)}"
+    return where + f", torch {torch.__version__}"

@@ -1,0 +1,201 @@
+"""The FL-MRG benchmark: one budget for every method, summaries over seeds and sites, claims, outputs, resuming."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from fedmrg.config import config_to_dict, load_config
+from fedmrg.errors import ConfigError
+from fedmrg.eval import bench_report as br
+from fedmrg.eval.flmrg_bench import (PRESETS, RUN_FILE, RUN_FORMAT, BenchRequest, _finished_record, benchmark_sites,
+                                     round_curves, round_traffic, run_config)
+from fedmrg.eval.methods import BY_NAME, select_methods
+
+
+def scores(ce_example: float, bleu4: float, cider: float = 0.5) -> dict:
+    nlg = {"BLEU-1": 0.4, "BLEU-2": 0.3, "BLEU-3": 0.2, "BLEU-4": bleu4, "METEOR": None, "ROUGE-L": 0.3,
+           "CIDEr": cider}
+    ce = {v: {"precision": 0.5, "recall": 0.5, "f1": 0.5} for v in ("micro", "macro", "micro5")}
+    ce["example"] = {"precision": ce_example, "recall": ce_example, "f1": ce_example}
+    return {"n": 10, "nlg": nlg, "ce": ce}
+
+
+def record(method: str, seed: int, site_values: dict, up: int | None = None, personalized: dict | None = None) -> dict:
+    """A run record: site -> (CE-F1 example, BLEU-4) of the generic model, optionally a better personalized one."""
+    sites = {}
+    for site, (ce, bleu) in site_values.items():
+        sites[site] = {"generic": scores(ce, bleu)}
+        if personalized:
+            sites[site]["personalized"] = scores(*personalized[site])
+    setting = BY_NAME[method].setting
+    traffic = None
+    if up is not None:
+        traffic = {"bytes_up": {s: [up, up] for s in sites}, "bytes_down": {s: [10 * up, 10 * up] for s in sites},
+                   "up_total": 4 * up, "down_total": 40 * up, "rounds": 2}
+    return {"format": RUN_FORMAT, "method": method, "setting": setting, "seed": seed, "config": {}, "wall_s": 10.0,
+            "sites": sites, "test_global": {"global": scores(0.4, 0.1)}, "traffic": traffic,
+            "curves": {"val_lm_generic": [3.0, 2.5]} if setting == "federated" else None}
+
+
+SITES2 = ("site-1", "site-2")
+
+
+def two_seeds(method: str, values: list[tuple[float, float]], up: int | None = None, **kw) -> list[dict]:
+    return [record(method, seed, {s: v for s in SITES2}, up, **kw) for seed, v in enumerate(values)]
+
+
+@pytest.fixture
+def summary():
+    records = [
+        *two_seeds("local", [(0.50, 0.05), (0.52, 0.07)]),
+        *two_seeds("centralized", [(0.60, 0.10), (0.62, 0.10)]),
+        *two_seeds("fedavg_lora", [(0.55, 0.08), (0.55, 0.08)], up=1_000_000),
+        *two_seeds("fedmrg", [(0.40, 0.01), (0.40, 0.01)], up=20_000,
+                   personalized={s: (0.60, 0.12) for s in SITES2}),
+        *two_seeds("fedmrg-no-contrastive", [(0.59, 0.12), (0.61, 0.12)], up=20_000),
+        *two_seeds("fedmrg-no-compression", [(0.50, 0.05), (0.50, 0.05)], up=1_000_000),
+    ]
+    return br.summarize(records)
+
+
+def test_the_summary_averages_each_sites_deployed_model_over_sites_then_seeds(summary):
+    assert summary["fedmrg"]["CE-F1-example"] == pytest.approx(0.60)  # personalized, not generic 0.40
+    assert summary["local"]["CE-F1-example"] == pytest.approx(0.51)
+    assert summary["local"]["CE-F1-example_sd"] == pytest.approx(0.01414, abs=1e-4)
+    assert summary["fedavg_lora"]["BLEU-4_sd"] == 0.0 and summary["fedmrg"]["METEOR"] is None
+    assert summary["fedmrg"]["test-global-CE-F1-example"] == pytest.approx(0.40)
+    assert summary["fedmrg"]["per_site"]["site-2"]["BLEU-4"] == pytest.approx(0.12)
+    assert summary["fedmrg"]["seeds"] == [0, 1] and summary["fedmrg"]["curves"] == {"val_lm_generic": [3.0, 2.5]}
+
+
+def test_bytes_per_round_are_per_site_zero_for_local_and_unknown_for_centralized(summary):
+    assert summary["fedmrg"]["bytes_up_per_round"] == 20_000
+    assert summary["fedmrg"]["bytes_down_per_round"] == 200_000
+    assert summary["local"]["bytes_up_per_round"] == 0.0
+    assert summary["centralized"]["bytes_up_per_round"] is None
+
+
+def test_claims_are_computed_from_the_summary(summary):
+    found = {c["claim"].split(" on ")[0] if "beats" in c["claim"] else c["claim"]: c for c in br.claims(summary)}
+    assert found["fedmrg beats fedavg_lora"]["holds"] is True
+    assert found["fedmrg beats local"]["holds"] is True
+    share = next(c for c in found.values() if "centralized" in c["claim"])
+    assert share["holds"] is True and "98.4%" in share["detail"]  # 0.60 / 0.61
+    upload = next(c for c in found.values() if "fewer bytes" in c["claim"])
+    assert upload["holds"] is True and "50.0x" in upload["detail"]
+    summary["fedmrg"]["BLEU-4"] = 0.06  # below fedavg_lora (0.08), level with local (0.06): beats neither
+    assert [c["holds"] for c in br.claims(summary)][:2] == [False, False]
+
+
+def test_a_claim_needing_a_method_that_was_not_run_is_not_measured(summary):
+    del summary["centralized"]
+    share = next(c for c in br.claims(summary) if "centralized" in c["claim"])
+    assert share["holds"] is None and "n/a" in share["detail"]
+
+
+def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(summary):
+    effects = {row["ablation"]: row for row in br.ablation_effects(summary)}
+    assert effects["fedmrg-no-compression"]["CE-F1-example"] == pytest.approx(0.10)
+    assert effects["fedmrg-no-compression"]["verdict"].startswith("fedmrg's mechanism helps (2 of 3")  # CIDEr level
+    assert effects["fedmrg-no-compression"]["bytes_up_ratio"] == pytest.approx(50.0)
+    assert effects["fedmrg-no-contrastive"]["verdict"] == "no clear effect"  # 0.60 vs 0.60 ± 0.014
+
+
+def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
+    results = {"name": "t", "summary": summary, "claims": br.claims(summary), "ablations": br.ablation_effects(summary),
+               "plots": {"per-site quality": "/x/t-sites.png"},
+               "settings": {"preset": "quick", "config": "tiny", "seeds": [0, 1], "rounds": 2, "local_steps": 10,
+                            "local_epochs": 1, "test_limit": 50, "global_limit": None, "decoding": "greedy",
+                            "machine": "2 CPU cores", "benchmark": {"source": "synthetic", "sites": 2,
+                                                                     "partition": "style", "train_studies": 63}}}
+    text = br.markdown(results, image_dir="bench/results/")
+    rows = [line for line in text.splitlines() if line.startswith("| fedmrg |")]
+    assert len(rows) == 1 and "0.600 ± 0.000" in rows[0] and "19.53 KiB" in rows[0]
+    assert "fedmrg beats fedavg_lora on the site mean of CE-F1 (example) and BLEU-4: **yes**" in text
+    assert "| fedmrg-no-contrastive |" in text and "2 rounds x 10 local steps" in text
+    assert "![per-site quality](bench/results/t-sites.png)" in text
+
+
+def test_the_readme_section_between_the_markers_is_replaced_and_the_rest_kept(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{br.README_BEGIN}\nold table\n{br.README_END}\noutro\n")
+    br.refresh_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{br.README_BEGIN}\nnew table\n{br.README_END}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="README.md: no <!-- bench:begin -->"):
+        br.refresh_readme(readme, "x")
+    assert readme.read_text() == "no markers\n"
+
+
+def test_a_run_gets_the_preset_the_methods_budget_and_its_seed():
+    request = BenchRequest(preset=PRESETS["quick"], methods=select_methods(None), data=REPO, base_llm=REPO,
+                           work=REPO, config="demo")
+    local = run_config(request, BY_NAME["local"], 1, sites=3)
+    pooled = run_config(request, BY_NAME["centralized"], 1, sites=3)
+    fedavg = run_config(request, BY_NAME["fedavg_lora"], 1, sites=3)
+    assert local.train.seed == fedavg.train.seed == 1 and fedavg.generate.num_beams == 1
+    assert local.train.max_steps == 3 * 10 and pooled.train.max_steps == 3 * 10 * 3
+    assert fedavg.fl.local_steps == 10 and fedavg.fl.update == "dense" and fedavg.model.adapters == "single"
+
+
+def test_a_finished_run_is_reused_only_under_the_same_config(tmp_path):
+    cfg = load_config("tiny")
+    run_dir = tmp_path / "fedmrg" / "seed-0"
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_FILE).write_text(json.dumps({"format": RUN_FORMAT, "config": config_to_dict(cfg), "x": 1}))
+    assert _finished_record(run_dir, cfg)["x"] == 1
+    assert _finished_record(run_dir, load_config("tiny", {"train.seed": 1})) is None
+    assert not run_dir.exists()  # a stale run is cleared before it runs again
+
+
+def test_traffic_and_curves_come_from_the_jobs_rounds():
+    rounds = [{"bytes_up": {"site-1": 5, "site-2": 7}, "bytes_down": {"site-1": 50, "site-2": 50},
+               "metrics": {"site-1": {"val_loss": 2.0, "train_loss": 9.0}, "site-2": {"val_loss": 4.0}}},
+              {"bytes_up": {"site-1": 5}, "bytes_down": {"site-1": 50}, "metrics": {"site-1": {"val_loss": 1.0}}}]
+    traffic = round_traffic(rounds)
+    assert traffic["bytes_up"] == {"site-1": [5, 5], "site-2": [7, 0]} and traffic["up_total"] == 17
+    assert traffic["down_total"] == 150 and traffic["rounds"] == 2
+    assert round_curves(rounds) == {"val_loss": [3.0, 1.0]}
+
+
+def test_a_folder_that_is_not_a_benchmark_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not a benchmark folder"):
+        benchmark_sites(tmp_path)
+
+
+# ------------------------------------------------------------------ end to end: `fedmrg bench --quick` (tiny)
+@pytest.mark.slow
+def test_the_quick_benchmark_writes_results_table_plots_and_the_readme_section(quick_bench):
+    results = json.loads((quick_bench["out"] / "t.json").read_text())
+    assert set(results["summary"]) == {"local", "fedavg_lora"}
+    assert {(r["method"], r["seed"]) for r in results["runs"]} == {("local", 0), ("fedavg_lora", 0)}
+    for run in results["runs"]:
+        assert set(run["sites"]) == {"site-1", "site-2"} and run["wall_s"] > 0
+        for site in run["sites"].values():
+            assert 0 <= site["personalized"]["ce"]["example"]["f1"] <= 1
+    fedavg, local = results["summary"]["fedavg_lora"], results["summary"]["local"]
+    assert fedavg["bytes_up_per_round"] > 0 and local["bytes_up_per_round"] == 0
+    assert set(results["runs"][0]["test_global"]) == {"site-1", "site-2"}  # one local model per site
+    assert results["runs"][1]["config"]["fl"]["local_steps"] == 10  # the quick budget reached the job
+    for title, path in results["plots"].items():
+        assert path.endswith(".png") and (quick_bench["out"] / path.split("/")[-1]).stat().st_size > 1000, title
+    readme = quick_bench["readme"].read_text()
+    assert "old" not in readme and readme.endswith("after\n") and "| fedavg_lora | federated |" in readme
+    assert (quick_bench["out"] / "t.md").read_text() in quick_bench["stdout"]
+
+
+@pytest.mark.slow
+def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_bench, tiny_base_llm):
+    record = quick_bench["work"] / "local" / "seed-0" / RUN_FILE
+    before = record.stat().st_mtime_ns
+    command = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny", "--data", str(tiny_bench),
+               "--base-llm", str(tiny_base_llm), "--methods", "local", "--seeds", "0", "--name", "again",
+               "--work", str(quick_bench["work"]), "--out", str(quick_bench["out"]), "--readme", "none"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reusing" in done.stderr and record.stat().st_mtime_ns == before
