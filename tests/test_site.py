@@ -125,6 +125,7 @@ def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cf
     assert update.dense_bytes_up == sum(4 * t.numel() for t in shared.values())
     assert update.train_studies == len(site.train_loader.dataset) and update.steps == 2
     assert update.metrics["train_loss"] > 0
+    assert update.metrics["train_seconds"] > 0 and update.metrics["peak_memory_mib"] > 100  # what a round cost
     assert any(v.abs().sum() > 0 for v in decode(update.payload).values() if isinstance(v, torch.Tensor))
     adapter = tmp_path / "state" / SPECIALIZED_DIR
     assert LoraConfig.from_pretrained(str(adapter)).r == site_cfg.model.lora_rank

@@ -19,6 +19,7 @@ Output (``results_dir``, or the job's run folder on the server): ``results.json`
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,7 @@ class FedMRGController(ModelController):
         self._write_outputs(state)
 
     def _run_round(self, state: dict, round_number: int) -> None:
+        started = time.perf_counter()
         sent = self._global_message(state, round_number)
         bytes_down = msg.state_bytes(sent.params) + msg.state_bytes(
             {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)})
@@ -94,6 +96,7 @@ class FedMRGController(ModelController):
         state["global"] = {k: v.detach().clone() for k, v in merged.params.items()}
         if msg.PROTOTYPES in merged.meta:
             state["prototypes"] = {k: torch.as_tensor(merged.meta[k]) for k in (msg.PROTOTYPES, msg.AVAILABLE)}
+        record["seconds"] = round(time.perf_counter() - started, 2)  # sent, trained everywhere, merged
         state["rounds"].append(record)
         state["next_round"] = round_number + 1
         write_json(self.out / "audit" / f"round-{round_number:03d}.json", audit)

@@ -3,7 +3,7 @@
 ``results.json``::
 
     {"job", "config",
-     "rounds": [{"round", "bytes_up": {site: n}, "bytes_down": {site: n}, "dense_bytes_up": {site: n},
+     "rounds": [{"round", "seconds", "bytes_up": {site: n}, "bytes_down": {site: n}, "dense_bytes_up": {site: n},
                  "metrics": {site: {name: value}}, "accepted": [site], "refused": {site: reason}}],
      "final": {site: {"generic": scores, "personalized": scores}},
      "global_model": path, "best_model": {"round", "value", "metric", "path"}}

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from fedmrg.fl.codec import CodecSpec, ErrorFeedback, dense_bytes, encode, round
 from fedmrg.model.adapters import SPECIALIZED, adapter_names, save_peft_adapter
 from fedmrg.model.batches import study_loader
 from fedmrg.model.mrg import MRGModel
-from fedmrg.model.training import Trainer, recover_directory, replace_directory, seed_everything
+from fedmrg.model.training import Trainer, peak_memory_mib, recover_directory, replace_directory, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class SiteTrainer:
         before = self.model.shared_state_dict()
         target = min(self.trainer.state.step + self.steps_per_round(), self.trainer.total_steps)
         history_start = len(self.trainer.state.history)
+        started = time.perf_counter()
 
         def stop() -> bool:
             return self.trainer.state.step >= target or bool(abort and abort())
@@ -225,7 +227,9 @@ class SiteTrainer:
                              train_studies=len(self.train_loader.dataset), steps=self.trainer.state.step,
                              bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
                              dense_bytes_up=dense_bytes(after),
-                             metrics=_mean_losses(self.trainer.state.history[history_start:]))
+                             metrics={**_mean_losses(self.trainer.state.history[history_start:]),
+                                      "train_seconds": time.perf_counter() - started,
+                                      "peak_memory_mib": peak_memory_mib(self.model.info.device)})
         self.rounds_done = round_number + 1
         self.save_state()
         return update

@@ -52,6 +52,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """This process's peak memory so far: allocated CUDA memory on a GPU, resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def make_optimizer(model: MRGModel, cfg: Config) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for parameter in model.parameters():
