@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fedmrg.model.llm import load_llm, random_llm  # first: it quiets a bitsandbytes import notice
+from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm  # first: it quiets a bitsandbytes import notice
 
 import bitsandbytes as bnb
 import torch
@@ -28,7 +28,7 @@ from fedmrg.model.base_llm import BASE_LLM_SIZES, train_tokenizer
 
 TINY = BASE_LLM_SIZES["tiny"]
 SHAPES = {
-    "tinyllama": dict(hidden_size=2048, layers=22, heads=32, kv_heads=4, intermediate_size=5632, vocab_size=32000),
+    "tinyllama": dict(LLAMA_1B_SHAPE),
     "tiny": dict(hidden_size=TINY.hidden_size, layers=TINY.layers, heads=TINY.heads,
                  intermediate_size=TINY.intermediate_size, vocab_size=TINY.vocab_size),
 }

@@ -28,11 +28,9 @@ from fedmrg.config import load_config
 from fedmrg.model.adapters import attach_adapters, active_adapters, adapter_names
 from fedmrg.model.base_llm import make_base_llm
 from fedmrg.model.batches import study_loader
-from fedmrg.model.llm import load_llm, random_llm
+from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm
 from fedmrg.model.mrg import MRGModel
 from fedmrg.model.training import Trainer
-
-TINYLLAMA_SHAPE = dict(hidden_size=2048, layers=22, heads=32, kv_heads=4, intermediate_size=5632)
 
 
 def synchronize(device: torch.device) -> None:
@@ -129,7 +127,7 @@ def main() -> None:
         if not args.base_llm:
             make_base_llm(args.corpus, checkpoint, "tiny", progress=False)
         if args.llm_1b:
-            checkpoint = random_llm(Path(tmp) / "llama-1b", "llama", checkpoint, **TINYLLAMA_SHAPE,
+            checkpoint = random_llm(Path(tmp) / "llama-1b", "llama", checkpoint, **LLAMA_1B_SHAPE,
                                     dtype=torch.bfloat16)
             cfg.model.target_modules = None  # PEFT's default for LLaMA (q_proj, v_proj), as a QLoRA user would
         batch = next(iter(study_loader(cfg, [args.data], "train", train=True)))

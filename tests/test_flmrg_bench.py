@@ -13,7 +13,8 @@ from fedmrg.config import config_to_dict, load_config
 from fedmrg.errors import ConfigError
 from fedmrg.eval import bench_report as br
 from fedmrg.eval.flmrg_bench import (PRESETS, RUN_FILE, RUN_FORMAT, BenchRequest, _finished_record, benchmark_sites,
-                                     round_curves, round_traffic, run_config)
+                                     random_llama_1b, round_curves, round_timing, round_traffic,
+                                     run_config)
 from fedmrg.eval.methods import BY_NAME, select_methods
 
 
@@ -39,7 +40,9 @@ def record(method: str, seed: int, site_values: dict, up: int | None = None, per
                    "up_total": 4 * up, "down_total": 40 * up, "rounds": 2}
     return {"format": RUN_FORMAT, "method": method, "setting": setting, "seed": seed, "config": {}, "wall_s": 10.0,
             "sites": sites, "test_global": {"global": scores(0.4, 0.1)}, "traffic": traffic,
-            "curves": {"val_lm_generic": [3.0, 2.5]} if setting == "federated" else None}
+            "curves": {"val_lm_generic": [3.0, 2.5]} if setting == "federated" else None,
+            "timing": {"round_seconds": [4.0, 6.0], "peak_memory_mib": {"site-1": 900.0, "site-2": 1000.0}}
+            if setting == "federated" else None}
 
 
 SITES2 = ("site-1", "site-2")
@@ -73,8 +76,10 @@ def test_the_summary_averages_each_sites_deployed_model_over_sites_then_seeds(su
     assert summary["fedmrg"]["seeds"] == [0, 1] and summary["fedmrg"]["curves"] == {"val_lm_generic": [3.0, 2.5]}
 
 
-def test_bytes_per_round_are_per_site_zero_for_local_and_unknown_for_centralized(summary):
-    assert summary["fedmrg"]["bytes_up_per_round"] == 20_000
+def test_costs_per_round_are_per_site_zero_upload_for_local_and_unknown_for_centralized(summary):
+    assert summary["fedmrg"]["bytes_up_per_round"] == 20_000 and summary["fedmrg"]["bytes_up_total"] == 80_000
+    assert summary["fedmrg"]["seconds_per_round"] == 5.0 and summary["fedmrg"]["peak_memory_mib"] == 1000.0
+    assert summary["local"]["seconds_per_round"] is None and summary["fedmrg"]["wall_s"] == 10.0
     assert summary["fedmrg"]["bytes_down_per_round"] == 200_000
     assert summary["local"]["bytes_up_per_round"] == 0.0
     assert summary["centralized"]["bytes_up_per_round"] is None
@@ -115,7 +120,8 @@ def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
                                                                      "partition": "style", "train_studies": 63}}}
     text = br.markdown(results, image_dir="bench/results/")
     rows = [line for line in text.splitlines() if line.startswith("| fedmrg |")]
-    assert len(rows) == 1 and "0.600 ± 0.000" in rows[0] and "19.53 KiB" in rows[0]
+    assert len(rows) == 2 and "0.600 ± 0.000" in rows[0]  # quality, then costs
+    assert rows[1] == "| fedmrg | 19.53 KiB | 195.31 KiB | 78.12 KiB | 5.0 | 1000.00 MiB | 10 |"
     assert "fedmrg beats fedavg_lora on the site mean of CE-F1 (example) and BLEU-4: **yes**" in text
     assert "| fedmrg-no-contrastive |" in text and "2 rounds x 10 local steps" in text
     assert "![per-site quality](bench/results/t-sites.png)" in text
@@ -153,7 +159,7 @@ def test_a_finished_run_is_reused_only_under_the_same_config(tmp_path):
     assert not run_dir.exists()  # a stale run is cleared before it runs again
 
 
-def test_traffic_and_curves_come_from_the_jobs_rounds():
+def test_traffic_timing_and_curves_come_from_the_jobs_rounds():
     rounds = [{"bytes_up": {"site-1": 5, "site-2": 7}, "bytes_down": {"site-1": 50, "site-2": 50},
                "metrics": {"site-1": {"val_loss": 2.0, "train_loss": 9.0}, "site-2": {"val_loss": 4.0}}},
               {"bytes_up": {"site-1": 5}, "bytes_down": {"site-1": 50}, "metrics": {"site-1": {"val_loss": 1.0}}}]
@@ -161,6 +167,21 @@ def test_traffic_and_curves_come_from_the_jobs_rounds():
     assert traffic["bytes_up"] == {"site-1": [5, 5], "site-2": [7, 0]} and traffic["up_total"] == 17
     assert traffic["down_total"] == 150 and traffic["rounds"] == 2
     assert round_curves(rounds) == {"val_loss": [3.0, 1.0]}
+    rounds[0]["seconds"], rounds[1]["metrics"]["site-1"]["peak_memory_mib"] = 12.5, 700.0
+    assert round_timing(rounds) == {"round_seconds": [12.5], "peak_memory_mib": {"site-1": 700.0}}
+
+
+def test_the_1b_llm_is_a_llama_built_once_with_the_base_llms_tokenizer(tiny_base_llm, tmp_path, monkeypatch):
+    import fedmrg.model.llm as llm
+
+    small = dict(hidden_size=32, layers=1, heads=4, kv_heads=2, intermediate_size=64, vocab_size=512)
+    monkeypatch.setattr(llm, "LLAMA_1B_SHAPE", small)  # the real one is 2.2 GB of random weights
+    out = random_llama_1b(tiny_base_llm, tmp_path / "llama-1b")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_key_value_heads"] == 2 and config["vocab_size"] == 512
+    assert (out / "tokenizer.json").read_text() == (tiny_base_llm / "tokenizer.json").read_text()
+    before = (out / "config.json").stat().st_mtime_ns
+    assert random_llama_1b(tiny_base_llm, out) == out and (out / "config.json").stat().st_mtime_ns == before
 
 
 def test_a_folder_that_is_not_a_benchmark_is_named(tmp_path):
@@ -180,6 +201,7 @@ def test_the_quick_benchmark_writes_results_table_plots_and_the_readme_section(q
             assert 0 <= site["personalized"]["ce"]["example"]["f1"] <= 1
     fedavg, local = results["summary"]["fedavg_lora"], results["summary"]["local"]
     assert fedavg["bytes_up_per_round"] > 0 and local["bytes_up_per_round"] == 0
+    assert fedavg["seconds_per_round"] > 0 and fedavg["peak_memory_mib"] > 100
     assert set(results["runs"][0]["test_global"]) == {"site-1", "site-2"}  # one local model per site
     assert results["runs"][1]["config"]["fl"]["local_steps"] == 10  # the quick budget reached the job
     for title, path in results["plots"].items():

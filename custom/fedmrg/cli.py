@@ -549,6 +549,9 @@ def _bench_parser(sub) -> None:
     p.add_argument("--data", metavar="BENCH_DIR",
                    help="a benchmark folder (default: built or reused under $FEDMRG_DATA_DIR)")
     p.add_argument("--base-llm", metavar="DIR", help="base LLM checkpoint (default: the benchmark's demo LLM)")
+    p.add_argument("--llm-1b", action="store_true",
+                   help="instead, a 1.1B LLaMA (TinyLlama's shape) with random weights and the base LLM's tokenizer: "
+                        "for timing and memory on a GPU, not for quality")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"a subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="SEED", help="default: the preset's")
     p.add_argument("--name", help="results name (default: the preset, plus the partition unless style)")
@@ -565,7 +568,8 @@ def _bench_parser(sub) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fedmrg.data.iuxray import data_dir
     from fedmrg.eval.bench_report import markdown, refresh_readme, write_outputs
-    from fedmrg.eval.flmrg_bench import PRESETS, BenchRequest, bench_results, prepare_inputs, run_benchmark
+    from fedmrg.eval.flmrg_bench import (PRESETS, BenchRequest, bench_results, prepare_inputs, random_llama_1b,
+                                         run_benchmark)
     from fedmrg.eval.methods import select_methods
 
     methods = select_methods(args.methods)
@@ -577,9 +581,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         data, default_llm = prepare_inputs(args.config, args.partition, progress=not args.quiet)
         base_llm = args.base_llm or default_llm
+    work = Path(args.work) if args.work else data_dir() / "bench" / name
+    if args.llm_1b:
+        base_llm = random_llama_1b(Path(base_llm), work / "llama-1b")
     request = BenchRequest(preset=PRESETS[args.preset], methods=methods, data=data.resolve(),
                            base_llm=Path(base_llm).resolve(), config=args.config, seeds=tuple(args.seeds or ()),
-                           work=Path(args.work) if args.work else data_dir() / "bench" / name,
+                           work=work,
                            jobs_dir=Path(args.jobs), progress=not args.quiet,
                            extra_overrides={"train.device": args.device} if args.device else {})
     records = run_benchmark(request)

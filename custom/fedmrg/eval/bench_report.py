@@ -69,6 +69,30 @@ def bytes_down_per_round(record: Mapping[str, Any]) -> float | None:
     return _mean([value for series in traffic["bytes_down"].values() for value in series]) if traffic else None
 
 
+def bytes_up_total(record: Mapping[str, Any]) -> float | None:
+    traffic = record.get("traffic")
+    return 0.0 if record["setting"] == "local" else (traffic["up_total"] if traffic else None)
+
+
+def seconds_per_round(record: Mapping[str, Any]) -> float | None:
+    """Mean wall time of a federated round at the server (send, train at every site, merge)."""
+    timing = record.get("timing")
+    return _mean(timing["round_seconds"]) if timing and timing["round_seconds"] else None
+
+
+def peak_memory_mib(record: Mapping[str, Any]) -> float | None:
+    """The largest peak memory of a site process (GPU memory allocated on a GPU, RSS on a CPU)."""
+    timing = record.get("timing")
+    return max(timing["peak_memory_mib"].values()) if timing and timing["peak_memory_mib"] else None
+
+
+COSTS: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
+    "bytes_up_per_round": bytes_up_per_round, "bytes_down_per_round": bytes_down_per_round,
+    "bytes_up_total": bytes_up_total, "seconds_per_round": seconds_per_round, "peak_memory_mib": peak_memory_mib,
+    "wall_s": lambda record: record["wall_s"],
+}
+
+
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Method -> means over seeds of the site means (and ``_sd``), test-global, bytes, wall time, per site."""
     by_method: dict[str, list[Mapping[str, Any]]] = {}
@@ -80,16 +104,15 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         per_seed = {
             **{metric: [] for metric in METRICS},
             **{f"test-global-{metric}": [] for metric in METRICS},
-            "bytes_up_per_round": [], "bytes_down_per_round": [], "wall_s": [],
+            **{cost: [] for cost in COSTS},
         }
         for run in runs:
             for metric, value in _over_sites(list(deployed_scores(run).values())).items():
                 per_seed[metric].append(value)
             for metric, value in _over_sites(list(run["test_global"].values())).items():
                 per_seed[f"test-global-{metric}"].append(value)
-            per_seed["bytes_up_per_round"].append(bytes_up_per_round(run))
-            per_seed["bytes_down_per_round"].append(bytes_down_per_round(run))
-            per_seed["wall_s"].append(run["wall_s"])
+            for cost, measure in COSTS.items():
+                per_seed[cost].append(measure(run))
         for key, values in per_seed.items():
             entry[key], entry[f"{key}_sd"] = _mean(values), _sd(values)
         sites = sorted({site for run in runs for site in run["sites"]})
@@ -188,7 +211,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 def _bytes(value: float | None) -> str:
     if value is None:
         return "n/a"
-    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if value >= size:
             return f"{value / size:.2f} {unit}"
     return f"{value:.0f} B"
@@ -203,8 +226,7 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
     """The results as markdown: settings, the method table, the claims, the ablations, the plots."""
     summary, settings = results["summary"], results["settings"]
     plain = [m for m in METRICS if m not in KEY_METRICS and m != "CE-F1-micro5"]
-    header = ["method", "setting", *KEY_METRICS, *plain, "test-global CE-F1-example", "test-global BLEU-4",
-              "upload / site / round", "wall (s)"]
+    header = ["method", "setting", *KEY_METRICS, *plain, "test-global CE-F1-example", "test-global BLEU-4"]
     lines = [f"### FL-MRG benchmark `{results['name']}` ({settings['preset']})", "",
              _settings_line(settings), "",
              "Site means of each site's deployed model, mean ± sd over seeds.", "",
@@ -212,9 +234,17 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
     for method, entry in summary.items():
         cells = [method, entry["setting"], *(_with_sd(entry, m) for m in KEY_METRICS),
                  *(_fmt(entry[m]) for m in plain), _with_sd(entry, "test-global-CE-F1-example"),
-                 _with_sd(entry, "test-global-BLEU-4"), _bytes(entry["bytes_up_per_round"]),
-                 _fmt(entry["wall_s"], ".0f")]
+                 _with_sd(entry, "test-global-BLEU-4")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Costs (means over seeds; a round's seconds are the server's: send, train at every site, merge; "
+                  "peak memory is the largest site process's: GPU memory allocated on a GPU, resident memory on a CPU).",
+              "", "| method | upload / site / round | download / site / round | upload, all sites, whole run "
+                  "| s / round | peak memory / site | wall (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for method, entry in summary.items():
+        lines.append(f"| {method} | {_bytes(entry['bytes_up_per_round'])} | {_bytes(entry['bytes_down_per_round'])} | "
+                     f"{_bytes(entry['bytes_up_total'])} | {_fmt(entry['seconds_per_round'], '.1f')} | "
+                     f"{_bytes(None if entry['peak_memory_mib'] is None else entry['peak_memory_mib'] * 2**20)} | "
+                     f"{_fmt(entry['wall_s'], '.0f')} |")
     lines += ["", "What the numbers show:", ""]
     for claim in results["claims"]:
         verdict = {True: "**yes**", False: "**no**", None: "not measured"}[claim["holds"]]

@@ -180,7 +180,8 @@ def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: li
     test_global = adapter_scores(model, request.data / TEST_GLOBAL, limit=request.preset.global_limit,
                                  generic_only=True)["generic"]
     return {"sites": results["final"], "test_global": {"global": test_global},
-            "traffic": round_traffic(results["rounds"]), "curves": round_curves(results["rounds"])}
+            "traffic": round_traffic(results["rounds"]), "curves": round_curves(results["rounds"]),
+            "timing": round_timing(results["rounds"])}
 
 
 def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]], run_dir: Path) -> dict:
@@ -199,7 +200,7 @@ def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]
             sites[site] = adapter_scores(model, request.data / site, limit=request.preset.test_limit)
         test_global[name] = adapter_scores(model, request.data / TEST_GLOBAL, limit=request.preset.global_limit,
                                            generic_only=True)["generic"]
-    return {"sites": sites, "test_global": test_global, "traffic": None, "curves": None}
+    return {"sites": sites, "test_global": test_global, "traffic": None, "curves": None, "timing": None}
 
 
 def round_traffic(rounds: list[dict]) -> dict:
@@ -209,6 +210,17 @@ def round_traffic(rounds: list[dict]) -> dict:
                  for key in ("bytes_up", "bytes_down")}
     return {**per_round, "up_total": sum(map(sum, per_round["bytes_up"].values())),
             "down_total": sum(map(sum, per_round["bytes_down"].values())), "rounds": len(rounds)}
+
+
+def round_timing(rounds: list[dict]) -> dict:
+    """Seconds of each round at the server (send, train everywhere, merge) and each site's peak memory (MiB)."""
+    peaks: dict[str, float] = {}
+    for record in rounds:
+        for site, metrics in record["metrics"].items():
+            if "peak_memory_mib" in metrics:
+                peaks[site] = max(peaks.get(site, 0.0), metrics["peak_memory_mib"])
+    return {"round_seconds": [record["seconds"] for record in rounds if "seconds" in record],
+            "peak_memory_mib": peaks}
 
 
 def round_curves(rounds: list[dict]) -> dict[str, list[float | None]]:
@@ -243,6 +255,18 @@ def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[
     if not (base_llm / "config.json").is_file():
         make_base_llm(bench / "public", base_llm, dataset=cfg.data.dataset, progress=progress)
     return bench, base_llm
+
+
+def random_llama_1b(tokenizer_dir: Path, out: Path) -> Path:
+    """A 1.1B-parameter LLaMA checkpoint with random bf16 weights (made once in ``out``): timing, not quality."""
+    import torch
+
+    from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
+
+    if not (out / "config.json").is_file():
+        log.info("writing a 1.1B LLaMA with random weights to %s", out)
+        random_llm(out, "llama", tokenizer_dir, dtype=torch.bfloat16, **LLAMA_1B_SHAPE)
+    return out
 
 
 def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict[str, Any]:

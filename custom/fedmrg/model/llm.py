@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 
 import torch
@@ -221,6 +222,12 @@ FAMILY_FIELDS = {  # family -> our size names -> the family's config fields
     "mistral": _DECODER_FIELDS,
     "gpt2": {"hidden_size": "n_embd", "layers": "n_layer", "heads": "n_head", "intermediate_size": "n_inner"},
 }
+
+
+# TinyLlama-1.1B's shape (LLaMA architecture, grouped-query attention, a 32,000-row vocabulary):
+# the "1B LLM" of the speed and memory benchmarks, built with random weights.
+LLAMA_1B_SHAPE = MappingProxyType(dict(hidden_size=2048, layers=22, heads=32, kv_heads=4, intermediate_size=5632,
+                                       vocab_size=32000))
 
 
 def random_llm(
