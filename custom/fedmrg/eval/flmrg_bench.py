@@ -21,6 +21,7 @@ Presets (the budget and decoding differ, the benchmark and the model do not):
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -140,6 +141,7 @@ def _finished_record(run_dir: Path, cfg: Config) -> dict | None:
 
 
 def _run(request: BenchRequest, method: Method, seed: int, cfg: Config, sites: list[str], run_dir: Path) -> dict:
+    config = config_to_dict(cfg)  # as asked for: building a model fills in some fields (the LLM path, ...)
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
     if method.setting == "federated":
@@ -149,7 +151,7 @@ def _run(request: BenchRequest, method: Method, seed: int, cfg: Config, sites: l
     else:
         measured = _run_trained(request, cfg, {"pooled": sites}, run_dir)
     return {"format": RUN_FORMAT, "method": method.name, "setting": method.setting, "seed": seed,
-            "config": config_to_dict(cfg), "wall_s": round(time.perf_counter() - started, 1), **measured}
+            "config": config, "wall_s": round(time.perf_counter() - started, 1), **measured}
 
 
 def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: list[str], run_dir: Path) -> dict:
@@ -193,8 +195,8 @@ def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]
     sites, test_global = {}, {}
     for name, own_sites in models.items():
         out = run_dir / name
-        train_centralized(cfg, [request.data / site for site in own_sites], out, base_llm=request.base_llm,
-                          progress=False)
+        train_centralized(copy.deepcopy(cfg), [request.data / site for site in own_sites], out,
+                          base_llm=request.base_llm, progress=False)
         model = MRGModel.load(out, base_llm=request.base_llm)
         for site in own_sites:
             sites[site] = adapter_scores(model, request.data / site, limit=request.preset.test_limit)
