@@ -145,26 +145,24 @@ def _beats(summary: Mapping, other: str) -> dict[str, Any]:
             "holds": all(a > b for a, b in values.values()) if known else None, "detail": detail}
 
 
-def _share_of_centralized(summary: Mapping) -> dict[str, Any]:
-    ours, pooled = _value(summary, "fedmrg", "CE-F1-example"), _value(summary, "centralized", "CE-F1-example")
-    share = ours / pooled if ours is not None and pooled else None
-    return {"claim": f"fedmrg reaches >= {CENTRALIZED_SHARE:.0%} of centralized CE-F1 (example)",
-            "holds": None if share is None else share >= CENTRALIZED_SHARE,
-            "detail": f"{_fmt(ours)} / {_fmt(pooled)} = {_fmt(share, '.1%')}"}
-
-
-def _upload_ratio(summary: Mapping) -> dict[str, Any]:
-    ours, dense = _value(summary, "fedmrg", "bytes_up_per_round"), _value(summary, "fedavg_lora", "bytes_up_per_round")
-    ratio = dense / ours if ours and dense is not None else None
-    return {"claim": f"fedmrg uploads >= {UPLOAD_RATIO:g}x fewer bytes per round than fedavg_lora",
-            "holds": None if ratio is None else ratio >= UPLOAD_RATIO,
-            "detail": f"{_bytes(dense)} / {_bytes(ours)} = {_fmt(ratio, '.1f')}x"}
+def _ratio_claim(summary: Mapping, claim: str, top: tuple[str, str], bottom: tuple[str, str], threshold: float,
+                 show: Callable[[float | None], str], show_ratio: Callable[[float | None], str]) -> dict[str, Any]:
+    """``top / bottom >= threshold``, each a (method, summary key)."""
+    a, b = _value(summary, *top), _value(summary, *bottom)
+    ratio = a / b if a is not None and b else None
+    return {"claim": claim, "holds": None if ratio is None else ratio >= threshold,
+            "detail": f"{show(a)} / {show(b)} = {show_ratio(ratio)}"}
 
 
 def claims(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The benchmark's headline claims, each with ``holds`` (None where a method needed was not run)."""
-    return [_beats(summary, "fedavg_lora"), _beats(summary, "local"), _share_of_centralized(summary),
-            _upload_ratio(summary)]
+    share = _ratio_claim(summary, f"fedmrg reaches >= {CENTRALIZED_SHARE:.0%} of centralized CE-F1 (example)",
+                         ("fedmrg", "CE-F1-example"), ("centralized", "CE-F1-example"), CENTRALIZED_SHARE,
+                         _fmt, lambda r: _fmt(r, ".1%"))
+    upload = _ratio_claim(summary, f"fedmrg uploads >= {UPLOAD_RATIO:g}x fewer bytes per round than fedavg_lora",
+                          ("fedavg_lora", "bytes_up_per_round"), ("fedmrg", "bytes_up_per_round"), UPLOAD_RATIO,
+                          _bytes, lambda r: _fmt(r, ".1f") + "x")
+    return [_beats(summary, "fedavg_lora"), _beats(summary, "local"), share, upload]
 
 
 def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
