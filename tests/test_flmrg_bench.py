@@ -221,3 +221,17 @@ def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reusing" in done.stderr and record.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_another_partition_gets_its_own_benchmark_and_base_llm(tmp_path, monkeypatch):
+    from fedmrg.eval.flmrg_bench import prepare_inputs
+
+    monkeypatch.setenv("FEDMRG_DATA_DIR", str(tmp_path))
+    bench, llm = prepare_inputs("tiny", "iid", progress=False)
+    assert bench == tmp_path / "tiny-iid" / "bench" and llm == tmp_path / "tiny-iid" / "base-llm"
+    assert json.loads((bench / "benchmark.json").read_text())["request"]["partition"] == "iid"
+    assert (llm / "config.json").is_file() and benchmark_sites(bench) == ["site-1", "site-2"]
+    made = (llm / "config.json").stat().st_mtime_ns
+    assert prepare_inputs("tiny", "iid", progress=False) == (bench, llm)  # reused, not rebuilt
+    assert (llm / "config.json").stat().st_mtime_ns == made
