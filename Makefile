@@ -20,7 +20,7 @@ POLICIES ?= provisioning
 POC_WS ?= $(DATA)/poc
 POC_DATA = $(DATA)/$(CONFIG)
 
-# make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid).
+# make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid; CONFIG as above).
 PRESET ?= quick
 PARTITION ?= style
 
@@ -66,4 +66,4 @@ poc: $(STAMP)
 # Every method x seed on the benchmark (built or reused like `make demo`'s); results in bench/results/,
 # the README's results section rewritten. Finished runs are reused: run it again to resume.
 bench: $(STAMP)
-	$(FEDMRG) bench --$(PRESET) --partition $(PARTITION)
+	$(FEDMRG) bench --$(PRESET) --config $(CONFIG) --partition $(PARTITION)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 from fedmrg.config import config_to_dict, load_config
-from fedmrg.errors import ConfigError
+from fedmrg.errors import ConfigError, DataError
 from fedmrg.eval import bench_report as br
 from fedmrg.eval.flmrg_bench import (PRESETS, RUN_FILE, RUN_FORMAT, BenchRequest, _finished_record, benchmark_sites,
                                      random_llama_1b, round_curves, round_timing, round_traffic,
@@ -109,6 +109,9 @@ def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(s
     assert effects["fedmrg-no-compression"]["verdict"].startswith("fedmrg's mechanism helps (2 of 3")  # CIDEr level
     assert effects["fedmrg-no-compression"]["bytes_up_ratio"] == pytest.approx(50.0)
     assert effects["fedmrg-no-contrastive"]["verdict"] == "no clear effect"  # 0.60 vs 0.60 ± 0.014
+    for entry in summary.values():  # one seed: no spread
+        entry.update({f"{m}_sd": None for m in br.KEY_METRICS})
+    assert {row["verdict"] for row in br.ablation_effects(summary)} == {"one seed: no spread to judge by"}
 
 
 def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
@@ -121,7 +124,7 @@ def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
     text = br.markdown(results, image_dir="bench/results/")
     rows = [line for line in text.splitlines() if line.startswith("| fedmrg |")]
     assert len(rows) == 2 and "0.600 ± 0.000" in rows[0]  # quality, then costs
-    assert rows[1] == "| fedmrg | 19.53 KiB | 195.31 KiB | 78.12 KiB | 5.0 | 1000.00 MiB | 10 |"
+    assert rows[1] == "| fedmrg | 19.53 KiB | 195.31 KiB | 78.12 KiB | 781.25 KiB | 5.0 | 1000.00 MiB | 10 |"
     assert "fedmrg beats fedavg_lora on the site mean of CE-F1 (example) and BLEU-4: **yes**" in text
     assert "| fedmrg-no-contrastive |" in text and "2 rounds x 10 local steps" in text
     assert "![per-site quality](bench/results/t-sites.png)" in text
@@ -149,14 +152,30 @@ def test_a_run_gets_the_preset_the_methods_budget_and_its_seed():
     assert fedavg.fl.local_steps == 10 and fedavg.fl.update == "dense" and fedavg.model.adapters == "single"
 
 
-def test_a_finished_run_is_reused_only_under_the_same_config(tmp_path):
-    cfg = load_config("tiny")
+def test_a_finished_run_is_reused_only_with_the_same_config_and_inputs(tmp_path):
+    cfg, inputs = load_config("tiny"), {"base_llm": "/llm", "test_limit": 50}
     run_dir = tmp_path / "fedmrg" / "seed-0"
-    run_dir.mkdir(parents=True)
-    (run_dir / RUN_FILE).write_text(json.dumps({"format": RUN_FORMAT, "config": config_to_dict(cfg), "x": 1}))
-    assert _finished_record(run_dir, cfg)["x"] == 1
-    assert _finished_record(run_dir, load_config("tiny", {"train.seed": 1})) is None
+
+    def finished(**changes) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"format": RUN_FORMAT, "config": config_to_dict(cfg), "inputs": inputs, "x": 1, **changes}
+        (run_dir / RUN_FILE).write_text(json.dumps(record))
+
+    finished()
+    assert _finished_record(run_dir, cfg, inputs)["x"] == 1
+    assert _finished_record(run_dir, load_config("tiny", {"train.seed": 1}), inputs) is None
     assert not run_dir.exists()  # a stale run is cleared before it runs again
+    finished(inputs={**inputs, "base_llm": "/llama-1b"})  # same config, another LLM: not the same run
+    assert _finished_record(run_dir, cfg, inputs) is None
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_FILE).write_text("{truncated")
+    assert _finished_record(run_dir, cfg, inputs) is None and not run_dir.exists()
+
+
+def test_a_benchmark_config_with_a_step_cap_is_refused():
+    base = load_config("tiny", {"train.max_steps": 7})
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        BY_NAME["local"].budget_overrides(base, 2)
 
 
 def test_traffic_timing_and_curves_come_from_the_jobs_rounds():
@@ -164,7 +183,7 @@ def test_traffic_timing_and_curves_come_from_the_jobs_rounds():
                "metrics": {"site-1": {"val_loss": 2.0, "train_loss": 9.0}, "site-2": {"val_loss": 4.0}}},
               {"bytes_up": {"site-1": 5}, "bytes_down": {"site-1": 50}, "metrics": {"site-1": {"val_loss": 1.0}}}]
     traffic = round_traffic(rounds)
-    assert traffic["bytes_up"] == {"site-1": [5, 5], "site-2": [7, 0]} and traffic["up_total"] == 17
+    assert traffic["bytes_up"] == {"site-1": [5, 5], "site-2": [7, None]} and traffic["up_total"] == 17
     assert traffic["down_total"] == 150 and traffic["rounds"] == 2
     assert round_curves(rounds) == {"val_loss": [3.0, 1.0]}
     rounds[0]["seconds"], rounds[1]["metrics"]["site-1"]["peak_memory_mib"] = 12.5, 700.0
@@ -185,8 +204,18 @@ def test_the_1b_llm_is_a_llama_built_once_with_the_base_llms_tokenizer(tiny_base
 
 
 def test_a_folder_that_is_not_a_benchmark_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="not a benchmark folder"):
+    with pytest.raises(DataError, match="not a benchmark folder"):
         benchmark_sites(tmp_path)
+
+
+def test_a_benchmark_missing_a_site_folder_is_named(tiny_bench, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bench"
+    shutil.copytree(tiny_bench, copy, ignore=shutil.ignore_patterns("images"))
+    shutil.rmtree(copy / "site-2")
+    with pytest.raises(ConfigError, match="no folder for site-2"):
+        benchmark_sites(copy)
 
 
 # ------------------------------------------------------------------ end to end: `fedmrg bench --quick` (tiny)

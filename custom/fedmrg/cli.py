@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -544,8 +545,8 @@ def _bench_parser(sub) -> None:
     preset.add_argument("--full", dest="preset", action="store_const", const="full",
                         help="the config's own budget, beam search, every test study: for a GPU")
     _add_config_flag(p, "demo")
-    p.add_argument("--partition", choices=["style", "label", "iid"], default="style",
-                   help="how studies are dealt to sites (default: style)")
+    p.add_argument("--partition", choices=["style", "label", "iid"],
+                   help="how studies are dealt to sites when the benchmark is built here (default: style)")
     p.add_argument("--data", metavar="BENCH_DIR",
                    help="a benchmark folder (default: built or reused under $FEDMRG_DATA_DIR)")
     p.add_argument("--base-llm", metavar="DIR", help="base LLM checkpoint (default: the benchmark's demo LLM)")
@@ -554,11 +555,12 @@ def _bench_parser(sub) -> None:
                         "for timing and memory on a GPU, not for quality")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"a subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="SEED", help="default: the preset's")
-    p.add_argument("--name", help="results name (default: the preset, plus the partition unless style)")
+    p.add_argument("--name", help="results name (default: the preset, plus the config unless demo, the "
+                                  "partition unless style, and 1b with --llm-1b)")
     p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
     p.add_argument("--work", metavar="DIR", help="run folders (default: $FEDMRG_DATA_DIR/bench/NAME)")
-    p.add_argument("--readme", default="README.md",
-                   help="README whose results section is refreshed (default: README.md; 'none' to skip)")
+    p.add_argument("--readme", help="README whose results section is refreshed (default: README.md; 'none' to skip; "
+                                    "with --llm-1b, whose quality numbers mean nothing, none unless given)")
     p.add_argument("--jobs", default="jobs", metavar="DIR", help="the jobs folder (default: jobs)")
     p.add_argument("--device", help="override train.device (cpu, cuda, cuda:N)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -573,20 +575,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fedmrg.eval.methods import select_methods
 
     methods = select_methods(args.methods)
-    name = args.name or args.preset + ("" if args.partition == "style" else f"-{args.partition}")
+    if args.data and args.partition:
+        raise FedMRGError("--partition applies when the benchmark is built here; --data's partition is its own")
+    partition = args.partition or "style"
+    parts = (args.preset, None if args.config == "demo" else Path(args.config).stem,
+             None if partition == "style" else partition, "1b" if args.llm_1b else None)
+    name = args.name or "-".join(part for part in parts if part)
     if args.data:
         data, base_llm = Path(args.data), args.base_llm
         if base_llm is None:
             raise FedMRGError("--data needs --base-llm (the LLM the benchmark's runs start from)")
     else:
-        data, default_llm = prepare_inputs(args.config, args.partition, progress=not args.quiet)
+        data, default_llm = prepare_inputs(args.config, partition, progress=not args.quiet)
         base_llm = args.base_llm or default_llm
     work = Path(args.work) if args.work else data_dir() / "bench" / name
     if args.llm_1b:
         base_llm = random_llama_1b(Path(base_llm), work / "llama-1b")
     request = BenchRequest(preset=PRESETS[args.preset], methods=methods, data=data.resolve(),
-                           base_llm=Path(base_llm).resolve(), config=args.config, seeds=tuple(args.seeds or ()),
-                           work=work,
+                           base_llm=Path(base_llm).resolve(), config=args.config,
+                           seeds=tuple(dict.fromkeys(args.seeds or ())), work=work,
                            jobs_dir=Path(args.jobs), progress=not args.quiet,
                            extra_overrides={"train.device": args.device} if args.device else {})
     records = run_benchmark(request)
@@ -594,9 +601,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     paths = write_outputs(results, args.out)
     text = markdown(results)
     print(text)
-    if args.readme != "none":
-        readme = Path(args.readme)
-        refresh_readme(readme, markdown(results, image_dir=f"{Path(args.out).as_posix()}/"))
+    readme = args.readme or ("none" if args.llm_1b else "README.md")
+    if readme != "none":
+        images = Path(os.path.relpath(Path(args.out).resolve(), Path(readme).resolve().parent)).as_posix()
+        refresh_readme(readme, markdown(results, image_dir=f"{images}/"))
         print(f"results section of {readme} refreshed")
     print("written: " + ", ".join(str(path) for path in paths.values()))
     return 0

@@ -1,7 +1,7 @@
 """The FL-MRG benchmark's results: summary over seeds and sites, the claims it tests, tables, plots, README.
 
 Everything here is computed from the run records of :mod:`fedmrg.eval.flmrg_bench` (one per method
-and seed), so a results file can be re-reported without running anything.
+and seed); ``fedmrg bench`` run again over finished runs only redoes this report.
 
 Per run, a method's quality at a site is that of the model the site deploys: generic+specialized
 adapters where the method trains both, the generic one otherwise. The summary averages over the
@@ -52,26 +52,17 @@ def _over_sites(per_site: Sequence[Mapping[str, Any]]) -> dict[str, float | None
     return {metric: _mean([row[metric] for row in rows]) for metric in METRICS}
 
 
-def bytes_up_per_round(record: Mapping[str, Any]) -> float | None:
-    """Mean bytes one site uploads in one round: 0 for local-only, None for centralized (it moves the data)."""
+def _traffic(record: Mapping[str, Any], key: str) -> float | None:
+    """``bytes_up`` / ``bytes_down``: mean bytes of one site in one round it took part in; ``up_total`` /
+    ``down_total``: all sites, whole run. 0 for local-only, None for centralized (it moves the data)."""
     if record["setting"] == "local":
         return 0.0
     traffic = record.get("traffic")
     if not traffic:
         return None
-    return _mean([value for series in traffic["bytes_up"].values() for value in series])
-
-
-def bytes_down_per_round(record: Mapping[str, Any]) -> float | None:
-    traffic = record.get("traffic")
-    if record["setting"] == "local":
-        return 0.0
-    return _mean([value for series in traffic["bytes_down"].values() for value in series]) if traffic else None
-
-
-def bytes_up_total(record: Mapping[str, Any]) -> float | None:
-    traffic = record.get("traffic")
-    return 0.0 if record["setting"] == "local" else (traffic["up_total"] if traffic else None)
+    if key.endswith("_total"):
+        return traffic[key]
+    return _mean([value for series in traffic[key].values() for value in series])
 
 
 def seconds_per_round(record: Mapping[str, Any]) -> float | None:
@@ -87,8 +78,11 @@ def peak_memory_mib(record: Mapping[str, Any]) -> float | None:
 
 
 COSTS: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
-    "bytes_up_per_round": bytes_up_per_round, "bytes_down_per_round": bytes_down_per_round,
-    "bytes_up_total": bytes_up_total, "seconds_per_round": seconds_per_round, "peak_memory_mib": peak_memory_mib,
+    "bytes_up_per_round": lambda record: _traffic(record, "bytes_up"),
+    "bytes_down_per_round": lambda record: _traffic(record, "bytes_down"),
+    "bytes_up_total": lambda record: _traffic(record, "up_total"),
+    "bytes_down_total": lambda record: _traffic(record, "down_total"),
+    "seconds_per_round": seconds_per_round, "peak_memory_mib": peak_memory_mib,
     "wall_s": lambda record: record["wall_s"],
 }
 
@@ -145,11 +139,15 @@ def _beats(summary: Mapping, other: str) -> dict[str, Any]:
             "holds": all(a > b for a, b in values.values()) if known else None, "detail": detail}
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def _ratio_claim(summary: Mapping, claim: str, top: tuple[str, str], bottom: tuple[str, str], threshold: float,
                  show: Callable[[float | None], str], show_ratio: Callable[[float | None], str]) -> dict[str, Any]:
     """``top / bottom >= threshold``, each a (method, summary key)."""
     a, b = _value(summary, *top), _value(summary, *bottom)
-    ratio = a / b if a is not None and b else None
+    ratio = _ratio(a, b)
     return {"claim": claim, "holds": None if ratio is None else ratio >= threshold,
             "detail": f"{show(a)} / {show(b)} = {show_ratio(ratio)}"}
 
@@ -161,7 +159,7 @@ def claims(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                          _fmt, lambda r: _fmt(r, ".1%"))
     upload = _ratio_claim(summary, f"fedmrg uploads >= {UPLOAD_RATIO:g}x fewer bytes per round than fedavg_lora",
                           ("fedavg_lora", "bytes_up_per_round"), ("fedmrg", "bytes_up_per_round"), UPLOAD_RATIO,
-                          _bytes, lambda r: _fmt(r, ".1f") + "x")
+                          _bytes, _times)
     return [_beats(summary, "fedavg_lora"), _beats(summary, "local"), share, upload]
 
 
@@ -180,13 +178,12 @@ def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
         for metric in KEY_METRICS:
             ours, theirs = summary["fedmrg"][metric], summary[name][metric]
             delta = None if ours is None or theirs is None else ours - theirs
-            noise = (summary["fedmrg"][f"{metric}_sd"] or 0.0) + (summary[name][f"{metric}_sd"] or 0.0)
+            spreads = (summary["fedmrg"][f"{metric}_sd"], summary[name][f"{metric}_sd"])
             row[metric] = delta
-            if delta is not None:
-                verdicts.append("within noise" if abs(delta) <= noise else ("helps" if delta > 0 else "hurts"))
-        row["verdict"] = _verdict(verdicts)
-        row["bytes_up_ratio"] = (summary[name]["bytes_up_per_round"] / summary["fedmrg"]["bytes_up_per_round"]
-                                 if summary["fedmrg"]["bytes_up_per_round"] else None)
+            if delta is not None and None not in spreads:
+                verdicts.append("within noise" if abs(delta) <= sum(spreads) else ("helps" if delta > 0 else "hurts"))
+        row["verdict"] = _verdict(verdicts) if verdicts else "one seed: no spread to judge by"
+        row["bytes_up_ratio"] = _ratio(summary[name]["bytes_up_per_round"], summary["fedmrg"]["bytes_up_per_round"])
         effects.append(row)
     return effects
 
@@ -204,6 +201,10 @@ def _verdict(verdicts: list[str]) -> str:
 # -------------------------------------------------------------------------------------------- markdown
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _times(ratio: float | None) -> str:
+    return _fmt(ratio, ".1f") + ("x" if ratio is not None else "")
 
 
 def _bytes(value: float | None) -> str:
@@ -235,12 +236,16 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
                  _with_sd(entry, "test-global-BLEU-4")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Costs (means over seeds; a round's seconds are the server's: send, train at every site, merge; "
-                  "peak memory is the largest site process's: GPU memory allocated on a GPU, resident memory on a CPU).",
+                  "peak memory is the largest site process's: GPU memory allocated on a GPU, resident memory on a "
+                  "CPU; simulated sites run one thread each, local and centralized training the bench process's "
+                  "threads).",
               "", "| method | upload / site / round | download / site / round | upload, all sites, whole run "
-                  "| s / round | peak memory / site | wall (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| download, all sites, whole run | s / round | peak memory / site | wall (s) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, entry in summary.items():
         lines.append(f"| {method} | {_bytes(entry['bytes_up_per_round'])} | {_bytes(entry['bytes_down_per_round'])} | "
-                     f"{_bytes(entry['bytes_up_total'])} | {_fmt(entry['seconds_per_round'], '.1f')} | "
+                     f"{_bytes(entry['bytes_up_total'])} | {_bytes(entry['bytes_down_total'])} | "
+                     f"{_fmt(entry['seconds_per_round'], '.1f')} | "
                      f"{_bytes(None if entry['peak_memory_mib'] is None else entry['peak_memory_mib'] * 2**20)} | "
                      f"{_fmt(entry['wall_s'], '.0f')} |")
     lines += ["", "What the numbers show:", ""]
@@ -254,7 +259,7 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
                   "|---|---|---:|---:|---:|---|---:|"]
         for row in effects:
             lines.append(f"| {row['ablation']} | {row['removes']} | " + " | ".join(
-                _fmt(row[m], "+.3f") for m in KEY_METRICS) + f" | {row['verdict']} | {_fmt(row['bytes_up_ratio'], '.1f')}x |")
+                _fmt(row[m], "+.3f") for m in KEY_METRICS) + f" | {row['verdict']} | {_times(row['bytes_up_ratio'])} |")
     lines += [""] + [f"![{title}]({image_dir}{Path(path).name})" for title, path in results.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -266,7 +271,7 @@ def _settings_line(settings: Mapping[str, Any]) -> str:
     limit = settings["test_limit"] or "all"
     return (f"Benchmark: {bench['source']} reports, {bench['sites']} sites, `{bench['partition']}` partition "
             f"({bench['train_studies']} training studies); config `{settings['config']}`; budget {budget} "
-            f"(local-only and centralized: the same number of passes); seeds {settings['seeds']}; "
+            f"(local-only and centralized: as many studies seen); seeds {settings['seeds']}; "
             f"{limit} test studies per site, {settings['global_limit'] or 'all'} of test-global; "
             f"decoding: {settings['decoding']}; {settings['machine']}.")
 
@@ -289,6 +294,8 @@ def plot_quality_vs_bytes(summary: Mapping[str, Mapping[str, Any]], path: Path) 
         if entry["setting"] != "federated":  # nothing sent per round (local) or the data itself (centralized)
             ax.axhline(value, linestyle="--" if entry["setting"] == "local" else ":", color="grey",
                        label=f"{method} (no federated upload)")
+            continue
+        if not upload:
             continue
         ax.errorbar(upload, value, yerr=entry["CE-F1-example_sd"] or 0.0, marker="o", capsize=3)
         ax.annotate(method, (upload, value), textcoords="offset points", xytext=(5, 4), fontsize="small")

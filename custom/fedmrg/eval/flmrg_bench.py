@@ -8,8 +8,9 @@ on each site's test split (generic adapter, and generic+specialized where there 
 ``test-global`` (generic adapter: what a hospital outside the federation would receive).
 
 Each run leaves ``<work>/<method>/seed-<k>/run.json``; a later ``fedmrg bench`` with the same
-settings reuses it, so an interrupted benchmark resumes where it stopped, and changing one
-method's settings reruns that method only.
+config, benchmark, base LLM and scoring limits reuses it, so an interrupted benchmark resumes where
+it stopped, changing one method's settings reruns that method only, and re-running a finished
+benchmark only redoes its report.
 
 Presets (the budget and decoding differ, the benchmark and the model do not):
 
@@ -88,16 +89,25 @@ class BenchRequest:
 
 
 def benchmark_sites(data: Path) -> list[str]:
-    """The site folders of a benchmark (site-1, site-2, ...), checked to exist with test-global."""
-    meta = data / "benchmark.json"
-    if not meta.is_file():
-        raise ConfigError(f"{data}: not a benchmark folder (no benchmark.json; build one with `fedmrg prepare-data`)")
-    sites = sorted((p.name for p in data.glob("site-*") if p.is_dir()), key=lambda name: int(name.split("-")[1]))
-    if not sites:
-        raise ConfigError(f"{data}: no site-N folders")
-    if not (data / TEST_GLOBAL).is_dir():
-        raise ConfigError(f"{data}: no {TEST_GLOBAL} folder")
+    """The site folders a benchmark lists (site-1, site-2, ...), checked to exist, with test-global."""
+    from fedmrg.data.benchmark import load_benchmark
+
+    counts = load_benchmark(data)["counts"]
+    sites = [group for group in counts if group.startswith("site-")]
+    missing = [group for group in (*sites, TEST_GLOBAL) if not (data / group).is_dir()]
+    if not sites or missing:
+        raise ConfigError(f"{data}: benchmark.json lists {', '.join(counts)}, but "
+                          + (f"there is no folder for {', '.join(missing)}" if missing else "no site"))
     return sites
+
+
+def run_inputs(request: BenchRequest) -> dict[str, Any]:
+    """What a run depends on besides its config: the benchmark built, the base LLM, how much is scored."""
+    from fedmrg.data.benchmark import load_benchmark
+
+    return {"data": str(request.data), "benchmark": load_benchmark(request.data)["request"],
+            "base_llm": str(request.base_llm), "test_limit": request.preset.test_limit,
+            "global_limit": request.preset.global_limit}
 
 
 def run_config(request: BenchRequest, method: Method, seed: int, sites: int) -> Config:
@@ -111,15 +121,17 @@ def run_config(request: BenchRequest, method: Method, seed: int, sites: int) -> 
 def run_benchmark(request: BenchRequest) -> list[dict]:
     """Every (method, seed) run of the request, reusing finished ones; the run records in order."""
     sites = benchmark_sites(request.data)
+    _check_runnable(request)
+    inputs = run_inputs(request)
     plan = [(method, seed) for method in request.methods for seed in request.run_seeds]
     records = []
     for method, seed in tqdm(plan, desc="benchmark runs", disable=not request.progress):
         cfg = run_config(request, method, seed, len(sites))
         run_dir = request.work / method.name / f"seed-{seed}"
-        record = _finished_record(run_dir, cfg)
+        record = _finished_record(run_dir, cfg, inputs)
         if record is None:
             log.info("%s, seed %d: running in %s", method.name, seed, run_dir)
-            record = _run(request, method, seed, cfg, sites, run_dir)
+            record = {**_run(request, method, seed, cfg, sites, run_dir), "inputs": inputs}
             write_json(run_dir / RUN_FILE, record)
         else:
             log.info("%s, seed %d: reusing %s", method.name, seed, run_dir / RUN_FILE)
@@ -127,14 +139,30 @@ def run_benchmark(request: BenchRequest) -> list[dict]:
     return records
 
 
-def _finished_record(run_dir: Path, cfg: Config) -> dict | None:
-    """The run's record when it finished under the same config; a stale or partial folder is cleared."""
+def _check_runnable(request: BenchRequest) -> None:
+    """Missing jobs or LLM files stop the benchmark before its first run, not an hour into it."""
+    if not (request.base_llm / "config.json").is_file():
+        raise ConfigError(f"{request.base_llm}: not a Hugging Face checkpoint folder (no config.json)")
+    for job in sorted({method.job for method in request.methods if method.job}):
+        if not (request.jobs_dir / job / "job.py").is_file():
+            raise ConfigError(f"{request.jobs_dir / job / 'job.py'}: job not found "
+                              f"(run from the repository root, or pass --jobs DIR)")
+
+
+def _finished_record(run_dir: Path, cfg: Config, inputs: Mapping[str, Any]) -> dict | None:
+    """The run's record when it finished with the same config and inputs; a stale or partial folder is cleared."""
     path = run_dir / RUN_FILE
     if path.is_file():
-        record = load_json(path)
-        if record.get("format") == RUN_FORMAT and record.get("config") == config_to_dict(cfg):
+        try:
+            record = load_json(path)
+        except FedMRGError as exc:
+            record = None
+            log.warning("%s", exc)
+        if (isinstance(record, dict) and record.get("format") == RUN_FORMAT
+                and record.get("config") == config_to_dict(cfg) and record.get("inputs") == inputs):
             return record
-        log.info("%s: settings changed since it ran; running it again", run_dir)
+        log.info("%s: settings, data or LLM changed since it ran (or its record is unreadable); running it again",
+                 run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     return None
@@ -160,8 +188,6 @@ def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: li
     from fedmrg.model.mrg import MRGModel
 
     job = request.jobs_dir / str(method.job) / "job.py"
-    if not job.is_file():
-        raise ConfigError(f"{job}: job not found (run from the repository root, or pass --jobs DIR)")
     config_file = run_dir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
     workspace = run_dir / "workspace"
@@ -206,12 +232,14 @@ def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]
 
 
 def round_traffic(rounds: list[dict]) -> dict:
-    """Bytes each site sent and received in each round (lists in round order) and the totals."""
+    """Bytes each site sent and received in each round (lists in round order, None where it took no part)
+    and the totals."""
     sites = sorted({site for record in rounds for site in record.get("bytes_up", {})})
-    per_round = {key: {site: [record.get(key, {}).get(site, 0) for record in rounds] for site in sites}
-                 for key in ("bytes_up", "bytes_down")}
-    return {**per_round, "up_total": sum(map(sum, per_round["bytes_up"].values())),
-            "down_total": sum(map(sum, per_round["bytes_down"].values())), "rounds": len(rounds)}
+    per_round = {key: {site: [record.get(key, {}).get(site) for record in rounds] for site in sites}
+                 for key in ("bytes_up", "bytes_down")}  # None: the site sent nothing that round
+    totals = {f"{key.split('_')[1]}_total": sum(n for series in per_round[key].values() for n in series if n)
+              for key in per_round}
+    return {**per_round, **totals, "rounds": len(rounds)}
 
 
 def round_timing(rounds: list[dict]) -> dict:
@@ -242,15 +270,15 @@ def round_curves(rounds: list[dict]) -> dict[str, list[float | None]]:
 def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[Path, Path]:
     """The benchmark (built, or reused when already built the same way) and its demo base LLM.
 
-    ``style`` shares ``$FEDMRG_DATA_DIR/<config>/`` with ``make demo``; another partition gets
-    ``$FEDMRG_DATA_DIR/<config>-<partition>/``.
+    ``style`` shares ``$FEDMRG_DATA_DIR/<config name>/`` with ``make demo``; another partition gets
+    ``$FEDMRG_DATA_DIR/<config name>-<partition>/``.
     """
     from fedmrg.data.benchmark import build_benchmark
     from fedmrg.data.iuxray import data_dir
     from fedmrg.model.base_llm import make_base_llm
 
     cfg = load_config(config, {"benchmark.partition": partition})
-    root = data_dir() / (config if partition == "style" else f"{config}-{partition}")
+    root = data_dir() / (cfg.name if partition == "style" else f"{cfg.name}-{partition}")
     bench, base_llm = root / "bench", root / "base-llm"
     build_benchmark(cfg.benchmark, bench, include_impression=cfg.data.include_impression, reuse=True,
                     progress=progress)
@@ -277,7 +305,9 @@ def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict
 
     if not records:
         raise BenchError("no runs to report")
-    meta = load_json(request.data / "benchmark.json")
+    from fedmrg.data.benchmark import load_benchmark
+
+    meta = load_benchmark(request.data)
     first = records[0]["config"]
     decoding = first["generate"]
     summary = summarize(records)

@@ -39,6 +39,9 @@ class Method:
 
     def budget_overrides(self, cfg: Config, sites: int) -> dict[str, Any]:
         """The overrides that give this method the benchmark's budget (see the module docstring)."""
+        if cfg.train.max_steps is not None:  # it would cap local and centralized runs, not the federation
+            raise ConfigError(f"config {cfg.name!r}: train.max_steps: the benchmark's budget is fl.rounds x "
+                              f"fl.local_epochs (or fl.local_steps); leave train.max_steps unset")
         if self.setting == "federated":
             return dict(self.overrides)
         rounds = cfg.fl.rounds
