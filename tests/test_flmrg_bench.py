@@ -93,6 +93,9 @@ def test_claims_are_computed_from_the_summary(summary):
     assert share["holds"] is True and "98.4%" in share["detail"]  # 0.60 / 0.61
     upload = next(c for c in found.values() if "fewer bytes" in c["claim"])
     assert upload["holds"] is True and "50.0x" in upload["detail"]
+    assert "spread" not in found["fedmrg beats fedavg_lora"]["detail"]
+    summary["fedavg_lora"]["CE-F1-example_sd"] = 0.1  # 0.60 vs 0.55 ± 0.1: a win, but not beyond the noise
+    assert br.claims(summary)[0]["detail"].endswith("within the seed spread on CE-F1-example")
     summary["fedmrg"]["BLEU-4"] = 0.06  # below fedavg_lora (0.08), level with local (0.06): beats neither
     assert [c["holds"] for c in br.claims(summary)][:2] == [False, False]
 

@@ -130,13 +130,26 @@ def _value(summary: Mapping, method: str, key: str) -> float | None:
     return summary.get(method, {}).get(key)
 
 
+def _difference(summary: Mapping, metric: str, ours: str, theirs: str) -> tuple[float | None, bool | None]:
+    """``ours - theirs`` on ``metric``, and whether it exceeds the sum of their seed spreads (None: one seed)."""
+    a, b = _value(summary, ours, metric), _value(summary, theirs, metric)
+    if a is None or b is None:
+        return None, None
+    spreads = (_value(summary, ours, f"{metric}_sd"), _value(summary, theirs, f"{metric}_sd"))
+    return a - b, None if None in spreads else abs(a - b) > sum(spreads)
+
+
 def _beats(summary: Mapping, other: str) -> dict[str, Any]:
-    values = {metric: (_value(summary, "fedmrg", metric), _value(summary, other, metric))
-              for metric in ("CE-F1-example", "BLEU-4")}
-    known = all(a is not None and b is not None for a, b in values.values())
-    detail = "; ".join(f"{metric} {_fmt(a)} vs {_fmt(b)}" for metric, (a, b) in values.items())
+    metrics = ("CE-F1-example", "BLEU-4")
+    differences = {metric: _difference(summary, metric, "fedmrg", other) for metric in metrics}
+    known = all(delta is not None for delta, _ in differences.values())
+    detail = "; ".join(f"{metric} {_fmt(_value(summary, 'fedmrg', metric))} vs {_fmt(_value(summary, other, metric))}"
+                       for metric in metrics)
+    unclear = [metric for metric, (delta, clear) in differences.items() if delta is not None and clear is False]
+    if unclear:
+        detail += f"; within the seed spread on {', '.join(unclear)}"
     return {"claim": f"fedmrg beats {other} on the site mean of CE-F1 (example) and BLEU-4",
-            "holds": all(a > b for a, b in values.values()) if known else None, "detail": detail}
+            "holds": all(delta > 0 for delta, _ in differences.values()) if known else None, "detail": detail}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -176,12 +189,10 @@ def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
         row: dict[str, Any] = {"ablation": name, "removes": BY_NAME[name].description if name in BY_NAME else ""}
         verdicts = []
         for metric in KEY_METRICS:
-            ours, theirs = summary["fedmrg"][metric], summary[name][metric]
-            delta = None if ours is None or theirs is None else ours - theirs
-            spreads = (summary["fedmrg"][f"{metric}_sd"], summary[name][f"{metric}_sd"])
+            delta, clear = _difference(summary, metric, "fedmrg", name)
             row[metric] = delta
-            if delta is not None and None not in spreads:
-                verdicts.append("within noise" if abs(delta) <= sum(spreads) else ("helps" if delta > 0 else "hurts"))
+            if clear is not None:
+                verdicts.append(("helps" if delta > 0 else "hurts") if clear else "within noise")
         row["verdict"] = _verdict(verdicts) if verdicts else "one seed: no spread to judge by"
         row["bytes_up_ratio"] = _ratio(summary[name]["bytes_up_per_round"], summary["fedmrg"]["bytes_up_per_round"])
         effects.append(row)
