@@ -406,11 +406,8 @@ def _retrieve_parser(sub) -> None:
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fedmrg.eval.retrieval import retrieve
-    from fedmrg.model.batches import split_records, study_loader
-    from fedmrg.model.batches import loader_records
-    from fedmrg.eval.observations import OBSERVATIONS
-    from fedmrg.model.diagnosis import STATES, labels_from_states
+    from fedmrg.eval.retrieval import copied_reports, normal_query
+    from fedmrg.model.batches import loader_records, split_records, study_loader
 
     model = _load_model(args) if args.model else None
     cfg = model.cfg if model else load_config(args.config)
@@ -421,19 +418,16 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     if not candidates:
         raise FedMRGError(f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from "
                           "(a test-only folder such as test-global needs --train-data SITE_DIR)")
+    records = loader_records(loader)
     if args.normal:
-        query = np.zeros((len(loader_records(loader)), len(OBSERVATIONS)), dtype=np.int64)
-        query[:, OBSERVATIONS.index("No Finding")] = STATES.index("positive")
+        query = normal_query(len(records))
     elif model is None:
-        query = np.stack([r["states"] for r in loader_records(loader)])
+        query = np.stack([r["states"] for r in records])
     else:
         if model.diagnosis is None:
             raise FedMRGError(f"{args.model}: the model has no diagnosis head (model.diagnosis: false); use --oracle")
         query = np.concatenate([model.predict_states(batch).numpy() for batch in loader])
-    chosen = retrieve(labels_from_states(query), labels_from_states(np.stack([c["states"] for c in candidates])))
-    ids = [str(r["id"]) for r in loader_records(loader)]
-    predictions = {key: candidates[index]["report"] for key, index in zip(ids, chosen)}
-    retrieved = {key: str(candidates[index]["id"]) for key, index in zip(ids, chosen)}
+    predictions, retrieved = copied_reports([str(r["id"]) for r in records], query, candidates)
     return _score_and_write(args, predictions, loader, cfg.data.dataset, retrieved)
 
 

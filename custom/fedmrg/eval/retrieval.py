@@ -46,3 +46,21 @@ def retrieve(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     chunks = [np.argmax(match_scores(query[start: start + _QUERY_CHUNK], candidates), axis=1)
               for start in range(0, len(query), _QUERY_CHUNK)]
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+
+
+def normal_query(count: int) -> np.ndarray:
+    """Label rows that say "No Finding" and nothing else: the query of the copy-a-normal-report baseline."""
+    from fedmrg.model.diagnosis import STATES
+
+    query = np.zeros((count, len(OBSERVATIONS)), dtype=np.int64)
+    query[:, OBSERVATIONS.index("No Finding")] = STATES.index("positive")
+    return query
+
+
+def copied_reports(ids: list[str], query_states: np.ndarray, candidates: list[dict]) -> tuple[dict, dict]:
+    """For each study id, the report (and the id) of the candidate whose findings best match its query row."""
+    from fedmrg.model.diagnosis import labels_from_states
+
+    chosen = retrieve(labels_from_states(query_states), labels_from_states(np.stack([c["states"] for c in candidates])))
+    return ({key: candidates[index]["report"] for key, index in zip(ids, chosen)},
+            {key: str(candidates[index]["id"]) for key, index in zip(ids, chosen)})
