@@ -225,7 +225,8 @@ def test_a_benchmark_missing_a_site_folder_is_named(tiny_bench, tmp_path):
 @pytest.mark.slow
 def test_the_quick_benchmark_writes_results_table_plots_and_the_readme_section(quick_bench):
     results = json.loads((quick_bench["out"] / "t.json").read_text())
-    assert set(results["summary"]) == {"local", "fedavg_lora"}
+    assert set(results["summary"]) == {"local", "fedavg_lora", "normal-report"}
+    assert set(results["floor"]["sites"]) == {"site-1", "site-2"} and results["floor"]["setting"] == "reference"
     assert {(r["method"], r["seed"]) for r in results["runs"]} == {("local", 0), ("fedavg_lora", 0)}
     for run in results["runs"]:
         assert set(run["sites"]) == {"site-1", "site-2"} and run["wall_s"] > 0

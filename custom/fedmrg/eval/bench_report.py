@@ -237,9 +237,11 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
     summary, settings = results["summary"], results["settings"]
     plain = [m for m in METRICS if m not in KEY_METRICS and m != "CE-F1-micro5"]
     header = ["method", "setting", *KEY_METRICS, *plain, "test-global CE-F1-example", "test-global BLEU-4"]
-    lines = [f"### FL-MRG benchmark `{results['name']}` ({settings['preset']})", "",
+    preset = "" if results["name"] == settings["preset"] else f" (`--{settings['preset']}`)"
+    lines = [f"### FL-MRG benchmark `{results['name']}`{preset}", "",
              _settings_line(settings), "",
-             "Site means of each site's deployed model, mean ± sd over seeds.", "",
+             "Site means of each site's deployed model, mean ± sd over seeds. `normal-report` is no model: "
+             "every study gets the site's best-matching normal training report (the floor).", "",
              "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for method, entry in summary.items():
         cells = [method, entry["setting"], *(_with_sd(entry, m) for m in KEY_METRICS),
@@ -295,28 +297,37 @@ def _figure(width: float = 7.0, height: float = 4.2, ncols: int = 1):
     return fig, fig.subplots(1, ncols)
 
 
+def _colors(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One colour per method, the same in every plot (tab20 has room for every method and the floor)."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    return {method: palette(k % 20) for k, method in enumerate(summary)}
+
+
 def plot_quality_vs_bytes(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    """CE-F1 (example) against upload per site and round, log scale; the non-federated settings as lines."""
-    fig, ax = _figure()
-    for method, entry in summary.items():
-        value, upload = entry["CE-F1-example"], entry["bytes_up_per_round"]
-        if value is None:
-            continue
-        if entry["setting"] != "federated":  # nothing sent per round (local) or the data itself (centralized)
-            ax.axhline(value, linestyle="--" if entry["setting"] == "local" else ":", color="grey",
-                       label=f"{method} (no federated upload)")
-            continue
-        if not upload:
-            continue
-        ax.errorbar(upload, value, yerr=entry["CE-F1-example_sd"] or 0.0, marker="o", capsize=3)
-        ax.annotate(method, (upload, value), textcoords="offset points", xytext=(5, 4), fontsize="small")
-    ax.set_xscale("log")
-    ax.set(xlabel="bytes uploaded per site per round (log)", ylabel="CE-F1 (example), site mean",
-           title="quality against communication")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="x-small", loc="lower right")
-    fig.tight_layout()
+    """CE-F1 (example) and BLEU-4 against upload per site and round (log); the non-federated settings as lines."""
+    colors = _colors(summary)
+    fig, axes = _figure(width=12.0, height=4.4, ncols=2)
+    for ax, metric in zip(axes, ("CE-F1-example", "BLEU-4")):
+        for method, entry in summary.items():
+            value, upload = entry[metric], entry["bytes_up_per_round"]
+            if value is None:
+                continue
+            if entry["setting"] != "federated":  # nothing sent per round (local), the data itself (centralized)
+                style = {"local": "--", "centralized": ":"}.get(entry["setting"], "-.")
+                ax.axhline(value, linestyle=style, color=colors[method], label=f"{method} (no federated upload)")
+            elif upload:
+                ax.errorbar(upload, value, yerr=entry[f"{metric}_sd"] or 0.0, marker="o", capsize=3,
+                            color=colors[method], label=method)
+        ax.set_xscale("log")
+        ax.set(xlabel="bytes uploaded per site per round (log)", ylabel=f"{metric}, site mean")
+        ax.grid(alpha=0.3)
+    fig.suptitle("quality against communication (mean ± sd over seeds)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize="x-small", loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     fig.savefig(path, dpi=110)
     return path
 
@@ -331,10 +342,11 @@ def plot_per_site(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     width = 0.8 / len(summary)
     x = np.arange(len(sites))
     for ax, metric in zip(axes, ("CE-F1-example", "BLEU-4")):
+        colors = _colors(summary)
         for k, (method, entry) in enumerate(summary.items()):
             heights = [np.nan if entry["per_site"].get(s, {}).get(metric) is None else entry["per_site"][s][metric]
                        for s in sites]
-            ax.bar(x - 0.4 + (k + 0.5) * width, heights, width, label=method)
+            ax.bar(x - 0.4 + (k + 0.5) * width, heights, width, label=method, color=colors[method])
         ax.set_xticks(x, sites)
         ax.set(ylabel=metric, title=f"{metric} per site (mean over seeds)")
         ax.grid(axis="y", alpha=0.3)
@@ -347,10 +359,12 @@ def plot_per_site(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
 def plot_round_curves(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
     """Validation LM loss of the generic path after each round (site and seed mean), per federated method."""
     fig, ax = _figure()
-    for method, entry in summary.items():
+    colors, markers = _colors(summary), "os^vD<>ph*"
+    for k, (method, entry) in enumerate(summary.items()):
         series = (entry.get("curves") or {}).get("val_lm_generic")
-        if series:
-            ax.plot(range(len(series)), series, marker="o", label=method)
+        if series:  # distinct markers: methods whose curves coincide stay visible
+            ax.plot(range(len(series)), series, marker=markers[k % len(markers)], color=colors[method], label=method,
+                    alpha=0.85)
     if not ax.lines:
         return None
     from matplotlib.ticker import MaxNLocator

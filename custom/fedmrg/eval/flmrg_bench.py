@@ -231,6 +231,38 @@ def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]
     return {"sites": sites, "test_global": test_global, "traffic": None, "curves": None, "timing": None}
 
 
+FLOOR = "normal-report"  # the reference row: no model at all
+
+
+def normal_report_floor(request: BenchRequest, sites: list[str]) -> dict:
+    """A run record for "every test study gets the site's best-matching normal training report".
+
+    No model: the floor any generator must clear. On a benchmark where most studies are normal,
+    it already scores a high CE-F1 (example); a method at this level has learned no findings.
+    """
+    from fedmrg.eval.report import score_reports
+    from fedmrg.eval.retrieval import copied_reports, normal_query
+    from fedmrg.model.batches import loader_records, split_records, study_loader
+
+    cfg = load_config(request.config, {**request.preset.overrides, **request.extra_overrides})
+    started = time.perf_counter()
+
+    def scores(folder: Path, train_sites: list[str], limit: int | None) -> dict:
+        records = loader_records(study_loader(cfg, [folder], "test", train=False, limit=limit))
+        candidates = [row for site in train_sites
+                      for row in split_records(request.data / site, "train", cfg.data.dataset)[0]]
+        predictions, _ = copied_reports([str(r["id"]) for r in records], normal_query(len(records)), candidates)
+        references = {str(r["id"]): r["report"] for r in records}
+        return score_reports(predictions, references, dataset=cfg.data.dataset)
+
+    site_scores = {site: {"generic": scores(request.data / site, [site], request.preset.test_limit)}
+                   for site in sites}
+    pooled = scores(request.data / TEST_GLOBAL, sites, request.preset.global_limit)
+    return {"format": RUN_FORMAT, "method": FLOOR, "setting": "reference", "seed": None, "config": config_to_dict(cfg),
+            "wall_s": round(time.perf_counter() - started, 1), "sites": site_scores, "test_global": {"pooled": pooled},
+            "traffic": None, "curves": None, "timing": None}
+
+
 def round_traffic(rounds: list[dict]) -> dict:
     """Bytes each site sent and received in each round (lists in round order, None where it took no part)
     and the totals."""
@@ -310,7 +342,8 @@ def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict
     meta = load_benchmark(request.data)
     first = records[0]["config"]
     decoding = first["generate"]
-    summary = summarize(records)
+    floor = normal_report_floor(request, benchmark_sites(request.data))
+    summary = summarize([*records, floor])
     return {
         "name": name,
         "created": time.strftime("%Y-%m-%d %H:%M"),
@@ -332,6 +365,7 @@ def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict
         "claims": claims(summary),
         "ablations": ablation_effects(summary),
         "runs": records,
+        "floor": floor,
     }
 
 
