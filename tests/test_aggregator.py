@@ -10,7 +10,8 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from fedmrg.eval.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
-from fedmrg.fl.codec import CodecSpec, decode, encode, round_delta
+from fedmrg.fl.codec import CodecSpec, Factored, decode, encode, round_delta
+from fedmrg.fl.merge import robust_mean
 from fedmrg.model.contrastive import PrototypeBank
 
 A, B = "llm.q.lora_A.generic.weight", "llm.q.lora_B.generic.weight"
@@ -182,3 +183,79 @@ def test_dense_baseline_refuses_local_parameters():
                                         meta={msg.CLIENT_NAME: "site-1", msg.TRAIN_STUDIES: 5}))
     assert "specialized" in agg.refused["site-1"]
 
+
+
+PRODUCT = "llm.q.lora_AB.generic.weight"
+SPEC = CodecSpec(rank=4, dense_below=64)
+
+
+def sent(delta):
+    """What the server reconstructs from a site's payload, entry by entry, dense."""
+    return {name: v.dense() if isinstance(v, Factored) else v for name, v in decode(encode(delta, SPEC)[0]).items()}
+
+
+def global_change(start, merged):
+    """The change of every entry, the LoRA pair as its product."""
+    return {W: merged.params[W] - start[W], BIAS: merged.params[BIAS] - start[BIAS],
+            PRODUCT: merged.params[B] @ merged.params[A] - start[B] @ start[A]}
+
+
+def attacked_round(start, **kwargs):
+    """Two honest sites and one that scales its update up 10,000x (still under the norm bound it is given)."""
+    honest = [round_delta(start, trained(start, seed)) for seed in (10, 11)]
+    hostile = {name: Factored(1e4 * v.left, v.right, v.view) if isinstance(v, Factored) else 1e4 * v
+               for name, v in round_delta(start, trained(start, 12)).items()}
+    agg = aggregator(start, max_norm=1e9, **kwargs)
+    for site, delta in (("site-1", honest[0]), ("site-2", honest[1]), ("site-3", hostile)):
+        assert agg.accept_model(lowrank_result(site, delta))
+    return agg, agg.aggregate_model(), [sent(d) for d in honest]
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean"])
+def test_one_hostile_site_of_three_cannot_move_the_global_model_beyond_the_honest_sites(rule):
+    """The stated bound: every merged coordinate lies within the honest sites' range; a plain entry of
+    the global model moves no further; a LoRA product, cut back to the adapter rank, moves at most
+    twice the honest sites' combined norm (its best rank-r approximation is no further from the
+    merged target than the old product is)."""
+    start = global_state()
+    agg, merged, honest = attacked_round(start, aggregation=rule)
+    change = global_change(start, merged)
+    for name in (W, BIAS):
+        low, high = torch.minimum(honest[0][name], honest[1][name]), torch.maximum(honest[0][name], honest[1][name])
+        assert bool((change[name] >= low - 1e-5).all() and (change[name] <= high + 1e-5).all()), name
+    honest_norm = float(torch.sqrt(honest[0][PRODUCT].pow(2).sum() + honest[1][PRODUCT].pow(2).sum()))
+    assert float(change[PRODUCT].norm()) <= 2 * honest_norm + 1e-4
+    _, plain, _ = attacked_round(start)  # the attack is real: the plain mean follows it
+    assert float((plain.params[W] - start[W]).abs().max()) > 100 * float((high - low).abs().max())
+
+
+def test_the_robust_merge_keeps_every_coordinate_within_the_honest_range_lora_products_included():
+    start = global_state()
+    deltas = [decode(encode(round_delta(start, trained(start, seed)), SPEC)[0]) for seed in (10, 11, 12)]
+    deltas[2] = {name: Factored(1e4 * v.left, v.right, v.view) if isinstance(v, Factored) else 1e4 * v
+                 for name, v in deltas[2].items()}
+    merged = robust_mean(deltas, "median")
+    for name, value in merged.items():
+        dense = [v[name].dense() if isinstance(v[name], Factored) else v[name] for v in deltas[:2]]
+        result = value.dense() if isinstance(value, Factored) else value
+        assert bool((result >= torch.minimum(*dense) - 1e-5).all() and (result <= torch.maximum(*dense) + 1e-5).all())
+
+
+def test_clipping_bounds_each_sites_update_and_so_the_merged_one():
+    start = global_state()
+    agg, merged, _ = attacked_round(start, clip_norm=0.5)
+    change = global_change(start, merged)
+    plain = {name: change[name] for name in (W, BIAS)}  # the LoRA product's cut adds at most as much again
+    assert float(torch.sqrt(sum(v.pow(2).sum() for v in plain.values()))) <= 0.5 + 1e-5
+    assert float(change[PRODUCT].norm()) <= 2 * 0.5 + 1e-5
+
+
+def test_a_second_update_from_a_site_in_one_round_is_refused_and_the_first_counts():
+    start = global_state()
+    first, second = (round_delta(start, trained(start, seed)) for seed in (10, 11))
+    agg = aggregator(start)
+    assert agg.accept_model(lowrank_result("site-1", first))
+    assert not agg.accept_model(lowrank_result("site-1", second))
+    merged = agg.aggregate_model()
+    assert merged.meta["accepted"] == ["site-1"] and "second update" in merged.meta["refused"]["site-1"]
+    torch.testing.assert_close(merged.params[W], start[W] + sent(first)[W])

@@ -89,3 +89,13 @@ def test_invalid_yaml_is_reported_with_the_file(tmp_path):
     path.write_text("benchmark: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_config(path)
+
+
+def test_robust_aggregation_settings_are_checked():
+    assert load_config("tiny", {"fl.aggregation": "median", "fl.clip_norm": 2.0}).fl.aggregation == "median"
+    with pytest.raises(ConfigError, match="fl.trim: must be at least 1"):
+        load_config("tiny", {"fl.trim": 0})
+    with pytest.raises(ConfigError, match="fl.aggregation"):
+        load_config("tiny", {"fl.aggregation": "krum"})
+    with pytest.raises(ConfigError, match="fl.clip_norm: must be > 0"):
+        load_config("tiny", {"fl.clip_norm": 0.0})

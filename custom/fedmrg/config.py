@@ -203,6 +203,7 @@ class GenerateConfig:
 
 UpdateKind = Literal["lowrank", "dense"]
 Precision = Literal["fp16", "bf16", "int8"]
+AggregationRule = Literal["mean", "median", "trimmed_mean"]
 
 
 @dataclass
@@ -220,6 +221,13 @@ class FLConfig:
     error_feedback: bool = True  # sites keep what truncation dropped and add it to the next delta
     server_residual: bool = True  # the server keeps what LoRA re-factorization dropped
     max_update_norm: float = 1000.0  # updates with a larger Frobenius norm per entry are refused
+    # Robust aggregation against a hostile or broken site: each accepted update scaled down to a whole
+    # L2 norm of at most clip_norm, then combined by the weighted mean (exact, low-rank), or by the
+    # coordinate-wise median / trimmed mean (trim sites cut at each end) of the reconstructed dense
+    # updates, sites counting equally.
+    aggregation: AggregationRule = "mean"
+    clip_norm: Optional[float] = None
+    trim: int = 1
     min_sites: Optional[int] = None  # sites needed per round; None = every site of the job
     key_metric: str = "val_loss"  # the best global model is the one with the lowest mean of this
 
@@ -229,6 +237,8 @@ class FLConfig:
         _require(self.local_steps is None or self.local_steps >= 1, where, "local_steps", "must be at least 1")
         _require(self.energy is None or 0 < self.energy <= 1, where, "energy", "must be in (0, 1]")
         _require(self.max_update_norm > 0, where, "max_update_norm", "must be > 0")
+        _require(self.clip_norm is None or self.clip_norm > 0, where, "clip_norm", "must be > 0")
+        _require(self.trim >= 1, where, "trim", "must be at least 1")
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
 
 

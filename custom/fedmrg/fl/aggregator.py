@@ -22,7 +22,8 @@ from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from fedmrg.eval.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import Delta, Factored, decode
-from fedmrg.fl.merge import apply_mean_delta, expected_delta_shapes, update_problem, weighted_mean
+from fedmrg.fl.merge import (apply_mean_delta, clip_update, expected_delta_shapes, robust_mean, update_problem,
+                             weighted_mean)
 from fedmrg.fl.privacy import local_parameters
 from fedmrg.model.contrastive import PrototypeBank
 
@@ -33,9 +34,11 @@ class LowRankAggregator(ModelAggregator):
     params_type = ParamsType.DIFF
 
     def __init__(self, max_rank: int = 4, max_norm: float = 1000.0, server_residual: bool = True,
-                 prototype_dim: int | None = None, seed: int = 0):
+                 prototype_dim: int | None = None, seed: int = 0, aggregation: str = "mean",
+                 clip_norm: float | None = None, trim: int = 1):
         super().__init__()
         self.max_rank, self.max_norm, self.prototype_dim = max_rank, max_norm, prototype_dim
+        self.aggregation, self.clip_norm, self.trim = aggregation, clip_norm, trim
         self.server_residual, self.seed = server_residual, seed
         self.residual: dict[str, Factored] = {}
         self.global_state: dict[str, torch.Tensor] | None = None
@@ -59,6 +62,10 @@ class LowRankAggregator(ModelAggregator):
     def accept_model(self, model: FLModel) -> bool:
         """Use the update, or refuse it (False) with a log line saying why."""
         site = str((model.meta or {}).get(msg.CLIENT_NAME, "unknown site"))
+        if site in self.accepted or site in self.refused:  # a replay, or a site answering twice
+            self.warning(f"round {self.round}: a second update of {site} refused (only its first counts)")
+            self.refused.setdefault(site, "a second update in the same round")
+            return False
         try:
             weight, delta, bank = self._read(model)
         except ValueError as exc:
@@ -87,7 +94,9 @@ class LowRankAggregator(ModelAggregator):
         if not self.deltas:
             self.warning(f"round {self.round}: no acceptable update; the global model stays as it was")
             return FLModel(params_type=ParamsType.FULL, params=self.global_state, meta=meta)
-        mean = weighted_mean(self.deltas, self.weights)
+        deltas = [clip_update(delta, self.clip_norm) for delta in self.deltas] if self.clip_norm else self.deltas
+        mean = (weighted_mean(deltas, self.weights) if self.aggregation == "mean"
+                else robust_mean(deltas, self.aggregation, self.trim))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.round)
         state, residual = apply_mean_delta(self.global_state, mean, self.residual if self.server_residual else None,
                                            generator)
@@ -145,8 +154,10 @@ class DenseAggregator(LowRankAggregator):
 
     params_type = ParamsType.FULL
 
-    def __init__(self, max_norm: float = 1000.0, prototype_dim: int | None = None, seed: int = 0):
-        super().__init__(max_rank=0, max_norm=max_norm, server_residual=False, prototype_dim=prototype_dim, seed=seed)
+    def __init__(self, max_norm: float = 1000.0, prototype_dim: int | None = None, seed: int = 0,
+                 aggregation: str = "mean", clip_norm: float | None = None, trim: int = 1):
+        super().__init__(max_rank=0, max_norm=max_norm, server_residual=False, prototype_dim=prototype_dim, seed=seed,
+                         aggregation=aggregation, clip_norm=clip_norm, trim=trim)
 
     def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
         return {name: tuple(value.shape) for name, value in global_state.items()}

@@ -85,6 +85,47 @@ def weighted_mean(deltas: Sequence[dict[str, Delta]], weights: Sequence[float]) 
     return mean
 
 
+def update_norm(delta: dict[str, Delta]) -> float:
+    """The L2 norm of a whole update (all entries)."""
+    return math.sqrt(sum(_norm(value) ** 2 for value in delta.values()))
+
+
+def clip_update(delta: dict[str, Delta], clip_norm: float) -> dict[str, Delta]:
+    """The update scaled down to a whole norm of at most ``clip_norm`` (a factored entry scales its left side)."""
+    scale = min(1.0, clip_norm / max(update_norm(delta), 1e-30))
+    if scale == 1.0:
+        return delta
+    return {name: Factored(scale * v.left, v.right, v.view) if isinstance(v, Factored) else scale * v
+            for name, v in delta.items()}
+
+
+def robust_mean(deltas: Sequence[dict[str, Delta]], rule: str, trim: int = 1) -> dict[str, Delta]:
+    """Coordinate-wise ``median`` or ``trimmed_mean`` of the sites' updates, reconstructed dense.
+
+    With n sites of which f < n / 2 are hostile, every coordinate of the median lies between the
+    smallest and the largest value the honest sites sent for it, however large the hostile values
+    (the trimmed mean, with ``trim`` >= f, likewise). Sites count equally; a trimmed mean needs more
+    than ``2 trim`` sites and falls back to the median otherwise. A factored (LoRA product) entry
+    comes back as an exact factorization of the dense result, which the server then re-factorizes.
+    """
+    if rule not in ("median", "trimmed_mean"):
+        raise ValueError(f"aggregation rule {rule!r}: must be median or trimmed_mean")
+    combined: dict[str, Delta] = {}
+    for name, first in deltas[0].items():
+        values = torch.stack([(d[name].dense() if isinstance(d[name], Factored) else d[name]).float() for d in deltas])
+        ordered = values.sort(dim=0).values
+        n = len(deltas)
+        if rule == "trimmed_mean" and n > 2 * trim:
+            result = ordered[trim: n - trim].mean(dim=0)
+        else:  # the median: the middle value, or the mean of the middle two
+            result = ordered[(n - 1) // 2: n // 2 + 1].mean(dim=0)
+        if isinstance(first, Factored):
+            d, k = first.left.shape[0], first.right.shape[1]
+            result = Factored(result.reshape(d, k), torch.eye(k), first.view)
+        combined[name] = result
+    return combined
+
+
 def refactorize(product: Factored, rank: int, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, Factored]:
     """``B [d, rank]``, ``A [rank, k]`` of the best rank-``rank`` approximation, and the rest.

@@ -127,12 +127,12 @@ class FedMRGRecipe(Recipe):
                                       key_metric=fl.key_metric, results_dir=results_dir,
                                       final_validation=final_validation)
         prototype_dim = cfg.model.contrastive_dim if cfg.model.contrastive else None
+        checks = dict(max_norm=fl.max_update_norm, prototype_dim=prototype_dim, seed=cfg.train.seed,
+                      aggregation=fl.aggregation, clip_norm=fl.clip_norm, trim=fl.trim)
         if fl.update == "dense":
-            aggregator = DenseAggregator(max_norm=fl.max_update_norm, prototype_dim=prototype_dim, seed=cfg.train.seed)
+            aggregator = DenseAggregator(**checks)
         else:
-            aggregator = LowRankAggregator(max_rank=fl.rank, max_norm=fl.max_update_norm,
-                                           server_residual=fl.server_residual, prototype_dim=prototype_dim,
-                                           seed=cfg.train.seed)
+            aggregator = LowRankAggregator(max_rank=fl.rank, server_residual=fl.server_residual, **checks)
         job.to_server(controller, id="controller")
         job.to_server(aggregator, id="aggregator")
         executor = MRGExecutor(config=config, run_name=name, base_llm=base_llm, writer_id="log_writer",
