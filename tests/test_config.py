@@ -99,3 +99,11 @@ def test_robust_aggregation_settings_are_checked():
         load_config("tiny", {"fl.aggregation": "krum"})
     with pytest.raises(ConfigError, match="fl.clip_norm: must be > 0"):
         load_config("tiny", {"fl.clip_norm": 0.0})
+
+
+def test_differential_privacy_settings_are_checked():
+    assert load_config("tiny", {"fl.dp_noise_multiplier": 1.1}).fl.dp_noise_multiplier == 1.1
+    with pytest.raises(ConfigError, match="fl.dp_noise_multiplier: must be > 0"):
+        load_config("tiny", {"fl.dp_noise_multiplier": 0.0})
+    with pytest.raises(ConfigError, match=r"fl.dp_delta: must be in \(0, 1\)"):
+        load_config("tiny", {"fl.dp_delta": 1.0})

@@ -132,6 +132,25 @@ def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cf
     assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["rounds_done"] == 1
 
 
+def test_with_differential_privacy_a_round_sends_a_noised_update_no_prototypes_and_equal_weight(
+        site_cfg, tiny_bench, tmp_path):
+    import copy
+
+    from fedmrg.fl.dp import epsilon
+
+    cfg = copy.deepcopy(site_cfg)
+    cfg.fl.dp_noise_multiplier, cfg.fl.dp_clip = 0.8, 0.5
+    site = SiteTrainer(cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    update = site.train_round(0)
+    assert update.prototypes is None and update.train_studies == 1
+    assert update.metrics["dp_epsilon"] == pytest.approx(epsilon(1, 0.8, cfg.fl.dp_delta))
+    sent = decode(update.payload)
+    assert set(sent) == set(expected_delta_shapes(site.model.shared_state_dict()))
+    # noise of std 0.4 on every coordinate of every entry: the sent update is mostly noise, far above the clip
+    total = sum(float((v.dense() if hasattr(v, "dense") else v).pow(2).sum()) for v in sent.values())
+    assert total ** 0.5 > 10 * cfg.fl.dp_clip
+
+
 def test_a_restarted_site_resumes_its_local_state(site_cfg, tiny_bench, tmp_path):
     first = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
     first.train_round(0)

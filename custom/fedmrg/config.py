@@ -228,6 +228,11 @@ class FLConfig:
     aggregation: AggregationRule = "mean"
     clip_norm: Optional[float] = None
     trim: int = 1
+    # Differential privacy of each site's shared update (fedmrg.fl.dp): clipped to dp_clip, Gaussian
+    # noise of dp_noise_multiplier * dp_clip per coordinate; None = off. Epsilon at dp_delta per round.
+    dp_noise_multiplier: Optional[float] = None
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
     min_sites: Optional[int] = None  # sites needed per round; None = every site of the job
     key_metric: str = "val_loss"  # the best global model is the one with the lowest mean of this
 
@@ -239,6 +244,10 @@ class FLConfig:
         _require(self.max_update_norm > 0, where, "max_update_norm", "must be > 0")
         _require(self.clip_norm is None or self.clip_norm > 0, where, "clip_norm", "must be > 0")
         _require(self.trim >= 1, where, "trim", "must be at least 1")
+        _require(self.dp_noise_multiplier is None or self.dp_noise_multiplier > 0, where, "dp_noise_multiplier",
+                 "must be > 0 (or null: no differential privacy)")
+        _require(self.dp_clip > 0, where, "dp_clip", "must be > 0")
+        _require(0 < self.dp_delta < 1, where, "dp_delta", "must be in (0, 1)")
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
 
 

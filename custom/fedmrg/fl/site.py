@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from fedmrg.config import Config, config_to_dict
 from fedmrg.errors import ConfigError, DataError
-from fedmrg.fl.codec import CodecSpec, ErrorFeedback, dense_bytes, encode, round_delta
+from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, dense_bytes, encode, round_delta
+from fedmrg.fl.dp import epsilon, noise_generator, privatize
 from fedmrg.model.adapters import SPECIALIZED, adapter_names, save_peft_adapter
 from fedmrg.model.batches import study_loader
 from fedmrg.model.mrg import MRGModel
@@ -179,6 +180,7 @@ class SiteTrainer:
         self.trainer.set_class_counts(self.train_loader)
         self.feedback = ErrorFeedback()
         self.rounds_done = 0
+        self.dp_noise = noise_generator() if cfg.fl.dp_noise_multiplier else None
         self._resume()
 
     # ------------------------------------------------------------------------------- planning
@@ -220,16 +222,20 @@ class SiteTrainer:
         if abort and abort():
             raise InterruptedError(f"site {self.site}: round {round_number} aborted")
         after = self.model.shared_state_dict()
-        bank = self.trainer.prototype_bank if self.cfg.model.contrastive else None
+        private = self.dp_noise is not None  # then no prototype sums and no study count leave the site
+        bank = self.trainer.prototype_bank if self.cfg.model.contrastive and not private else None
         prototypes = bank.state() if bank is not None else None
         payload, dense = self._encode(before, after)
+        privacy = {"dp_epsilon": epsilon(round_number + 1, self.cfg.fl.dp_noise_multiplier, self.cfg.fl.dp_delta)
+                   } if private else {}
         update = RoundUpdate(payload=payload, dense=dense, prototypes=prototypes,
-                             train_studies=len(self.train_loader.dataset), steps=self.trainer.state.step,
+                             train_studies=1 if private else len(self.train_loader.dataset),
+                             steps=self.trainer.state.step,
                              bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
                              dense_bytes_up=dense_bytes(after),
                              metrics={**_mean_losses(self.trainer.state.history[history_start:]),
                                       "train_seconds": time.perf_counter() - started,
-                                      "peak_memory_mib": peak_memory_mib(self.model.info.device)})
+                                      "peak_memory_mib": peak_memory_mib(self.model.info.device), **privacy})
         self.rounds_done = round_number + 1
         self.save_state()
         return update
@@ -239,14 +245,22 @@ class SiteTrainer:
         """The codec payload of the round's change (its left-out part kept for the next round),
         or the parameters themselves for the dense FedAvg baseline."""
         if self.cfg.fl.update == "dense":
-            return b"", after
+            if self.dp_noise is None:
+                return b"", after
+            change = self._private({name: after[name].float() - before[name].float() for name in after})
+            return b"", {name: (before[name].float() + change[name]).to(before[name].dtype) for name in after}
         delta = round_delta(before, after)
+        if self.dp_noise is not None:  # first: compression and error feedback only post-process it
+            delta = self._private(delta)
         if self.cfg.fl.error_feedback:
             delta = self.feedback.compensate(delta)
         payload, left_out = encode(delta, self.spec)
         if self.cfg.fl.error_feedback:
             self.feedback.keep(left_out, self.spec)
         return payload, None
+
+    def _private(self, delta: dict[str, Delta]) -> dict[str, Delta]:
+        return privatize(delta, self.cfg.fl.dp_clip, self.cfg.fl.dp_noise_multiplier, self.dp_noise)
 
     # ------------------------------------------------------------------------------ local state
     def save_state(self) -> None:
