@@ -292,7 +292,7 @@ def _train_parser(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fedmrg.model.training import train_centralized
+    from fedmrg.model.training import SUMMARY_FILE, train_centralized
 
     cfg = load_config(args.config, {"train.epochs": args.epochs, "train.device": args.device})
     summary = train_centralized(cfg, args.data, args.out, base_llm=args.base_llm, max_steps=args.max_steps,
@@ -300,6 +300,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     last = summary["history"][-1] if summary["history"] else {}
     print(f"trained {summary['steps']} steps ({summary['epochs']} epochs, {summary['seconds_this_run']} s); "
           f"last epoch loss {last.get('loss', float('nan')):.3f}; model in {args.out}")
+    if summary["skipped_studies"]:
+        print(f"{len(summary['skipped_studies'])} studies left out (files that cannot be used; each is named in "
+              f"{Path(args.out) / SUMMARY_FILE} and in the log)")
     return 0
 
 

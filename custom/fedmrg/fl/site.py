@@ -235,7 +235,8 @@ class SiteTrainer:
                              dense_bytes_up=dense_bytes(after),
                              metrics={**_mean_losses(self.trainer.state.history[history_start:]),
                                       "train_seconds": time.perf_counter() - started,
-                                      "peak_memory_mib": peak_memory_mib(self.model.info.device), **privacy})
+                                      "peak_memory_mib": peak_memory_mib(self.model.info.device),
+                                      "skipped_studies": float(len(self.trainer.skipped)), **privacy})
         self.rounds_done = round_number + 1
         self.save_state()
         return update
@@ -309,7 +310,7 @@ class SiteTrainer:
 
     def _optional_loader(self, split: str):
         try:
-            return study_loader(self.cfg, [self.data_dir], split, train=False)
+            return study_loader(self.cfg, [self.data_dir], split, train=False, skip_bad=True)
         except DataError as exc:
             log.info("site %s: no %s split (%s)", self.site, split, exc)
             return None

@@ -34,7 +34,8 @@ def with_targets(records: Sequence[dict], dataset: str) -> list[dict]:
 def collate_with_targets(batch: list[dict]) -> dict:
     """:func:`collate_studies`, with ``states`` stacked into a LongTensor ``[B, 14]``."""
     out = collate_studies(batch)
-    out["states"] = torch.as_tensor(np.stack(out["states"]), dtype=torch.long)
+    if "states" in out:
+        out["states"] = torch.as_tensor(np.stack(out["states"]), dtype=torch.long)
     return out
 
 
@@ -48,18 +49,22 @@ def split_records(site_dir: str | os.PathLike, split: str, dataset: str) -> tupl
 
 def study_loader(
     cfg: Config, sites: Sequence[str | os.PathLike], split: str, *, train: bool, batch_size: int | None = None,
-    seed: int = 0, limit: int | None = None,
+    seed: int = 0, limit: int | None = None, skip_bad: bool | None = None,
 ) -> DataLoader:
     """One loader over the ``split`` studies of every site in ``sites`` (each with its own image root).
 
-    ``limit`` keeps the first studies of each site (quick checks).
+    ``limit`` keeps the first studies of each site (quick checks). ``skip_bad`` (default: ``train``)
+    leaves out studies whose files cannot be used and lists them in the batch (``"skipped"``), for
+    training and its validation loss; a split to be scored must be whole, so there a bad file stops
+    with its name and reason.
     """
     datasets = []
     for site in sites:
         records, image_root = split_records(site, split, cfg.data.dataset)
         records = records[:limit] if limit else records
         if records:
-            datasets.append(StudyDataset(records, image_root, _transform(cfg, image_root, train)))
+            datasets.append(StudyDataset(records, image_root, _transform(cfg, image_root, train),
+                                         skip_bad=train if skip_bad is None else skip_bad))
     if not datasets:
         raise DataError(f"{', '.join(map(str, sites))}: no '{split}' studies to {'train on' if train else 'use'}")
     dataset = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)

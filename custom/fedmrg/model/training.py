@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from fedmrg.config import Config, config_to_dict
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.data.dataset import SKIPPED
 from fedmrg.model.batches import loader_records, study_loader
 from fedmrg.model.contrastive import PrototypeBank
 from fedmrg.model.diagnosis import class_counts
@@ -110,7 +111,16 @@ class Trainer:
         self.state = LoopState()
         self.writer = writer
         self.prototype_bank: PrototypeBank | None = None  # generic-head features of the last pass
+        self.skipped: dict[str, str] = {}  # studies left out (unusable files): id -> reason
         self._params = [p for p in model.parameters() if p.requires_grad]
+
+    def _usable(self, batch: dict) -> bool:
+        """Note the batch's skipped studies (a warning the first time each is seen); False when none is left."""
+        for study, reason in batch.pop(SKIPPED, {}).items():
+            if study not in self.skipped:
+                self.skipped[study] = reason
+                log.warning("study %s left out: %s (%d so far)", study, reason, len(self.skipped))
+        return "image" in batch
 
     def set_class_counts(self, loader: DataLoader) -> None:
         """Diagnosis priors from the training studies' label states (for balanced / logit-adjusted losses)."""
@@ -140,6 +150,8 @@ class Trainer:
                 if self.done or (abort is not None and abort()):
                     finished = False
                     break
+                if not self._usable(batch):
+                    continue
                 model.predicted_prompt_prob = self.cfg.model.predicted_prompt_mix * self.state.step / self.total_steps
                 with self._autocast():
                     losses = model(batch)
@@ -203,11 +215,15 @@ class Trainer:
         """Mean losses on held-out studies, the diagnosis prompt built from predictions."""
         self.model.eval()
         sums: dict[str, float] = defaultdict(float)
+        batches = 0
         for batch in tqdm(loader, desc="val", disable=not progress, leave=False):
+            if not self._usable(batch):
+                continue
+            batches += 1
             with self._autocast():
                 for name, value in self.model(batch).items():
                     sums[name] += float(value)
-        return {name: total / max(1, len(loader)) for name, total in sums.items()}
+        return {name: total / max(1, batches) for name, total in sums.items()}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -273,7 +289,7 @@ def train_centralized(
     model.save(out)
     summary = {"steps": trainer.state.step, "epochs": trainer.state.epochs_done, "planned_steps": total,
                "train_studies": len(train_loader.dataset), "seconds_this_run": round(time.perf_counter() - started, 1),
-               "resumed": resumed, "history": trainer.state.history,
+               "resumed": resumed, "history": trainer.state.history, "skipped_studies": trainer.skipped,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
@@ -281,7 +297,7 @@ def train_centralized(
 
 def _optional_loader(cfg: Config, sites, split: str) -> DataLoader | None:
     try:
-        return study_loader(cfg, sites, split, train=False)
+        return study_loader(cfg, sites, split, train=False, skip_bad=True)
     except DataError as exc:  # no studies in that split: validation is optional
         log.info("no %s loss: %s", split, exc)
         return None
