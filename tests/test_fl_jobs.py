@@ -101,6 +101,17 @@ def test_no_message_the_server_received_held_a_local_parameter(fedmrg_ws):
             assert entry["payload_entries"] and not [n for n in names if any(m in n for m in LOCAL_MARKERS)], site
 
 
+def test_no_log_of_the_job_holds_a_patients_report(fedmrg_ws, tiny_bench):
+    """Server and site logs (FLARE's and ours) may name files and counts, never a patient's report."""
+    logs = [path for path in (fedmrg_ws / "fedmrg").rglob("*.txt")]
+    assert any(path.parent.name == "site-1" for path in logs) and any(path.parent.name == "server" for path in logs)
+    text = "\n".join(path.read_text(errors="replace") for path in logs).lower()
+    for site in SITES:
+        rows = json.loads((tiny_bench / site / "annotation.json").read_text())
+        for row in (row for split in rows.values() for row in split):
+            assert row["report"].lower() not in text, f"{site} {row['id']}: its report is in a log"
+
+
 def test_a_finished_job_resumes_with_more_rounds(fedmrg_ws, tiny_bench, tiny_base_llm):
     done = run_job("fedmrg", tiny_bench, tiny_base_llm, "--workspace", str(fedmrg_ws), "--rounds", "3",
                    "--test-limit", "4")
