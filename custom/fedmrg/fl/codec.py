@@ -69,6 +69,20 @@ class Factored:
 Delta = Union[torch.Tensor, Factored]
 
 
+def as_dense(value: Delta) -> torch.Tensor:
+    """The delta as a plain float tensor (a factored one multiplied out)."""
+    return (value.dense() if isinstance(value, Factored) else value).float()
+
+
+def like(matrix: torch.Tensor, template: Delta) -> Delta:
+    """A dense result in ``template``'s kind: for a factored template, the exact factorization
+    ``matrix @ I`` (what the codec, the error feedback and the server's merge expect of a LoRA product)."""
+    if not isinstance(template, Factored):
+        return matrix
+    d, k = template.left.shape[0], template.right.shape[1]
+    return Factored(matrix.reshape(d, k), torch.eye(k), template.view)
+
+
 def components(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, start: int, stop: int) -> Factored:
     """Singular components ``start .. stop-1`` of an SVD as factors ``U*S`` and ``V^T`` (float32)."""
     return Factored((u[:, start:stop] * s[start:stop]).float(), vh[start:stop].float())

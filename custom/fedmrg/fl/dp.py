@@ -23,7 +23,8 @@ import os
 
 import torch
 
-from fedmrg.fl.codec import Delta, Factored
+from fedmrg.fl.codec import Delta, as_dense, like
+from fedmrg.fl.merge import clip_update
 
 # Renyi orders searched for the tightest conversion to (epsilon, delta).
 ORDERS = tuple([1 + k / 20 for k in range(1, 100)] + list(range(6, 64)) + [64, 96, 128, 256, 512, 1024])
@@ -41,20 +42,10 @@ def privatize(delta: dict[str, Delta], clip: float, noise_multiplier: float,
     Factored entries (LoRA products) are reconstructed dense to be noised, and come back as an exact
     factorization of the noisy matrix, so the codec and the error feedback see the kind they expect.
     """
-    dense = {name: (value.dense() if isinstance(value, Factored) else value).float() for name, value in delta.items()}
-    norm = math.sqrt(sum(float(t.pow(2).sum()) for t in dense.values()))
-    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    clipped = clip_update(delta, clip)
     std = noise_multiplier * clip
-    private: dict[str, Delta] = {}
-    for name, value in dense.items():
-        noisy = scale * value + std * torch.randn(value.shape, generator=generator)
-        original = delta[name]
-        if isinstance(original, Factored):
-            d, k = original.left.shape[0], original.right.shape[1]
-            private[name] = Factored(noisy.reshape(d, k), torch.eye(k), original.view)
-        else:
-            private[name] = noisy
-    return private
+    return {name: like(as_dense(value) + std * torch.randn(value.shape, generator=generator), delta[name])
+            for name, value in clipped.items()}
 
 
 def epsilon(rounds: int, noise_multiplier: float, delta: float) -> float:

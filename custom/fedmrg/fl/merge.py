@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedmrg.fl.codec import RESIDUAL_RANK_FACTOR, Delta, Factored, components, lora_modules
+from fedmrg.fl.codec import RESIDUAL_RANK_FACTOR, Delta, Factored, as_dense, components, like, lora_modules
 
 _ZERO = 1e-12  # relative size under which a singular value counts as zero
 
@@ -112,17 +112,14 @@ def robust_mean(deltas: Sequence[dict[str, Delta]], rule: str, trim: int = 1) ->
         raise ValueError(f"aggregation rule {rule!r}: must be median or trimmed_mean")
     combined: dict[str, Delta] = {}
     for name, first in deltas[0].items():
-        values = torch.stack([(d[name].dense() if isinstance(d[name], Factored) else d[name]).float() for d in deltas])
+        values = torch.stack([as_dense(d[name]) for d in deltas])
         ordered = values.sort(dim=0).values
         n = len(deltas)
         if rule == "trimmed_mean" and n > 2 * trim:
             result = ordered[trim: n - trim].mean(dim=0)
         else:  # the median: the middle value, or the mean of the middle two
             result = ordered[(n - 1) // 2: n // 2 + 1].mean(dim=0)
-        if isinstance(first, Factored):
-            d, k = first.left.shape[0], first.right.shape[1]
-            result = Factored(result.reshape(d, k), torch.eye(k), first.view)
-        combined[name] = result
+        combined[name] = like(result, first)
     return combined
 
 
@@ -168,7 +165,7 @@ def apply_mean_delta(global_state: dict[str, torch.Tensor], mean: dict[str, Delt
             b, a, kept[name] = refactorize(product, rank, generator)
             state[b_key], state[a_key] = b.to(global_state[b_key].dtype), a.to(global_state[a_key].dtype)
         else:
-            update = value.dense() if isinstance(value, Factored) else value
+            update = as_dense(value)
             state[name] = (global_state[name].float() + update).to(global_state[name].dtype)
     return state, kept
 
