@@ -119,6 +119,18 @@ def test_one_broken_site_does_not_stop_the_others():
     merged = agg.aggregate_model()
     assert merged.meta["accepted"] == ["site-2"] and "s" in merged.meta["refused"]
     assert all(bool(torch.isfinite(v).all()) for v in merged.params.values())
+    assert merged.meta["merged"] is True
+
+
+def test_with_fewer_accepted_updates_than_min_sites_the_round_changes_nothing():
+    start = global_state()
+    agg = aggregator(start, max_rank=4, min_updates=2)
+    agg.accept_model(bad_updates(start)["not finite"])
+    agg.accept_model(lowrank_result("site-2", round_delta(start, trained(start, 11))))
+    merged = agg.aggregate_model()
+    assert merged.meta["accepted"] == ["site-2"] and merged.meta["merged"] is False
+    for name, value in start.items():
+        assert torch.equal(merged.params[name], value)
 
 
 def bank(seed, counts):

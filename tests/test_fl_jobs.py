@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import REPO
@@ -20,12 +22,20 @@ LOCAL_MARKERS = ("specialized", "contrastive.client")  # the parameters that mus
 SITES = ("site-1", "site-2")
 
 
-def run_job(job: str, bench: Path, llm: Path, *extra: str) -> subprocess.CompletedProcess:
+def job_command(job: str, bench: Path, llm: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / job / "job.py"), "--data", str(bench), "--sites", "2",
+            "--config", "tiny", "--base-llm", str(llm), *extra]
+
+
+def job_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FEDMRG_SITE_SETTINGS", None)
-    command = [sys.executable, str(REPO / "jobs" / job / "job.py"), "--data", str(bench), "--sites", "2",
-               "--config", "tiny", "--base-llm", str(llm), *extra]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    return env
+
+
+def run_job(job: str, bench: Path, llm: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(job_command(job, bench, llm, *extra), capture_output=True, text=True, env=job_env(),
+                          timeout=900)
 
 
 def simulate(job, bench, llm, workspace) -> Path:
@@ -86,7 +96,7 @@ def test_the_global_model_holds_the_shared_parts_only_and_loads(fedmrg_ws, tiny_
 
 def test_each_specialized_adapter_exists_only_at_its_own_site(fedmrg_ws):
     found = [p.parent for p in fedmrg_ws.rglob("adapter_config.json") if "specialized" in str(p.parent.name)]
-    assert sorted(p.relative_to(fedmrg_ws).parts[:2] for p in found) == [("sites", s) for s in SITES]
+    assert sorted({p.relative_to(fedmrg_ws).parts[:2] for p in found}) == [("sites", s) for s in SITES]
     state = json.loads((fedmrg_ws / "sites" / "site-2" / "fedmrg" / "site_state.json").read_text())
     assert state["site"] == "site-2" and state["rounds_done"] == 2
 
@@ -112,13 +122,53 @@ def test_no_log_of_the_job_holds_a_patients_report(fedmrg_ws, tiny_bench):
             assert row["report"].lower() not in text, f"{site} {row['id']}: its report is in a log"
 
 
-def test_a_finished_job_resumes_with_more_rounds(fedmrg_ws, tiny_bench, tiny_base_llm):
-    done = run_job("fedmrg", tiny_bench, tiny_base_llm, "--workspace", str(fedmrg_ws), "--rounds", "3",
-                   "--test-limit", "4")
+def kill_when(process: subprocess.Popen, ready, settle: float = 0.0, timeout: float = 600) -> None:
+    """Kill the job (the simulator, its server and its sites: SIGKILL, no clean-up) ``settle`` seconds
+    after ``ready()``."""
+    waited = 0.0
+    while not ready():
+        assert process.poll() is None, "the job ended before the point it was to be killed at"
+        assert waited < timeout, "the job never reached the point it was to be killed at"
+        time.sleep(0.1)
+        waited += 0.1
+    time.sleep(settle)
+    parent = psutil.Process(process.pid)
+    tree = [parent, *parent.children(recursive=True)]  # FLARE starts its job processes in their own sessions
+    for member in tree:
+        member.kill()
+    psutil.wait_procs(tree, timeout=60)
+
+
+def test_a_job_killed_mid_round_resumes_from_its_last_checkpoint_with_more_rounds(fedmrg_ws, tiny_bench,
+                                                                                   tiny_base_llm):
+    """The finished 2-round job is resubmitted for 4 rounds and killed (server and sites at once) while
+    round 4 is being trained, as a power cut would; run again, it resumes at round 4 from the server's
+    checkpoint of round 3 (global model, server residual, prototypes, records) and each site's own state."""
+    extra = ("--workspace", str(fedmrg_ws), "--rounds", "4", "--test-limit", "4")
+    with open(fedmrg_ws.parent / "killed.log", "w") as out:
+        process = subprocess.Popen(job_command("fedmrg", tiny_bench, tiny_base_llm, *extra), stdout=out,
+                                   stderr=subprocess.STDOUT, env=job_env())
+        kill_when(process, lambda: checkpoint(fedmrg_ws).get("next_round") == 3, settle=1.5)
+    assert checkpoint(fedmrg_ws)["next_round"] == 3
+    assert results(fedmrg_ws).get("in_progress") and (fedmrg_ws / "server_state" / "residual.safetensors").is_file()
+    done = run_job("fedmrg", tiny_bench, tiny_base_llm, *extra)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [r["round"] for r in results(fedmrg_ws)["rounds"]] == [0, 1, 2]
-    state = json.loads((fedmrg_ws / "sites" / "site-1" / "fedmrg" / "site_state.json").read_text())
-    assert state["rounds_done"] == 3  # the site kept its local state across the two runs
+    server_log = (fedmrg_ws / "fedmrg" / "server" / "log.txt").read_text()
+    assert "at round 4" in server_log.split("resuming from", 1)[1].splitlines()[0]
+    data = results(fedmrg_ws)
+    assert [r["round"] for r in data["rounds"]] == [0, 1, 2, 3] and "in_progress" not in data
+    assert all(r["merged"] and sorted(r["accepted"]) == list(SITES) for r in data["rounds"][2:])
+    assert set(data["final"]) == set(SITES)
+    for site in SITES:
+        state = json.loads((fedmrg_ws / "sites" / site / "fedmrg" / "site_state.json").read_text())
+        assert state["rounds_done"] == 4  # the site kept its local state across the three runs
+
+
+def checkpoint(ws: Path) -> dict:
+    try:
+        return json.loads((ws / "server_state" / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def test_the_fedavg_baseline_sends_dense_fp32_and_keeps_no_local_adapter(fedavg_ws):

@@ -12,7 +12,7 @@ from peft import LoraConfig
 
 from fedmrg.config import load_config
 from fedmrg.errors import ConfigError
-from fedmrg.fl.codec import decode, payload_header
+from fedmrg.fl.codec import as_dense, decode, payload_header
 from fedmrg.fl.merge import expected_delta_shapes
 from fedmrg.fl.site import (
     DEFAULT_STATE_DIR,
@@ -177,3 +177,36 @@ def test_an_aborted_round_sends_nothing_and_saves_nothing(site_cfg, tiny_bench, 
     with pytest.raises(InterruptedError):
         site.train_round(0, abort=lambda: True)
     assert not (tmp_path / "state").exists()
+
+
+def test_a_site_ahead_of_a_restarted_server_goes_back_to_the_round_the_server_merged(site_cfg, tiny_bench, tmp_path):
+    """The server crashed after the sites trained round 2 but before its checkpoint of round 2:
+    it resumes at round 2 again, and a site must not count its unmerged round 2 twice."""
+    site = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    site.train_round(0)
+    after_first = site.model.local_state_dict()
+    step, residual = site.trainer.state.step, dict(site.feedback.residual)
+    site.train_round(1)  # never merged
+    assert any(not torch.equal(as_dense(site.feedback.residual[n]), as_dense(v)) for n, v in residual.items())
+    assert any(not torch.equal(v, after_first[n]) for n, v in site.model.local_state_dict().items())
+    restarted = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    assert restarted.rounds_done == 2
+    restarted.align_with_server(1)
+    assert (restarted.rounds_done, restarted.trainer.state.step) == (1, step)
+    for name, value in restarted.model.local_state_dict().items():
+        assert torch.equal(value, after_first[name]), name
+    assert residual and set(restarted.feedback.residual) == set(residual)
+    for name, value in residual.items():  # the error feedback of round 1, not of the unmerged round 2
+        assert torch.equal(as_dense(restarted.feedback.residual[name]), as_dense(value)), name
+    restarted.train_round(1)
+    assert (restarted.rounds_done, restarted.trainer.state.step) == (2, 2 * step)
+
+
+def test_a_site_that_missed_rounds_rejoins_from_its_own_last_round(site_cfg, tiny_bench, tmp_path, caplog):
+    site = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    site.train_round(0)
+    step = site.trainer.state.step
+    with caplog.at_level("WARNING", logger="fedmrg.fl.site"):
+        site.train_round(2)  # rounds 2 went on without this site
+    assert "rejoining at round 3; its last round was round 1" in caplog.text
+    assert (site.rounds_done, site.trainer.state.step) == (3, 2 * step)

@@ -233,7 +233,12 @@ class FLConfig:
     dp_noise_multiplier: Optional[float] = None
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
-    min_sites: Optional[int] = None  # sites needed per round; None = every site of the job
+    # A round ends when every site has answered; with min_sites, once that many have answered it waits
+    # wait_after_min_sites seconds more for the others, then goes on without them (a site that failed
+    # or disconnected does not stop the job while min_sites remain). With fewer than min_sites accepted
+    # updates the global model stays as it was that round. None = every site of the job, every round.
+    min_sites: Optional[int] = None
+    wait_after_min_sites: int = 600
     key_metric: str = "val_loss"  # the best global model is the one with the lowest mean of this
 
     def check(self, where: str) -> None:
@@ -249,6 +254,7 @@ class FLConfig:
         _require(self.dp_clip > 0, where, "dp_clip", "must be > 0")
         _require(0 < self.dp_delta < 1, where, "dp_delta", "must be in (0, 1)")
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
+        _require(self.wait_after_min_sites >= 0, where, "wait_after_min_sites", "must be >= 0 (seconds)")
 
 
 @dataclass

@@ -35,11 +35,13 @@ class LowRankAggregator(ModelAggregator):
 
     def __init__(self, max_rank: int = 4, max_norm: float = 1000.0, server_residual: bool = True,
                  prototype_dim: int | None = None, seed: int = 0, aggregation: str = "mean",
-                 clip_norm: float | None = None, trim: int = 1):
+                 clip_norm: float | None = None, trim: int = 1, min_updates: int = 1):
+        """``min_updates``: the fewest accepted updates that make a round; with fewer, the global
+        model stays as it was."""
         super().__init__()
         self.max_rank, self.max_norm, self.prototype_dim = max_rank, max_norm, prototype_dim
         self.aggregation, self.clip_norm, self.trim = aggregation, clip_norm, trim
-        self.server_residual, self.seed = server_residual, seed
+        self.server_residual, self.seed, self.min_updates = server_residual, seed, min_updates
         self.residual: dict[str, Factored] = {}
         self.global_state: dict[str, torch.Tensor] | None = None
         self.round = 0
@@ -87,13 +89,17 @@ class LowRankAggregator(ModelAggregator):
         return True
 
     def aggregate_model(self) -> FLModel:
-        """The next global state (FULL) with the pooled prototypes in ``meta``; unchanged without updates."""
+        """The next global state (FULL) with the pooled prototypes in ``meta`` and whether the round was
+        ``merged``; the state unchanged with fewer than ``min_updates`` accepted updates."""
         if self.global_state is None:
             raise RuntimeError("start_round() must give the global state before aggregation")
-        meta = {"accepted": list(self.accepted), "refused": dict(self.refused)}
-        if not self.deltas:
-            self.warning(f"round {self.round}: no acceptable update; the global model stays as it was")
+        meta = {"accepted": list(self.accepted), "refused": dict(self.refused), "merged": False}
+        if len(self.deltas) < max(self.min_updates, 1):
+            self.warning(f"round {self.round}: {len(self.deltas)} acceptable update(s), {max(self.min_updates, 1)} "
+                         "needed; the global model stays as it was")
+            self.reset_stats()
             return FLModel(params_type=ParamsType.FULL, params=self.global_state, meta=meta)
+        meta["merged"] = True
         deltas = [clip_update(delta, self.clip_norm) for delta in self.deltas] if self.clip_norm else self.deltas
         mean = (weighted_mean(deltas, self.weights) if self.aggregation == "mean"
                 else robust_mean(deltas, self.aggregation, self.trim))
@@ -155,9 +161,9 @@ class DenseAggregator(LowRankAggregator):
     params_type = ParamsType.FULL
 
     def __init__(self, max_norm: float = 1000.0, prototype_dim: int | None = None, seed: int = 0,
-                 aggregation: str = "mean", clip_norm: float | None = None, trim: int = 1):
+                 aggregation: str = "mean", clip_norm: float | None = None, trim: int = 1, min_updates: int = 1):
         super().__init__(max_rank=0, max_norm=max_norm, server_residual=False, prototype_dim=prototype_dim, seed=seed,
-                         aggregation=aggregation, clip_norm=clip_norm, trim=trim)
+                         aggregation=aggregation, clip_norm=clip_norm, trim=trim, min_updates=min_updates)
 
     def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
         return {name: tuple(value.shape) for name, value in global_state.items()}

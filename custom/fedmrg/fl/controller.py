@@ -6,14 +6,17 @@
    from the config's seed, and the server never loads the LLM);
 2. each round it sends the global shared parameters and prototypes (``train``), has the aggregator
    check and merge the results, and records bytes received and sent, the sites' metrics and what
-   it refused; then it writes a checkpoint, so a stopped job resumes at the next round;
+   it refused; then it writes a checkpoint (the global model, the server residual, the prototypes
+   and the round records), so a stopped job resumes at the next round;
 3. at the end every site scores the final model on its test split (``validate``), and the server
    writes ``results.json``, the global model and the best model by the key metric (the sites' mean
    validation loss of the global model they received).
 
 Output (``results_dir``, or the job's run folder on the server): ``results.json``, ``rounds.png``,
-``global_model/``, ``best_model/``, ``server_state/`` (checkpoint) and ``audit/round-NNN.json``
-(the names of everything each site sent, for a hospital's privacy review).
+``global_model/``, ``best_model/`` and ``audit/round-NNN.json`` (the names of everything each site
+sent, for a hospital's privacy review). The checkpoint, ``server_state/``, lies in ``results_dir``
+too; without one (POC, production) it lies in ``<server workspace>/fedmrg-state/<job name>/``, not
+in the run folder: after a server restart the job is resubmitted under a new job id, and it resumes.
 """
 
 from __future__ import annotations
@@ -45,10 +48,10 @@ class FedMRGController(ModelController):
 
     def __init__(self, config: dict, rounds: int, job_name: str = "fedmrg", min_sites: int | None = None,
                  key_metric: str = "val_loss", aggregator_id: str = "aggregator", results_dir: str | None = None,
-                 final_validation: bool = True) -> None:
+                 final_validation: bool = True, wait_after_min_sites: int = 600) -> None:
         super().__init__(persistor_id="")  # the controller keeps its own checkpoint (global model + residual)
         self.config, self.rounds, self.job_name = config, rounds, job_name
-        self.min_sites, self.key_metric = min_sites, key_metric
+        self.min_sites, self.wait_after_min_sites, self.key_metric = min_sites, wait_after_min_sites, key_metric
         self.aggregator_id, self.results_dir = aggregator_id, results_dir
         self.final_validation = final_validation
 
@@ -59,6 +62,7 @@ class FedMRGController(ModelController):
             self.system_panic(f"component '{self.aggregator_id}' must be a LowRankAggregator", self.fl_ctx)
             return
         self.out = self._output_dir()
+        self.state_dir = self._state_dir()
         state = self._load_state() or self._initial_state()
         if state is None:
             return
@@ -76,7 +80,7 @@ class FedMRGController(ModelController):
         sent = self._global_message(state, round_number)
         bytes_down = msg.state_bytes(sent.params) + msg.state_bytes(
             {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)})
-        results = self.send_model_and_wait(msg.TRAIN, data=sent, min_responses=self.min_sites)
+        results = self._send_to_sites(msg.TRAIN, sent)
         self.aggregator.start_round(state["global"], round_number)
         record = {"round": round_number, "bytes_up": {}, "bytes_down": {}, "dense_bytes_up": {}, "metrics": {},
                   "accepted": [], "refused": {}}
@@ -91,7 +95,7 @@ class FedMRGController(ModelController):
             audit[site] = _audit_entry(result)
             self.aggregator.accept_model(result)
         merged = self.aggregator.aggregate_model()
-        record["accepted"], record["refused"] = merged.meta["accepted"], merged.meta["refused"]
+        record.update({key: merged.meta[key] for key in ("accepted", "refused", "merged")})
         self._track_best(state, record["metrics"], round_number)
         state["global"] = {k: v.detach().clone() for k, v in merged.params.items()}
         if msg.PROTOTYPES in merged.meta:
@@ -100,8 +104,18 @@ class FedMRGController(ModelController):
         state["rounds"].append(record)
         state["next_round"] = round_number + 1
         write_json(self.out / "audit" / f"round-{round_number:03d}.json", audit)
-        self.info(f"round {round_number + 1}/{self.rounds}: accepted {record['accepted']}, "
-                  f"refused {list(record['refused'])}, bytes up {sum(record['bytes_up'].values())}")
+        self.info(f"round {round_number + 1}/{self.rounds}: answered {sorted(record['metrics'])}, accepted "
+                  f"{record['accepted']}, refused {list(record['refused'])}, "
+                  f"{'merged' if record['merged'] else 'not merged'}, bytes up {sum(record['bytes_up'].values())}")
+
+    def _send_to_sites(self, task: str, data: FLModel) -> list[FLModel]:
+        """The task to every site; the answers when all have answered, or ``wait_after_min_sites`` seconds
+        after ``min_sites`` have (a site that failed or disconnected is then left out, and FLARE ends the
+        wait early once only disconnected sites are missing)."""
+        if self.min_sites is None:
+            return self.send_model_and_wait(task, data=data)
+        return self.broadcast_model(data=data, task_name=task, min_responses=self.min_sites,
+                                    wait_time_after_min_received=self.wait_after_min_sites)
 
     def _global_message(self, state: dict, round_number: int) -> FLModel:
         meta = {}
@@ -135,7 +149,7 @@ class FedMRGController(ModelController):
     def _final_scores(self, state: dict) -> dict:
         sent = self._global_message(state, self.rounds)
         final, metrics = {}, {}
-        for result in self.send_model_and_wait(msg.VALIDATE, data=sent, min_responses=self.min_sites):
+        for result in self._send_to_sites(msg.VALIDATE, sent):
             site = str(result.meta.get(msg.CLIENT_NAME))
             metrics[site] = {k: float(v) for k, v in (result.metrics or {}).items()}
             if msg.SCORES in result.meta:
@@ -148,6 +162,11 @@ class FedMRGController(ModelController):
         if self.results_dir:
             return Path(self.results_dir)
         return Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
+
+    def _state_dir(self) -> Path:
+        if self.results_dir:
+            return Path(self.results_dir) / STATE_DIR
+        return Path(self.engine.get_workspace().get_root_dir()) / "fedmrg-state" / self.job_name / STATE_DIR
 
     def _write_outputs(self, state: dict) -> None:
         prototypes = state.get("prototypes") or {}
@@ -177,19 +196,19 @@ class FedMRGController(ModelController):
             info = {k: state[k] for k in ("next_round", "model_meta", "rounds", "best")}
             write_json(folder / STATE_FILE, {**info, "config": self.config, "job": self.job_name})
 
-        replace_directory(self.out / STATE_DIR, write)
+        replace_directory(self.state_dir, write)
         write_json(self.out / RESULTS_FILE, {"job": self.job_name, "config": self.config, "rounds": state["rounds"],
                                               "final": {}, "global_model": None, "in_progress": True})
 
     def _load_state(self) -> dict | None:
-        folder = self.out / STATE_DIR
+        folder = self.state_dir
         recover_directory(folder, STATE_FILE)
         if not (folder / STATE_FILE).is_file():
             return None
         info = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         if _without_rounds(info["config"]) != _without_rounds(self.config) or info.get("job") != self.job_name:
-            self.system_panic(f"{folder}: a checkpoint of another job or config; remove it or use another "
-                              "results folder (--workspace)", self.fl_ctx)
+            self.system_panic(f"{folder}: a checkpoint of another job or config; remove it, or give the job "
+                              "another name (job.py --name) or results folder (--workspace)", self.fl_ctx)
             return None
         extra = load_file(str(folder / RESIDUAL_FILE))
         prototypes = {k.split(":", 1)[1]: v for k, v in extra.items() if k.startswith(f"{msg.PROTOTYPES}:")}

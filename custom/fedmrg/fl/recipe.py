@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -124,11 +125,11 @@ class FedMRGRecipe(Recipe):
         job.job.add_resource_spec(ALL_SITES_SPEC, resource_spec(gpus_per_site, gpu_mem_gib))
         job.set_app_packages(["fedmrg"])
         controller = FedMRGController(config=config, rounds=fl.rounds, job_name=name, min_sites=fl.min_sites,
-                                      key_metric=fl.key_metric, results_dir=results_dir,
-                                      final_validation=final_validation)
+                                      wait_after_min_sites=fl.wait_after_min_sites, key_metric=fl.key_metric,
+                                      results_dir=results_dir, final_validation=final_validation)
         prototype_dim = cfg.model.contrastive_dim if cfg.model.contrastive else None
         checks = dict(max_norm=fl.max_update_norm, prototype_dim=prototype_dim, seed=cfg.train.seed,
-                      aggregation=fl.aggregation, clip_norm=fl.clip_norm, trim=fl.trim)
+                      aggregation=fl.aggregation, clip_norm=fl.clip_norm, trim=fl.trim, min_updates=fl.min_sites or 1)
         if fl.update == "dense":
             aggregator = DenseAggregator(**checks)
         else:
@@ -152,6 +153,9 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--sites", type=int, default=2, help="number of sites (default: 2)")
     p.add_argument("--rounds", type=int, help="federated rounds (default: the config's fl.rounds)")
     p.add_argument("--config", default="tiny", help="named config or YAML file (default: tiny)")
+    p.add_argument("--name", type=_job_name, default=job,
+                   help=f"the job's name (default: {job}); the server's checkpoint and each site's local state are "
+                        "kept under it, so a job resubmitted with the same name and config resumes")
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder")
     p.add_argument("--workspace", metavar="WS", default="workspace",
                    help="where results.json, the global model and the simulator's site folders go")
@@ -235,6 +239,13 @@ def _prepare_simulation(args: argparse.Namespace, sites: list[str], workspace: P
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # site processes inherit it
 
 
+def _job_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: letters, digits, '_', '.' and '-', at most 64, "
+                                         "starting with a letter or digit")
+    return value
+
+
 def _resolved(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path and Path(path).exists() else path
 
@@ -249,10 +260,10 @@ def main(job: str, description: str, overrides: dict | None = None, argv: list[s
     elif not args.export and export_dir != DEFAULT_EXPORT_DIR:  # FLARE took --export-dir but not --export
         print(f"{job}: error: --export-dir needs --export", file=sys.stderr)
         return 2
-    args.job = job
+    args.job = args.name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return run_job(job, args, job_config(args, overrides))
+        return run_job(args.name, args, job_config(args, overrides))
     except ConfigError as exc:
         print(f"{job}: error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ class SiteTrainer:
 
     def train_round(self, round_number: int, abort: Callable[[], bool] | None = None) -> RoundUpdate:
         """Train from the loaded global model for one round; save the local state; build the update."""
+        self.align_with_server(round_number)
         before = self.model.shared_state_dict()
         target = min(self.trainer.state.step + self.steps_per_round(), self.trainer.total_steps)
         history_start = len(self.trainer.state.history)
@@ -279,7 +281,13 @@ class SiteTrainer:
             (folder / STATE_FILE).write_text(json.dumps(self._identity() | {"rounds_done": self.rounds_done},
                                                         indent=2), encoding="utf-8")
 
-        replace_directory(self.state_dir, write)
+        replace_directory(self.state_dir, write, keep_previous=self.previous_dir)
+
+    @property
+    def previous_dir(self) -> Path:
+        """The local state as it was one round earlier: what a site goes back to when the server
+        resumes from a checkpoint older than the site's last round (:meth:`align_with_server`)."""
+        return self.state_dir.with_name(f"{self.state_dir.name}.previous")
 
     def _identity(self) -> dict[str, Any]:
         """What must not change for saved local state to be reused: the model and the round plan
@@ -290,23 +298,53 @@ class SiteTrainer:
 
     def _resume(self) -> None:
         recover_directory(self.state_dir, STATE_FILE)
-        state_file = self.state_dir / STATE_FILE
-        if not state_file.is_file():
+        if not (self.state_dir / STATE_FILE).is_file():
             return
-        saved = json.loads(state_file.read_text(encoding="utf-8"))
-        rounds_done = saved.pop("rounds_done", 0)
-        if saved != self._identity():
+        if not self._load_state(self.state_dir):
             stale = self.state_dir.with_name(f"{self.state_dir.name}.stale-{os.getpid()}")
             log.warning("site %s: local state in %s was written for another model or plan; moved to %s, "
                         "starting afresh", self.site, self.state_dir, stale)
             self.state_dir.rename(stale)
+            shutil.rmtree(self.previous_dir, ignore_errors=True)
             return
-        self.model.load_local_state_dict(load_file(str(self.state_dir / LOCAL_FILE)))
-        self.feedback = ErrorFeedback.load(self.state_dir / FEEDBACK_FILE)
-        self.trainer.load_state_dict(torch.load(self.state_dir / TRAINER_FILE, weights_only=False))
+        log.info("site %s: resumed local state after round %d from %s", self.site, self.rounds_done, self.state_dir)
+
+    def _load_state(self, folder: Path) -> bool:
+        """Take the local state saved in ``folder``; False (and nothing taken) when it was saved
+        for another model or round plan."""
+        saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        rounds_done = saved.pop("rounds_done", 0)
+        if saved != self._identity():
+            return False
+        self.model.load_local_state_dict(load_file(str(folder / LOCAL_FILE)))
+        self.feedback = ErrorFeedback.load(folder / FEEDBACK_FILE)
+        self.trainer.load_state_dict(torch.load(folder / TRAINER_FILE, weights_only=False))
         self.trainer.total_steps = self.planned_steps()
         self.rounds_done = rounds_done
-        log.info("site %s: resumed local state after round %d from %s", self.site, rounds_done, self.state_dir)
+        return True
+
+    def align_with_server(self, round_number: int) -> None:
+        """Before training round ``round_number`` (counted from 0): the server's round decides.
+
+        A site one round ahead trained a round the server never merged (the server resumed from
+        the checkpoint before it, after a restart): it goes back to its state from before that
+        round, so no round counts twice in its adapter, schedule or error feedback. A site behind
+        (it missed rounds, or joined late) carries on from its own last round.
+        """
+        if self.rounds_done > round_number:
+            previous = self.previous_dir / STATE_FILE
+            if (previous.is_file() and json.loads(previous.read_text(encoding="utf-8")).get("rounds_done") == round_number
+                    and self._load_state(self.previous_dir)):
+                log.warning("site %s: the server is at round %d, this site's state after round %d was never merged; "
+                            "went back to its state after round %d", self.site, round_number + 1,
+                            round_number + 1, round_number)
+                return
+            log.warning("site %s: the server is at round %d but this site's state is after round %d and no state "
+                        "of round %d is kept; training on from it", self.site, round_number + 1, self.rounds_done,
+                        round_number)
+        elif self.rounds_done < round_number:
+            log.warning("site %s: rejoining at round %d; its last round was round %d", self.site, round_number + 1,
+                        self.rounds_done)
 
     def _optional_loader(self, split: str):
         try:

@@ -322,9 +322,10 @@ def recover_directory(target: Path, marker: str) -> None:
         previous.rename(target)
 
 
-def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
+def replace_directory(target: Path, write: Callable[[Path], None], keep_previous: Path | None = None) -> None:
     """Write a folder as a whole: ``write`` fills a staging folder that then replaces ``target``,
-    so that a crash leaves the previous version intact."""
+    so that a crash leaves the previous version intact. With ``keep_previous``, the version replaced
+    is kept there (replacing the one kept before) instead of being deleted."""
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -333,6 +334,9 @@ def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
     if target.exists():
         target.rename(previous)
     staging.rename(target)
+    if keep_previous is not None and previous.exists():
+        shutil.rmtree(keep_previous, ignore_errors=True)
+        previous.rename(keep_previous)
     shutil.rmtree(previous, ignore_errors=True)
 
 
