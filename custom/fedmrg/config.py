@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -290,9 +291,11 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     """
     text, where = _read_config_text(name_or_path)
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_StrictLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     raw.setdefault("name", Path(str(name_or_path)).stem)
@@ -300,6 +303,23 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         if value is not None:
             _set_dotted(raw, dotted, value)
     return parse_config(raw, where)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as users write configs: ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4``), and a key
+    given twice is an error instead of the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ConfigError(f"key given twice: {', '.join(twice)} (line {node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
 
 
 def parse_config(raw: dict[str, Any], where: str = "config") -> Config:

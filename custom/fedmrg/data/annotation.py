@@ -94,6 +94,8 @@ def _validated_row(row: Any, where: str) -> dict[str, Any]:
             raise DataError(f"{where}: missing key '{key}'")
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
         raise DataError(f"{where}: 'id' must be a string")
+    if not str(row["id"]).strip():
+        raise DataError(f"{where}: 'id' must be a non-empty string")
     if not isinstance(row["report"], str):
         raise DataError(f"{where} (id={row['id']}): 'report' must be a string")
     paths = row["image_path"]

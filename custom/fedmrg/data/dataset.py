@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class StudyDataset(Dataset):
         """The study, or with ``skip_bad`` a ``{"id", "skipped": reason}`` marker for one whose files
         cannot be used (the reason names the file; the collate function leaves the study out)."""
         try:
+            report = self.data[index].get("report")
+            if isinstance(report, str) and not re.search(r"\w", report):
+                raise DataError(f"study {self.data[index].get('id')!r}: empty report")
             with surfacing_user_errors():
                 return super()._transform(index)
         except DataError as exc:

@@ -26,7 +26,9 @@ from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder, pixel_arr
 from pydicom.uid import (
     RE_VALID_UID,
     UID,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -90,6 +92,7 @@ def _is_dicom(path: Path, header: bytes) -> bool:
 def _load_pil_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            _check_size(path, *img.size)
             img.load()  # PIL decodes lazily; force it so truncation is caught here
             return _pil_to_unit_range(img, path)
     except UnidentifiedImageError:
@@ -98,6 +101,16 @@ def _load_pil_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: truncated or corrupt image (PIL: {exc})") from exc
+
+
+def _max_pixels() -> int:
+    return Image.MAX_IMAGE_PIXELS or 2**62
+
+
+def _check_size(path: Path, width: int, height: int, samples: int = 1) -> None:
+    if width * height * samples > _max_pixels():
+        raise DataError(f"{path}: image too large to decode safely ({width} x {height} pixels; the limit is "
+                        f"{_max_pixels()} pixels)")
 
 
 def _pil_to_unit_range(img: Image.Image, path: Path) -> np.ndarray:
@@ -136,6 +149,13 @@ def _read_dicom_dataset(path: Path, has_preamble: bool) -> Dataset:
         if not has_preamble:
             raise DataError(f"{path}: not a DICOM image (no DICM preamble, no PixelData element)")
         raise DataError(f"{path}: DICOM file has no pixel data (PixelData element missing)")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if isinstance(rows, int) and isinstance(columns, int):
+        _check_size(path, columns, rows, int(ds.get("SamplesPerPixel", 1) or 1))
     return ds
 
 
@@ -147,17 +167,22 @@ def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
     try:
         return pixel_array(ds, index=0)
     except _DICOM_DECODE_ERRORS as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        raise DataError(f"{path}: cannot decode DICOM pixel data ({reason})") from exc
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+        raise DataError(f"{path}: cannot decode DICOM pixel data ({syntax.name}, {syntax}) ({reason})") from exc
 
 
 def _check_decoder_available(ds: Dataset, path: Path) -> None:
     """Fail early, with a hint, when the transfer syntax needs a decoder plugin not installed."""
     file_meta = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    if syntax is None or not UID(syntax).is_compressed:
+    if syntax is None:
         return
     syntax = UID(syntax)
+    if not syntax.is_transfer_syntax:
+        raise DataError(f"{path}: unknown DICOM transfer syntax {syntax}")
+    if not syntax.is_compressed:
+        return
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:

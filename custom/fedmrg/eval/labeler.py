@@ -33,6 +33,7 @@ reports against NLM's MeSH coding (see ``fedmrg.eval.labeler_validation``).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -187,7 +188,7 @@ _DEIDENTIFIED = re.compile(r"\bx{2,}\b", re.IGNORECASE)  # IU X-ray's "XXXX" sta
 
 
 def _sentences(text: str) -> list[str]:
-    text = " ".join(_DEIDENTIFIED.sub(" ", text.lower()).split())
+    text = " ".join(_DEIDENTIFIED.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 

@@ -541,6 +541,11 @@ def _decode_problem(dataset, row: dict, size: int, views: int) -> str | None:
     return None
 
 
+# Words nearly every English chest X-ray report has; a report with none of them is likely in another
+# language, which the rule-based labeler cannot read (German "Kein Pneumothorax" would be labeled positive).
+_ENGLISH = re.compile(r"\b(?:the|is|are|no|not|of|and|with|without|normal|there|lungs?|heart|clear)\b", re.I)
+
+
 def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
     """Label the train reports as the trainer does for its diagnosis targets (cleaned, then the rule-based
     CheXpert labeler) and report what the diagnosis head would learn from."""
@@ -569,6 +574,10 @@ def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
     detail = (f"{scope} labeled in {seconds:.1f} s: {with_finding} with a positive finding, No Finding "
               f"{prevalence[OBSERVATIONS.index('No Finding')]:.0%}; most frequent: "
               + (", ".join(f"{name} {p:.0%}" for p, name in top) or "none"))
+    foreign = [row["id"] for row, text in zip(rows, texts) if re.search(r"\w", text) and not _ENGLISH.search(text)]
+    if len(foreign) > 0.2 * len(rows):
+        return CheckResult("labels", WARN, f"{detail}; {len(foreign)} reports do not look English (first: id "
+                           f"{foreign[0]}): the labeler reads English only", where)
     if mentioned == 0:
         return CheckResult("labels", WARN, f"{detail}; the labeler found no CheXpert observation in any report (are "
                            "they English chest X-ray findings?): the diagnosis head would learn nothing", where)

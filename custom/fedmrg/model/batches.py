@@ -42,7 +42,7 @@ def collate_with_targets(batch: list[dict]) -> dict:
 def split_records(site_dir: str | os.PathLike, split: str, dataset: str) -> tuple[list[dict], Path]:
     """Rows of one split of a site's annotation.json, with targets, and the folder images are under."""
     site = Path(site_dir)
-    annotation = read_annotation(site / "annotation.json" if site.is_dir() else site)
+    annotation = read_annotation(site / "annotation.json" if site.is_dir() else site, check_images=False)
     rows = annotation.splits.get(split, [])
     return with_targets(rows, dataset), annotation.image_root
 
