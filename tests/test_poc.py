@@ -3,51 +3,125 @@ through the FLARE API, a hospital's policy enforced, the result downloaded, and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import fedmrg
-from fedmrg.fl.poc import SERVER_PORTS, PocSystem, find_results, port_is_free, submit_and_follow
+from fedmrg.config import config_to_dict, load_config
+from fedmrg.fl.poc import SERVER_PORTS, PocSystem, find_results, port_is_free, processes_under, submit_and_follow
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "provisioning"
 
 pytestmark = pytest.mark.slow
+OUTCOME_WAIT = "NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT"
 
 
-def export_job(out: Path, *flags: str, sites: int = 2) -> Path:
-    done = subprocess.run([sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", "tiny", "--rounds", "1",
-                           "--sites", str(sites), "--test-limit", "4", "--export", "--export-dir", str(out), *flags],
-                          capture_output=True, text=True, timeout=300)
+def export_job(out: Path, *flags: str, sites: int = 2, config: str = "tiny", rounds: int = 1,
+               name: str = "fedmrg") -> Path:
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", config, "--rounds",
+                           str(rounds), "--sites", str(sites), "--test-limit", "4", "--name", name, "--export",
+                           "--export-dir", str(out), *flags], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return out / "fedmrg"
+    return out / name
+
+
+def tolerant_config(root: Path) -> str:
+    """The tiny config, with rounds that go on once one site answered (waiting 5 s for the other)."""
+    cfg = load_config("tiny", {"fl.min_sites": 1, "fl.wait_after_min_sites": 5})
+    path = root / "tolerant.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def power_off_when(system: PocSystem, site: str, ready) -> threading.Thread:
+    """In the background: once ``ready()``, kill every process of the site (its client, the job's
+    trainer, FLARE's restart loop), as a power cut or a lost network would: the site just goes silent.
+    (A trainer process that crashes alone is reported by its client, and FLARE 2.9 then fails the job.)"""
+    def watch() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.2)
+        for proc in processes_under(system.kit(site)):
+            proc.kill()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def power_on(system: PocSystem, site: str, timeout: float = 120) -> None:
+    """Start the site again and wait until the server has registered it (`poc start` returns earlier)."""
+    server_log = system.kit("server") / "log.txt"
+    joined = f"New client {site}@"
+    before = server_log.read_text(encoding="utf-8").count(joined)
+    system.nvflare("poc", "start", "-p", site, "--timeout", str(int(timeout)), timeout=timeout + 30)
+    deadline = time.monotonic() + timeout
+    while server_log.read_text(encoding="utf-8").count(joined) == before:
+        assert time.monotonic() < deadline, f"{site} did not connect again within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def next_round(system: PocSystem, job_name: str) -> int | None:
+    """The server's checkpoint of a job, which lives in its workspace under the job's name."""
+    try:
+        state = system.kit("server") / "fedmrg-state" / job_name / "server_state" / "state.json"
+        return json.loads(state.read_text(encoding="utf-8"))["next_round"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def restored_environment(name: str):
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="module")
 def poc_run(tiny_bench, tiny_base_llm, tmp_path_factory):
     """One POC system: site-1 with FLARE's default policies, site-2 with the hospital templates of
     provisioning/ (no job-supplied code, FedMRG classes allowed, privacy filter on every result).
-    Two jobs: the package shipped in the job (byoc), then the same job without code."""
+    Two jobs: the package shipped in the job (byoc), then the same job without code. Then a job that
+    tolerates one site of two (fl.min_sites 1): site-2 loses power in round 2; it comes back, and the
+    job is resubmitted with a third round, which site-2 joins again."""
     if not all(port_is_free(port) for port in SERVER_PORTS):
         pytest.fail(f"POC ports {SERVER_PORTS} are in use before the test; stop the other FLARE system")
     root = tmp_path_factory.mktemp("poc")
     shipped, plain = export_job(root / "shipped", "--ship-code"), export_job(root / "plain")
     lines: list[str] = []
     system = PocSystem(root / "ws", ["site-1", "site-2"])
-    with system:
+    # FLARE 2.9 ends a job only once every site reported its outcome, or after this many seconds
+    # (default 900): a site that lost power never reports.
+    os.environ[OUTCOME_WAIT] = "20"
+    with system, restored_environment(OUTCOME_WAIT):
         system.prepare()
         system.wire_site("site-1", tiny_bench / "site-1", tiny_base_llm, policies=None)
         system.wire_site("site-2", tiny_bench / "site-2", tiny_base_llm, policies=POLICIES)
         system.start()
         refused = submit_and_follow(system, shipped, 300, root / "results", lines.append)
         completed = submit_and_follow(system, plain, 600, root / "results", lines.append)
+        tolerant = tolerant_config(root)
+        dropping, rejoining = (export_job(root / f"faults-{rounds}", config=tolerant, rounds=rounds, name="faults")
+                               for rounds in (2, 3))
+        power_cut = power_off_when(system, "site-2", lambda: next_round(system, "faults") == 1)
+        dropped = submit_and_follow(system, dropping, 600, root / "results", lines.append)
+        power_cut.join(timeout=5)
+        power_on(system, "site-2")
+        rejoined = submit_and_follow(system, rejoining, 600, root / "results", lines.append)
         running_before_stop = len(system.processes())
     return {"system": system, "refused": refused, "completed": completed, "lines": lines,
-            "running_before_stop": running_before_stop}
+            "dropped": dropped, "rejoined": rejoined, "running_before_stop": running_before_stop}
 
 
 def test_a_site_without_byoc_refuses_a_job_that_carries_code(poc_run):
@@ -74,6 +148,30 @@ def test_the_same_job_runs_on_the_preinstalled_package(poc_run):
     # the privacy scope of provisioning/privacy.json was forced on every result site-2 sent
     assert "ResultGuard: result of task train checked" in site_log
     assert "ResultGuard: result of task validate checked" in site_log
+
+
+def downloaded_results(outcome) -> dict:
+    assert outcome.completed, outcome.status
+    return json.loads((find_results(outcome.result_dir) / "results.json").read_text(encoding="utf-8"))
+
+
+def test_a_site_that_drops_out_mid_round_does_not_stop_a_job_that_needs_one_site(poc_run):
+    results = downloaded_results(poc_run["dropped"])
+    first, second = results["rounds"]
+    assert sorted(first["accepted"]) == ["site-1", "site-2"]
+    assert second["accepted"] == ["site-1"] and second["merged"]  # site-2 went silent during round 2
+    assert sorted(results["final"]) == ["site-1"]
+
+
+def test_a_resubmitted_job_resumes_on_the_server_and_the_dropped_site_rejoins(poc_run):
+    outcome = poc_run["rejoined"]
+    results = downloaded_results(outcome)
+    assert [r["round"] for r in results["rounds"]] == [0, 1, 2]  # rounds 1-2 from the server's checkpoint
+    assert sorted(results["rounds"][2]["accepted"]) == ["site-1", "site-2"]
+    assert sorted(results["final"]) == ["site-1", "site-2"]
+    site_log = (poc_run["system"].kit("site-2") / outcome.job_id / "log.txt").read_text(encoding="utf-8")
+    assert "resumed local state after round 1" in site_log  # its adapter and codec state of round 1
+    assert "rejoining at round 3; its last round was round 1" in site_log
 
 
 def test_everything_is_stopped_and_the_ports_are_free(poc_run):

@@ -240,6 +240,9 @@ class FLConfig:
     # updates the global model stays as it was that round. None = every site of the job, every round.
     min_sites: Optional[int] = None
     wait_after_min_sites: int = 600
+    # A site sends the prototype sums of a finding only when at least this many of the round's
+    # studies have it (a sum over one study is that study's feature); rarer findings stay at the site.
+    prototype_min_studies: int = 5
     key_metric: str = "val_loss"  # the best global model is the one with the lowest mean of this
 
     def check(self, where: str) -> None:
@@ -256,6 +259,7 @@ class FLConfig:
         _require(0 < self.dp_delta < 1, where, "dp_delta", "must be in (0, 1)")
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
         _require(self.wait_after_min_sites >= 0, where, "wait_after_min_sites", "must be >= 0 (seconds)")
+        _require(self.prototype_min_studies >= 1, where, "prototype_min_studies", "must be at least 1")
 
 
 @dataclass

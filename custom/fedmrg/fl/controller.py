@@ -67,20 +67,25 @@ class FedMRGController(ModelController):
         if state is None:
             return
         for round_number in range(state["next_round"], self.rounds):
-            if self.abort_signal.triggered:
-                return
-            self._run_round(state, round_number)
+            if not self._run_round(state, round_number):
+                return  # aborted: the checkpoint stays at the last complete round
             self._save_state(state)
         if self.final_validation and not self.abort_signal.triggered:
             state["final"] = self._final_scores(state)
         self._write_outputs(state)
 
-    def _run_round(self, state: dict, round_number: int) -> None:
+    def _run_round(self, state: dict, round_number: int) -> bool:
+        """One round; False, with nothing recorded, when the job was aborted during it."""
+        if self.abort_signal.triggered:
+            return False
         started = time.perf_counter()
         sent = self._global_message(state, round_number)
         bytes_down = msg.state_bytes(sent.params) + msg.state_bytes(
             {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)})
         results = self._send_to_sites(msg.TRAIN, sent)
+        if self.abort_signal.triggered:
+            self.warning(f"round {round_number + 1} aborted; resubmitted, the job resumes at this round")
+            return False
         self.aggregator.start_round(state["global"], round_number)
         record = {"round": round_number, "bytes_up": {}, "bytes_down": {}, "dense_bytes_up": {}, "metrics": {},
                   "accepted": [], "refused": {}}
@@ -107,6 +112,7 @@ class FedMRGController(ModelController):
         self.info(f"round {round_number + 1}/{self.rounds}: answered {sorted(record['metrics'])}, accepted "
                   f"{record['accepted']}, refused {list(record['refused'])}, "
                   f"{'merged' if record['merged'] else 'not merged'}, bytes up {sum(record['bytes_up'].values())}")
+        return True
 
     def _send_to_sites(self, task: str, data: FLModel) -> list[FLModel]:
         """The task to every site; the answers when all have answered, or ``wait_after_min_sites`` seconds

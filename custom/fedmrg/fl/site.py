@@ -226,7 +226,7 @@ class SiteTrainer:
         after = self.model.shared_state_dict()
         private = self.dp_noise is not None  # then no prototype sums and no study count leave the site
         bank = self.trainer.prototype_bank if self.cfg.model.contrastive and not private else None
-        prototypes = bank.state() if bank is not None else None
+        prototypes = bank.state(self.cfg.fl.prototype_min_studies) if bank is not None else None
         payload, dense = self._encode(before, after)
         privacy = {"dp_epsilon": epsilon(round_number + 1, self.cfg.fl.dp_noise_multiplier, self.cfg.fl.dp_delta)
                    } if private else {}

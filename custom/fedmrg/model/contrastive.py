@@ -108,9 +108,13 @@ class PrototypeBank:
         available = self._counts > 0
         return F.normalize(self.sums, dim=-1) * available[:, None], available
 
-    def state(self) -> dict[str, Tensor]:
-        """``{"sums": [C, d], "counts": [C]}`` on the CPU, for sending."""
-        return {"sums": self.sums.cpu().clone(), "counts": self._counts.cpu().clone()}
+    def state(self, min_count: int = 1) -> dict[str, Tensor]:
+        """``{"sums": [C, d], "counts": [C]}`` on the CPU, for sending. Rows summed over fewer than
+        ``min_count`` features are sent as zeros: a row of one study *is* that study's feature."""
+        sums, counts = self.sums.cpu().clone(), self._counts.cpu().clone()
+        few = counts < min_count
+        sums[few], counts[few] = 0.0, 0.0
+        return {"sums": sums, "counts": counts}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Tensor | np.ndarray]) -> "PrototypeBank":
