@@ -309,18 +309,18 @@ class SiteTrainer:
             return
         log.info("site %s: resumed local state after round %d from %s", self.site, self.rounds_done, self.state_dir)
 
-    def _load_state(self, folder: Path) -> bool:
+    def _load_state(self, folder: Path, rounds_done: int | None = None) -> bool:
         """Take the local state saved in ``folder``; False (and nothing taken) when it was saved
-        for another model or round plan."""
+        for another model or round plan, or, with ``rounds_done``, after another round."""
         saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        rounds_done = saved.pop("rounds_done", 0)
-        if saved != self._identity():
+        saved_rounds = saved.pop("rounds_done", 0)
+        if saved != self._identity() or rounds_done not in (None, saved_rounds):
             return False
         self.model.load_local_state_dict(load_file(str(folder / LOCAL_FILE)))
         self.feedback = ErrorFeedback.load(folder / FEEDBACK_FILE)
         self.trainer.load_state_dict(torch.load(folder / TRAINER_FILE, weights_only=False))
         self.trainer.total_steps = self.planned_steps()
-        self.rounds_done = rounds_done
+        self.rounds_done = saved_rounds
         return True
 
     def align_with_server(self, round_number: int) -> None:
@@ -332,9 +332,7 @@ class SiteTrainer:
         (it missed rounds, or joined late) carries on from its own last round.
         """
         if self.rounds_done > round_number:
-            previous = self.previous_dir / STATE_FILE
-            if (previous.is_file() and json.loads(previous.read_text(encoding="utf-8")).get("rounds_done") == round_number
-                    and self._load_state(self.previous_dir)):
+            if (self.previous_dir / STATE_FILE).is_file() and self._load_state(self.previous_dir, round_number):
                 log.warning("site %s: the server is at round %d, this site's state after round %d was never merged; "
                             "went back to its state after round %d", self.site, round_number + 1,
                             round_number + 1, round_number)
