@@ -45,12 +45,12 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from fedmrg.config import Config, load_config
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.fl.codec import (CodecSpec, Factored, dense_bytes, encode, lora_modules, matricized, payload_header,
                              round_delta)
 from fedmrg.fl.messages import state_bytes
 from fedmrg.model.base_llm import BASE_LLM_SIZES, train_tokenizer
-from fedmrg.model.contrastive import PrototypeBank
+from fedmrg.model.prototypes import PrototypeBank
 from fedmrg.model.mrg import MRGModel
 
 GROUPS = {"encoder.": "encoder", "projector.": "projector", "customizer.": "customizer", "diagnosis.": "diagnosis",

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from fedmrg.config import load_config
-from fedmrg.model.batches import loader_records, study_loader
+from fedmrg.data.loaders import loader_records, study_loader
 from fedmrg.model.encoder import StudyEncoder
 
 

@@ -12,7 +12,7 @@ import argparse
 import time
 
 from fedmrg.data.iuxray import read_archive, resolve_reports_archive
-from fedmrg.eval.labeler import label_matrix
+from fedmrg.labels.labeler import label_matrix
 from fedmrg.eval.labeler_validation import agreement, format_agreement, iu_validation_set
 
 

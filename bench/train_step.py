@@ -27,7 +27,7 @@ import torch
 from fedmrg.config import load_config
 from fedmrg.model.adapters import attach_adapters, active_adapters, adapter_names
 from fedmrg.model.base_llm import make_base_llm
-from fedmrg.model.batches import study_loader
+from fedmrg.data.loaders import study_loader
 from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm
 from fedmrg.model.mrg import MRGModel
 from fedmrg.model.training import Trainer

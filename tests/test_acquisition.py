@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from fedmrg.data.acquisition import AcquisitionProfile, apply_profile, site_profiles, write_view
 from fedmrg.data.images import load_image
+from fedmrg.data.synthetic import AcquisitionProfile, apply_profile, site_profiles, write_view
 
 
 def _phantom(size: int = 64) -> np.ndarray:

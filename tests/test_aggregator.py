@@ -7,12 +7,12 @@ import pytest
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
 from fedmrg.fl.codec import CodecSpec, Factored, decode, encode, round_delta
 from fedmrg.fl.merge import robust_mean
-from fedmrg.model.contrastive import PrototypeBank
+from fedmrg.model.prototypes import PrototypeBank
 
 A, B = "llm.q.lora_A.generic.weight", "llm.q.lora_B.generic.weight"
 W, BIAS = "encoder.w", "encoder.b"

@@ -39,8 +39,8 @@ from fedmrg.data.annotation import Annotation, read_annotation, write_annotation
 from fedmrg.data.cleaning import clean_report
 from fedmrg.data.images import load_image
 from fedmrg.errors import ConfigError, DataError
-from fedmrg.eval.labeler import label_report
-from fedmrg.eval.observations import POSITIVE
+from fedmrg.labels.labeler import label_report
+from fedmrg.labels.observations import POSITIVE
 
 
 def _codes(height: int = 6, width: int = 8) -> np.ndarray:
@@ -293,7 +293,7 @@ def _train_annotation(texts: list[str]) -> Annotation:
     ids=["chinese", "german"],
 )
 def test_site_check_warns_when_train_reports_are_not_english(texts):
-    from fedmrg.fl.site_check import WARN, check_labels
+    from fedmrg.ops.site_check import WARN, check_labels
 
     result = check_labels(_train_annotation(texts), load_config("tiny"))
     assert result.status == WARN and "English" in result.detail and "annotation.json" in result.where, result
@@ -353,7 +353,7 @@ def test_integer_ids_become_strings(tmp_path):
 
 
 def test_an_annotation_with_only_a_train_split_reads_and_a_missing_split_is_named(tmp_path):
-    from fedmrg.model.batches import study_loader
+    from fedmrg.data.loaders import study_loader
 
     _png(tmp_path / "site" / "images" / "a.png")
     (tmp_path / "site" / "annotation.json").write_text(json.dumps({"train": [_ROW]}))

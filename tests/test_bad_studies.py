@@ -10,7 +10,7 @@ import pytest
 
 from fedmrg.config import load_config
 from fedmrg.errors import DataError
-from fedmrg.model.batches import study_loader
+from fedmrg.data.loaders import study_loader
 from fedmrg.model.training import SUMMARY_FILE, train_centralized
 
 

@@ -8,7 +8,7 @@ import pytest
 from fedmrg.errors import DataError
 from fedmrg.eval import ce
 from fedmrg.eval.ce import ce_from_texts, ce_scores
-from fedmrg.eval.observations import MICRO5, OBSERVATIONS
+from fedmrg.labels.observations import MICRO5, OBSERVATIONS
 
 COL = {name: k for k, name in enumerate(OBSERVATIONS)}
 
@@ -113,9 +113,8 @@ def _fake_label_matrix(texts):
 
 
 def test_ce_from_texts_aligns_sorted_common_ids(monkeypatch, caplog):
-    import fedmrg.eval.labeler as labeler
 
-    monkeypatch.setattr(labeler, "label_matrix", _fake_label_matrix)
+    monkeypatch.setattr(ce, "label_matrix", _fake_label_matrix)
     pred = {"b": "Edema.", "a": "Cardiomegaly.", "only-pred": "Edema."}
     ref = {"a": "Cardiomegaly.", "b": "Atelectasis.", "only-ref": "Fracture."}
     scores = ce_from_texts(pred, ref)
@@ -127,9 +126,8 @@ def test_ce_from_texts_aligns_sorted_common_ids(monkeypatch, caplog):
 
 
 def test_ce_from_texts_cleans_both_sides_for_a_dataset(monkeypatch):
-    import fedmrg.eval.labeler as labeler
 
     seen = []
-    monkeypatch.setattr(labeler, "label_matrix", lambda texts: seen.extend(texts) or _fake_label_matrix(texts))
+    monkeypatch.setattr(ce, "label_matrix", lambda texts: seen.extend(texts) or _fake_label_matrix(texts))
     ce_from_texts({"a": "1. Edema (mild)."}, {"a": "Edema, mild."}, dataset="iu_xray")
     assert seen == ["edema mild .", "edema mild ."]

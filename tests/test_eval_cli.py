@@ -10,7 +10,7 @@ import pytest
 
 from fedmrg.cli import main
 from fedmrg.data.annotation import write_annotation
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 
 PRED = {
     "s1": "The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax.",

@@ -197,7 +197,7 @@ def export_only(tmp_path: Path, *flags: str) -> Path:
 
 def test_export_writes_a_job_without_code_and_a_meta_for_the_scheduler(tmp_path):
     import fedmrg
-    from fedmrg.fl.versions import installed_versions
+    from fedmrg.versions import installed_versions
 
     job = export_only(tmp_path, "--gpus-per-site", "1", "--gpu-mem-gib", "20")
     text = "\n".join(p.read_text() for p in job.rglob("*.json"))

@@ -11,11 +11,11 @@ import pytest
 from conftest import REPO
 from fedmrg.config import config_to_dict, load_config
 from fedmrg.errors import ConfigError, DataError
-from fedmrg.eval import bench_report as br
-from fedmrg.eval.flmrg_bench import (PRESETS, RUN_FILE, RUN_FORMAT, BenchRequest, _finished_record, benchmark_sites,
+from fedmrg.experiments import report as br
+from fedmrg.experiments.runner import (PRESETS, RUN_FILE, RUN_FORMAT, BenchRequest, _finished_record, benchmark_sites,
                                      random_llama_1b, round_curves, round_timing, round_traffic,
                                      run_config)
-from fedmrg.eval.methods import BY_NAME, select_methods
+from fedmrg.experiments.methods import BY_NAME, select_methods
 
 
 def scores(ce_example: float, bleu4: float, cider: float = 0.5) -> dict:
@@ -194,10 +194,10 @@ def test_traffic_timing_and_curves_come_from_the_jobs_rounds():
 
 
 def test_the_1b_llm_is_a_llama_built_once_with_the_base_llms_tokenizer(tiny_base_llm, tmp_path, monkeypatch):
-    import fedmrg.model.llm as llm
+    import fedmrg.experiments.runner as runner
 
     small = dict(hidden_size=32, layers=1, heads=4, kv_heads=2, intermediate_size=64, vocab_size=512)
-    monkeypatch.setattr(llm, "LLAMA_1B_SHAPE", small)  # the real one is 2.2 GB of random weights
+    monkeypatch.setattr(runner, "LLAMA_1B_SHAPE", small)  # the real one is 2.2 GB of random weights
     out = random_llama_1b(tiny_base_llm, tmp_path / "llama-1b")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and config["num_key_value_heads"] == 2 and config["vocab_size"] == 512
@@ -258,7 +258,7 @@ def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_
 
 @pytest.mark.slow
 def test_another_partition_gets_its_own_benchmark_and_base_llm(tmp_path, monkeypatch):
-    from fedmrg.eval.flmrg_bench import prepare_inputs
+    from fedmrg.experiments.runner import prepare_inputs
 
     monkeypatch.setenv("FEDMRG_DATA_DIR", str(tmp_path))
     bench, llm = prepare_inputs("tiny", "iid", progress=False)

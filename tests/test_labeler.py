@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedmrg.eval.labeler import label_matrix, label_report
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.labeler import label_matrix, label_report
+from fedmrg.labels.observations import OBSERVATIONS
 
 P, N, U = 1, 0, -1
 

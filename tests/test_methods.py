@@ -6,7 +6,7 @@ import pytest
 
 from fedmrg.config import config_to_dict, load_config
 from fedmrg.errors import ConfigError
-from fedmrg.eval.methods import BY_NAME, FEDAVG_LORA, METHODS, select_methods
+from fedmrg.experiments.methods import BY_NAME, FEDAVG_LORA, METHODS, select_methods
 
 
 def flat(mapping: dict, prefix: str = "") -> dict:

@@ -10,19 +10,13 @@ from safetensors.torch import save_file
 
 from fedmrg.config import EncoderConfig
 from fedmrg.errors import ConfigError
-from fedmrg.eval.labeler import label_matrix
-from fedmrg.eval.observations import OBSERVATIONS
-from fedmrg.model.contrastive import ContrastiveHeads, PrototypeBank, info_nce, prototype_nce
+from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.model.contrastive import ContrastiveHeads, info_nce, prototype_nce
+from fedmrg.model.prototypes import PrototypeBank
 from fedmrg.model.customizer import PromptCustomizer
-from fedmrg.model.diagnosis import (
-    NOTHING_MENTIONED,
-    STATES,
-    DiagnosisHead,
-    class_counts,
-    diagnosis_prompt,
-    labels_from_states,
-    states_from_labels,
-)
+from fedmrg.labels.states import STATES, labels_from_states, states_from_labels
+from fedmrg.model.diagnosis import NOTHING_MENTIONED, DiagnosisHead, class_counts, diagnosis_prompt
 from fedmrg.model.encoder import StudyEncoder, load_encoder_weights
 from fedmrg.model.projector import VisualProjector
 

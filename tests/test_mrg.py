@@ -14,11 +14,12 @@ from fedmrg.cli import main
 from fedmrg.config import load_config
 from fedmrg.data.images import load_image, save_dicom
 from fedmrg.errors import ConfigError
-from fedmrg.model.adapters import GENERIC, SPECIALIZED
-from fedmrg.model.batches import study_loader
+from fedmrg.model.parameters import GENERIC, SPECIALIZED
+from fedmrg.data.loaders import study_loader
 from fedmrg.model.inference import generate_for, study_batch
 from fedmrg.model.llm import load_llm, random_llm
-from fedmrg.model.mrg import ADAPTERS_DIR, MRGModel
+from fedmrg.model.layout import ADAPTERS_DIR
+from fedmrg.model.mrg import MRGModel
 from fedmrg.model.training import Trainer, train_centralized
 
 ALLOWED_TRAINABLE = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.",

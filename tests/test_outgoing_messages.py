@@ -45,14 +45,14 @@ from nvflare.fuel.utils import fobs
 from PIL import Image
 
 from fedmrg.config import config_to_dict, load_config
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import LowRankAggregator
 from fedmrg.fl.codec import LORA_A, LORA_B, LORA_PRODUCT, as_dense, decode, matricized, payload_header
 from fedmrg.fl.executor import MRGExecutor
 from fedmrg.fl.site import SiteTrainer
-from fedmrg.model.batches import split_records, study_loader
-from fedmrg.model.diagnosis import STATE_POSITIVE
+from fedmrg.data.loaders import split_records, study_loader
+from fedmrg.labels.states import STATE_POSITIVE
 
 pytestmark = pytest.mark.slow
 

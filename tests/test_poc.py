@@ -17,7 +17,7 @@ import yaml
 
 import fedmrg
 from fedmrg.config import config_to_dict, load_config
-from fedmrg.fl.poc import SERVER_PORTS, PocSystem, find_results, port_is_free, processes_under, submit_and_follow
+from fedmrg.ops.poc import SERVER_PORTS, PocSystem, find_results, port_is_free, processes_under, submit_and_follow
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "provisioning"

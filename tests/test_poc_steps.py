@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedmrg.errors import ConfigError
-from fedmrg.fl.poc import PocRun, end_processes, processes_under
+from fedmrg.ops.poc import PocRun, end_processes, processes_under
 
 
 def job_folder(tmp_path: Path, **meta) -> Path:

@@ -21,7 +21,8 @@ from nvflare.private.privacy_manager import Scope
 
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import CodecSpec, encode, round_delta
-from fedmrg.fl.privacy import ResultGuard, ResultRefused, is_local_parameter, local_parameters
+from fedmrg.fl.privacy import ResultGuard, ResultRefused
+from fedmrg.model.parameters import is_local_parameter, local_parameters
 
 LORA = "llm.base_model.model.model.layers.0.self_attn.q_proj"
 A, B = f"{LORA}.lora_A.generic.weight", f"{LORA}.lora_B.generic.weight"

@@ -29,7 +29,7 @@ from nvflare.private.fed.app.fl_conf import create_privacy_manager
 from nvflare.private.fed.utils.app_authz import AppAuthzService
 from nvflare.security.security import FLAuthorizer
 
-from fedmrg.fl.poc import end_processes, processes_under
+from fedmrg.ops.poc import end_processes, processes_under
 
 REPO = Path(__file__).resolve().parents[1]
 PROVISIONING = REPO / "provisioning"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmrg.data.findings import (
+from fedmrg.data.synthetic import (
     CATEGORIES,
     FINDING_KINDS,
     KIND_CATEGORY,
@@ -13,8 +13,10 @@ from fedmrg.data.findings import (
     finding_categories,
     findings_from_mesh,
     parse_mesh_term,
+    region_box,
+    render_study,
+    sample_anatomy,
 )
-from fedmrg.data.render import region_box, render_study, sample_anatomy
 
 SIZE = 256
 SEED = 1234

@@ -13,7 +13,7 @@ import yaml
 from fedmrg.cli import main
 from fedmrg.config import load_config
 from fedmrg.fl.site import SETTINGS_ENV, SETTINGS_FILE
-from fedmrg.fl.site_check import (
+from fedmrg.ops.site_check import (
     FAIL,
     PASS,
     SKIP,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedmrg.errors import ConfigError
-from fedmrg.fl.versions import check_job_versions, installed_versions, version_mismatches
+from fedmrg.versions import check_job_versions, installed_versions, version_mismatches
 
 
 def test_a_job_of_the_same_versions_or_without_any_passes():

@@ -1,7 +1,8 @@
 """FedMRG for NVIDIA FLARE: federated LLM-driven chest X-ray report generation.
 
-Rooms: ``data`` (reports, images, benchmark), ``model`` (the report generator), ``fl`` (the only
-room that imports nvflare), ``eval`` (metrics), and ``cli`` (the ``fedmrg`` command).
+Rooms, imported one way from the bottom up: basics (``errors``, ``config``, ``io``, ``versions``),
+``labels``, ``data``, ``eval``, ``model``, ``fl`` (the only room that imports nvflare), then
+``experiments`` and ``ops``, and ``cli`` (the ``fedmrg`` command) on top.
 """
 
 __version__ = "0.1.0"

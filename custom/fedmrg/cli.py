@@ -135,9 +135,9 @@ def _label_parser(sub) -> None:
 def _cmd_label(args: argparse.Namespace) -> int:
     import time
 
-    from fedmrg.eval.io import read_reports_csv, write_labels_csv
-    from fedmrg.eval.labeler import label_matrix
-    from fedmrg.eval.observations import OBSERVATIONS, POSITIVE
+    from fedmrg.eval.texts import read_reports_csv, write_labels_csv
+    from fedmrg.labels.labeler import label_matrix
+    from fedmrg.labels.observations import OBSERVATIONS, POSITIVE
 
     reports = read_reports_csv(args.inp)
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def _score_parser(sub) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from fedmrg.eval.io import check_nonempty, check_same_ids, read_id_texts, read_references
+    from fedmrg.eval.texts import check_nonempty, check_same_ids, read_id_texts, read_references
     from fedmrg.eval.report import format_scores, score_reports, write_scores
 
     predictions = read_id_texts(args.pred)
@@ -349,7 +349,7 @@ def _evaluate_parser(sub) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fedmrg.model.batches import study_loader
+    from fedmrg.data.loaders import study_loader
     from fedmrg.model.inference import generate_split
 
     model = _load_model(args)
@@ -364,7 +364,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _score_and_write(args: argparse.Namespace, predictions: dict, loader, dataset: str, extra: dict) -> int:
     """Score ``predictions`` against the loader's references; write scores, reports and ``extra`` beside."""
     from fedmrg.eval.report import format_scores, score_reports, write_scores
-    from fedmrg.model.batches import loader_records
+    from fedmrg.data.loaders import loader_records
 
     references = {str(r["id"]): r["report"] for r in loader_records(loader)}
     out = Path(args.out)
@@ -410,7 +410,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fedmrg.eval.retrieval import copied_reports, normal_query
-    from fedmrg.model.batches import loader_records, split_records, study_loader
+    from fedmrg.data.loaders import loader_records, split_records, study_loader
 
     model = _load_model(args) if args.model else None
     cfg = model.cfg if model else load_config(args.config)
@@ -460,7 +460,7 @@ def _site_check_parser(sub) -> None:
 
 
 def _cmd_site_check(args: argparse.Namespace) -> int:
-    from fedmrg.fl.site_check import CheckRequest, format_report, run_site_check, write_json_report
+    from fedmrg.ops.site_check import CheckRequest, format_report, run_site_check, write_json_report
 
     if args.min_free_gib < 0:
         raise FedMRGError(f"--min-free-gib: {args.min_free_gib:g} must be at least 0")
@@ -503,7 +503,7 @@ def _poc_parser(sub) -> None:
 def _cmd_poc(args: argparse.Namespace) -> int:
     import signal
 
-    from fedmrg.fl.poc import PocRun, find_results, run_poc
+    from fedmrg.ops.poc import PocRun, find_results, run_poc
     from fedmrg.fl.results import read_results, site_examples, summary_markdown
 
     def interrupted(signum, frame):  # SIGTERM stops the federation the same way Ctrl-C does
@@ -527,7 +527,7 @@ def _cmd_poc(args: argparse.Namespace) -> int:
 
 
 def _bench_parser(sub) -> None:
-    from fedmrg.eval.methods import BY_NAME
+    from fedmrg.experiments.methods import BY_NAME
 
     p = sub.add_parser(
         "bench", help="the FL-MRG benchmark: FedMRG against local, centralized, FedAvg-LoRA and its ablations",
@@ -566,10 +566,10 @@ def _bench_parser(sub) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fedmrg.data.iuxray import data_dir
-    from fedmrg.eval.bench_report import markdown, refresh_readme, write_outputs
-    from fedmrg.eval.flmrg_bench import (PRESETS, BenchRequest, bench_results, prepare_inputs, random_llama_1b,
+    from fedmrg.experiments.report import markdown, refresh_readme, write_outputs
+    from fedmrg.experiments.runner import (PRESETS, BenchRequest, bench_results, prepare_inputs, random_llama_1b,
                                          run_benchmark)
-    from fedmrg.eval.methods import select_methods
+    from fedmrg.experiments.methods import select_methods
 
     methods = select_methods(args.methods)
     if args.data and args.partition:

@@ -7,7 +7,7 @@ compression. Diagnosis-driven and instance-specific prompts stay, as in FedMRG.
 
 import sys
 
-from fedmrg.eval.methods import FEDAVG_LORA
+from fedmrg.experiments.methods import FEDAVG_LORA
 from fedmrg.fl.recipe import main
 
 if __name__ == "__main__":

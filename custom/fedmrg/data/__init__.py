@@ -1,1 +1,2 @@
-"""Data: report parsing and cleaning, images, MONAI transforms, site partitioning, the benchmark builder."""
+"""Data: IU X-ray reports and their cleaning, annotation files, images, MONAI transforms, datasets
+and loaders with training targets, site partitioning, the benchmark builder, synthetic radiographs."""

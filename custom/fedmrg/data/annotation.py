@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmrg.data.files import load_json
+from fedmrg.io import load_json
 from fedmrg.data.reports import Skipped
 from fedmrg.errors import DataError
 

@@ -40,14 +40,12 @@ from tqdm import tqdm
 from fedmrg import __version__
 from fedmrg.config import BenchmarkConfig
 from fedmrg.data import iuxray
-from fedmrg.data.acquisition import AcquisitionProfile, apply_profile, site_profiles, write_view
 from fedmrg.data.annotation import SPLITS, write_annotation
-from fedmrg.data.files import load_json
-from fedmrg.data.findings import CATEGORIES, Finding, finding_categories, findings_from_mesh
+from fedmrg.io import load_json
 from fedmrg.data.partition import assign_sites, stratified_split, stratum_keys
-from fedmrg.data.render import render_study
 from fedmrg.data.reports import Skipped, SourceReport
-from fedmrg.data.synthetic import synthetic_reports
+from fedmrg.data.synthetic import (CATEGORIES, AcquisitionProfile, Finding, apply_profile, finding_categories,
+                                   findings_from_mesh, render_study, site_profiles, synthetic_reports, write_view)
 from fedmrg.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -1,1 +1,2 @@
-"""Evaluation: NLG metrics (pycocoevalcap), an offline CheXpert-style labeler, clinical efficacy."""
+"""Evaluation: metrics of generated reports against references (BLEU, METEOR, ROUGE-L, CIDEr,
+clinical efficacy), score files, and the copy-a-normal-report floor. Functions of text only."""

@@ -22,9 +22,10 @@ from typing import Mapping
 import numpy as np
 
 from fedmrg.errors import DataError
-from fedmrg.data.files import some
+from fedmrg.io import some
 from fedmrg.eval.nlg import prepare_text
-from fedmrg.eval.observations import MICRO5, OBSERVATIONS, POSITIVE
+from fedmrg.labels.observations import MICRO5, OBSERVATIONS, POSITIVE
+from fedmrg.labels.labeler import label_matrix
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ def ce_from_texts(
     text, as the NLG metrics see them, so that generated and reference reports reach the labeler
     in the same form.
     """
-    from fedmrg.eval.labeler import label_matrix
 
     ids = sorted(predictions.keys() & references.keys())
     if not ids:

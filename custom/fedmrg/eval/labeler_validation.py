@@ -17,8 +17,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from fedmrg.data.iuxray import read_archive, report_number, resolve_reports_archive
-from fedmrg.eval.labeler import label_matrix
-from fedmrg.eval.observations import OBSERVATIONS, POSITIVE, UNCERTAIN
+from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.observations import OBSERVATIONS, POSITIVE, UNCERTAIN
 
 # observation -> MeSH major terms (lower-case, "head" or "head/qualifier...") that mean it is present.
 # A term matches when it equals an entry or starts with the entry followed by "/".

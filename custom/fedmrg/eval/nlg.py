@@ -26,7 +26,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
 from fedmrg.data.cleaning import CLEANERS, clean_report
-from fedmrg.eval.io import check_nonempty, check_same_ids
+from fedmrg.eval.texts import check_nonempty, check_same_ids
 
 log = logging.getLogger(__name__)
 

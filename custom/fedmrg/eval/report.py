@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from fedmrg.errors import DataError
 from fedmrg.eval.ce import VARIANTS, ce_from_texts
-from fedmrg.data.files import load_json
+from fedmrg.io import load_json
 from fedmrg.eval.nlg import METRICS, nlg_scores
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmrg.eval.observations import OBSERVATIONS, POSITIVE
+from fedmrg.labels.observations import OBSERVATIONS, POSITIVE
+from fedmrg.labels.states import STATES, labels_from_states
 
 _NOT_MENTIONED = 9.0  # stands in for NaN so that "not mentioned" equals itself
 # Two different positive-set F1 values (2k / s with s <= 28) differ by at least 2 / 28**2 = 0.00255;
@@ -50,8 +51,6 @@ def retrieve(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 def normal_query(count: int) -> np.ndarray:
     """Label rows that say "No Finding" and nothing else: the query of the copy-a-normal-report baseline."""
-    from fedmrg.model.diagnosis import STATES
-
     query = np.zeros((count, len(OBSERVATIONS)), dtype=np.int64)
     query[:, OBSERVATIONS.index("No Finding")] = STATES.index("positive")
     return query
@@ -59,8 +58,6 @@ def normal_query(count: int) -> np.ndarray:
 
 def copied_reports(ids: list[str], query_states: np.ndarray, candidates: list[dict]) -> tuple[dict, dict]:
     """For each study id, the report (and the id) of the candidate whose findings best match its query row."""
-    from fedmrg.model.diagnosis import labels_from_states
-
     chosen = retrieve(labels_from_states(query_states), labels_from_states(np.stack([c["states"] for c in candidates])))
     return ({key: candidates[index]["report"] for key, index in zip(ids, chosen)},
             {key: str(candidates[index]["id"]) for key, index in zip(ids, chosen)})

@@ -19,13 +19,13 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import Delta, Factored, decode
 from fedmrg.fl.merge import (apply_mean_delta, clip_update, expected_delta_shapes, robust_mean, update_problem,
                              weighted_mean)
-from fedmrg.fl.privacy import local_parameters
-from fedmrg.model.contrastive import PrototypeBank
+from fedmrg.model.parameters import local_parameters
+from fedmrg.model.prototypes import PrototypeBank
 
 
 class LowRankAggregator(ModelAggregator):

@@ -35,9 +35,9 @@ from fedmrg.config import config_to_dict, parse_config
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import LowRankAggregator
 from fedmrg.fl.codec import payload_header
-from fedmrg.fl.results import RESULTS_FILE, plot_rounds, write_json
-from fedmrg.model.mrg import save_shared_model
-from fedmrg.model.training import recover_directory, replace_directory
+from fedmrg.fl.results import RESULTS_FILE, plot_rounds
+from fedmrg.model.layout import save_shared_model
+from fedmrg.io import recover_directory, replace_directory, write_json
 
 STATE_DIR, STATE_FILE = "server_state", "state.json"
 GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors", "residual.safetensors"

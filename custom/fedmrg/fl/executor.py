@@ -24,7 +24,7 @@ import fedmrg
 from fedmrg.config import parse_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
-from fedmrg.fl.versions import check_job_versions
+from fedmrg.versions import check_job_versions
 from fedmrg.fl.site import SiteTrainer, load_site_settings, site_run_config, site_state_root
 
 log = logging.getLogger(__name__)

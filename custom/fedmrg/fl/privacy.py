@@ -61,24 +61,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import payload_header
-from fedmrg.model.adapters import SPECIALIZED
-from fedmrg.model.mrg import LOCAL_MODULES
-
-
-# ------------------------------------------------------------------------ the local-state rule
-def is_local_parameter(name: str) -> bool:
-    """True for a parameter that must stay at its site.
-
-    ``name`` is a model parameter name (``MRGModel`` naming: ``contrastive.client.*``, or an LLM
-    LoRA tensor ``llm.<module>.lora_A.specialized.weight``) or a codec entry name, in which a LoRA
-    pair appears as its product ``...lora_AB.specialized.weight``.
-    """
-    return name.startswith(LOCAL_MODULES) or f".{SPECIALIZED}." in name
-
-
-def local_parameters(names: Iterable[str]) -> list[str]:
-    """The site-local names among ``names``, sorted."""
-    return sorted(name for name in map(str, names) if is_local_parameter(name))
+from fedmrg.model.parameters import local_parameters
 
 
 # --------------------------------------------------------------------------- what FedMRG sends

@@ -51,7 +51,7 @@ from fedmrg.fl.controller import FedMRGController
 from fedmrg.fl.executor import MRGExecutor
 from fedmrg.fl.results import RESULTS_FILE
 from fedmrg.fl.site import SETTINGS_ENV
-from fedmrg.fl.versions import installed_versions
+from fedmrg.versions import installed_versions
 
 log = logging.getLogger(__name__)
 

@@ -14,31 +14,16 @@ is what fp32 FedAvg of the same parameters would have sent.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from fedmrg.data.files import load_json
+from fedmrg.io import load_json
 from fedmrg.errors import DataError
+from fedmrg.eval.report import COLUMNS, row_values
+from fedmrg.eval.texts import read_references
 
 RESULTS_FILE = "results.json"
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(data, indent=1, default=_plain) + "\n", encoding="utf-8")
-    staging.replace(path)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def read_results(path: str | os.PathLike) -> dict:
@@ -98,7 +83,6 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
 
 def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, str]]] | None = None) -> str:
     """Quality per site (generic / personalized), bytes moved, and a few reports beside their references."""
-    from fedmrg.eval.report import COLUMNS, row_values
 
     n_rounds = len(results["rounds"])
     lines = [f"## {results['job']}: {n_rounds} round{'' if n_rounds == 1 else 's'}", ""]
@@ -128,7 +112,6 @@ def site_examples(workspace: str | os.PathLike, job: str, count: int) -> dict[st
     """
     import yaml
 
-    from fedmrg.eval.io import read_references
 
     settings = Path(workspace) / "sites.yaml"
     if count <= 0 or not settings.is_file():

@@ -35,10 +35,14 @@ from fedmrg.config import Config, config_to_dict
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, dense_bytes, encode, round_delta
 from fedmrg.fl.dp import epsilon, noise_generator, privatize
-from fedmrg.model.adapters import SPECIALIZED, adapter_names, save_peft_adapter
-from fedmrg.model.batches import study_loader
+from fedmrg.model.adapters import adapter_names
+from fedmrg.model.layout import save_peft_adapter
+from fedmrg.model.parameters import SPECIALIZED
+from fedmrg.data.loaders import study_loader
 from fedmrg.model.mrg import MRGModel
-from fedmrg.model.training import Trainer, peak_memory_mib, recover_directory, replace_directory, seed_everything
+from fedmrg.io import recover_directory, replace_directory
+from fedmrg.model.training import Trainer, peak_memory_mib, seed_everything
+from fedmrg.model.inference import adapter_scores
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +361,6 @@ class SiteTrainer:
 
         The generated reports stay at the site (``out_dir``); only the scores are returned.
         """
-        from fedmrg.model.inference import adapter_scores
 
         return adapter_scores(self.model, self.data_dir, limit=limit, out_dir=out_dir)
 

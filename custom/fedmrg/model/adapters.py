@@ -20,15 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from fedmrg.config import ModelConfig
 from fedmrg.errors import ConfigError
+from fedmrg.model.layout import ADAPTER_WEIGHTS, adapter_dir, lora_settings
+from fedmrg.model.parameters import GENERIC, SPECIALIZED
 
-GENERIC = "generic"
-SPECIALIZED = "specialized"
-_ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def adapter_names(cfg: ModelConfig) -> tuple[str, ...]:
@@ -37,10 +36,7 @@ def adapter_names(cfg: ModelConfig) -> tuple[str, ...]:
 
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:
-    return LoraConfig(
-        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules) if cfg.target_modules else None, bias="none", task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**lora_settings(cfg))
 
 
 def attach_adapters(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
@@ -111,34 +107,11 @@ def save_adapters(model: PeftModel, directory: str | os.PathLike, names: Sequenc
     return [adapter_dir(directory, name) for name in names]
 
 
-def save_peft_adapter(folder: str | os.PathLike, state: dict[str, torch.Tensor], name: str, cfg: ModelConfig,
-                      base_model: str) -> Path:
-    """Write one adapter's weights (keys as in the PeftModel, adapter name included) in PEFT's layout,
-    without the model: what a server that never loads the LLM writes for the global adapter."""
-    marker = f".{name}."
-    weights = {}
-    for key, value in state.items():
-        if marker not in key:
-            raise ValueError(f"{key}: not a parameter of adapter '{name}'")
-        weights[key.replace(marker, ".")] = value.detach().cpu().contiguous()
-    folder = Path(folder)
-    config = lora_config(cfg)
-    config.base_model_name_or_path = base_model
-    config.save_pretrained(str(folder))
-    save_file(weights, str(folder / _ADAPTER_WEIGHTS))
-    return folder
-
-
-def adapter_dir(directory: str | os.PathLike, name: str) -> Path:
-    """Where ``save_pretrained`` puts an adapter that is not called "default"."""
-    return Path(directory) / name
-
-
 def load_adapter_weights(model: PeftModel, folder: str | os.PathLike, name: str) -> None:
     """Load PEFT adapter weights from ``folder`` into the existing adapter ``name``, strictly."""
-    weights_file = Path(folder) / _ADAPTER_WEIGHTS
+    weights_file = Path(folder) / ADAPTER_WEIGHTS
     if not weights_file.is_file():
-        raise ConfigError(f"{weights_file}: adapter weights not found (expected PEFT's {_ADAPTER_WEIGHTS})")
+        raise ConfigError(f"{weights_file}: adapter weights not found (expected PEFT's {ADAPTER_WEIGHTS})")
     weights = load_file(str(weights_file))
     expected = len(adapter_parameters(model, name))
     if len(weights) != expected:

@@ -37,7 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from fedmrg import __version__
 from fedmrg.data.cleaning import CLEANERS, clean_report
-from fedmrg.data.files import read_utf8
+from fedmrg.io import read_utf8
 from fedmrg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

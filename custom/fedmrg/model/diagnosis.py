@@ -1,4 +1,4 @@
-"""Diagnosis head and diagnosis-driven prompts (DESIGN 2, FedMRG after PromptMRG).
+"""Diagnosis head and diagnosis-driven prompts (FedMRG, after PromptMRG).
 
 The head classifies each of the 14 CheXpert observations into one of four states (``STATES``)
 from the pooled image feature; the states become prompt text such as
@@ -15,51 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedmrg.eval.observations import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.labels.states import BLANK, STATES, check_states
 
-STATES = ("blank", "positive", "negative", "uncertain")  # class index 0..3
-BLANK, STATE_POSITIVE, STATE_NEGATIVE, STATE_UNCERTAIN = range(4)
 LOSSES = ("ce", "balanced", "logit_adjusted")
 NOTHING_MENTIONED = "no observations mentioned"  # the prompt when every observation is blank
-
-_LABEL_OF_STATE = {STATE_POSITIVE: POSITIVE, STATE_NEGATIVE: NEGATIVE, STATE_UNCERTAIN: UNCERTAIN}
-
-
-def states_from_labels(labels: np.ndarray) -> torch.LongTensor:
-    """Labeler matrix [N, 14] (NaN / 1 / 0 / -1) -> state indices [N, 14]."""
-    labels = np.asarray(labels, dtype=np.float64)
-    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
-        raise ValueError(f"labels must be [N, {len(OBSERVATIONS)}], got {list(labels.shape)}")
-    states = np.full(labels.shape, BLANK, dtype=np.int64)
-    for state, label in _LABEL_OF_STATE.items():
-        states[labels == label] = state
-    bad = ~np.isnan(labels) & (states == BLANK)
-    if bad.any():
-        raise ValueError(f"labels must be NaN, 1, 0 or -1; got {sorted(set(labels[bad].tolist()))[:5]}")
-    return torch.from_numpy(states)
-
-
-def labels_from_states(states: Tensor | np.ndarray) -> np.ndarray:
-    """State indices [N, 14] -> the labeler's float32 matrix (NaN for blank), for CE scoring."""
-    states = states.detach().cpu().numpy() if isinstance(states, Tensor) else np.asarray(states)
-    _check_states(states)
-    labels = np.full(states.shape, np.nan, dtype=np.float32)
-    for state, label in _LABEL_OF_STATE.items():
-        labels[states == state] = label
-    return labels
 
 
 def diagnosis_prompt(states_row: Sequence[int]) -> str:
     """``"cardiomegaly: positive; pleural effusion: negative"`` in OBSERVATIONS order, blanks left out."""
     states = np.asarray(states_row).reshape(1, -1)
-    _check_states(states)
+    check_states(states)
     parts = [f"{name.lower()}: {STATES[state]}" for name, state in zip(OBSERVATIONS, states[0]) if state != BLANK]
     return "; ".join(parts) or NOTHING_MENTIONED
 
 
 def class_counts(states: Tensor) -> Tensor:
     """State indices [N, 14] -> counts [14, 4] (long)."""
-    _check_states(states)
+    check_states(states)
     return F.one_hot(states.long(), len(STATES)).sum(dim=0)
 
 
@@ -117,11 +90,3 @@ class DiagnosisHead(nn.Module):
     def predict(self, logits: Tensor) -> Tensor:
         """State indices [B, 14]: argmax of the unadjusted logits."""
         return logits.argmax(dim=-1)
-
-
-def _check_states(states: Tensor | np.ndarray) -> None:
-    shape = tuple(states.shape)
-    if len(shape) != 2 or shape[1] != len(OBSERVATIONS):
-        raise ValueError(f"states must be [N, {len(OBSERVATIONS)}], got {list(shape)}")
-    if shape[0] and (states.min() < 0 or states.max() >= len(STATES)):
-        raise ValueError(f"states must be indices in 0..{len(STATES) - 1}")

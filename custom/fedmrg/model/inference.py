@@ -12,9 +12,13 @@ from tqdm.auto import tqdm
 from fedmrg.data.dataset import StudyDataset, collate_studies
 from fedmrg.data.transforms import eval_transforms
 from fedmrg.errors import DataError
-from fedmrg.eval.observations import OBSERVATIONS
-from fedmrg.model.diagnosis import STATES
+from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.labels.states import STATES
 from fedmrg.model.mrg import MRGModel
+from fedmrg.model.parameters import SPECIALIZED
+from fedmrg.model.adapters import adapter_names
+from fedmrg.eval.report import score_reports
+from fedmrg.data.loaders import loader_records, study_loader
 
 
 def findings_of(states_row: Sequence[int]) -> dict[str, str]:
@@ -68,9 +72,6 @@ def adapter_scores(model: MRGModel, data_dir: str | os.PathLike, *, split: str =
     """
     import json
 
-    from fedmrg.eval.report import score_reports
-    from fedmrg.model.adapters import SPECIALIZED, adapter_names
-    from fedmrg.model.batches import loader_records, study_loader
 
     loader = study_loader(model.cfg, [data_dir], split, train=False, batch_size=model.cfg.generate.batch_size,
                           limit=limit)

@@ -18,7 +18,6 @@ Parameters fall in two groups that cover every trainable tensor exactly once:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -36,36 +35,37 @@ from transformers import PreTrainedTokenizerBase
 from fedmrg import __version__
 from fedmrg.config import Config, config_to_dict, parse_config
 from fedmrg.errors import ConfigError
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.adapters import (
-    GENERIC,
-    SPECIALIZED,
     active_adapters,
-    adapter_dir,
     adapter_names,
     adapter_parameters,
     attach_adapters,
     load_adapter_weights,
     save_adapters,
-    save_peft_adapter,
     symmetric_kl,
 )
-from fedmrg.model.contrastive import ContrastiveHeads, PrototypeBank, info_nce, prototype_nce
+from fedmrg.model.contrastive import ContrastiveHeads, info_nce, prototype_nce
 from fedmrg.model.customizer import PromptCustomizer
 from fedmrg.model.diagnosis import DiagnosisHead, diagnosis_prompt
 from fedmrg.model.encoder import StudyEncoder, load_encoder_weights
+from fedmrg.model.layout import (
+    ADAPTERS_DIR,
+    MODEL_FILE,
+    MODULES_FILE,
+    SHARED_SCOPE,
+    adapter_dir,
+    read_model_file,
+    write_model_file,
+)
 from fedmrg.model.llm import LLMInfo, load_llm
+from fedmrg.model.parameters import GENERIC, LOCAL_MODULES, SHARED_MODULES, SPECIALIZED
+from fedmrg.model.prototypes import PrototypeBank
 from fedmrg.model.projector import VisualProjector
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "fedmrg_model.json"
-MODULES_FILE = "modules.safetensors"
-ADAPTERS_DIR = "adapters"
-SHARED_SCOPE = "shared"  # fedmrg_model.json "scope" of a model folder without local parameters
 _POSITIVE_STATE = 1  # diagnosis class index of "positive" (see diagnosis.STATES)
-_SHARED_MODULES = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.")
-LOCAL_MODULES = ("contrastive.client.",)  # never leave a site (with the specialized adapter)
 _FINGERPRINT_BYTES = 1 << 20
 
 
@@ -131,7 +131,7 @@ class MRGModel(nn.Module):
         _load_exactly(self._local_parameters(), state, "local state")
 
     def _shared_parameters(self) -> dict[str, nn.Parameter]:
-        params = {k: p for k, p in self.named_parameters() if p.requires_grad and k.startswith(_SHARED_MODULES)}
+        params = {k: p for k, p in self.named_parameters() if p.requires_grad and k.startswith(SHARED_MODULES)}
         params.update({f"llm.{k}": p for k, p in adapter_parameters(self.llm, GENERIC).items()})
         return params
 
@@ -153,7 +153,7 @@ class MRGModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Every loss of one batch, and their weighted sum under ``"loss"``.
 
-        ``batch`` is a :func:`~fedmrg.model.batches.collate_with_targets` batch: ``image``,
+        ``batch`` is a :func:`~fedmrg.data.loaders.collate_with_targets` batch: ``image``,
         ``view_mask``, ``report`` (cleaned text) and ``states`` (``[B, 14]`` diagnosis classes).
         """
         m, t = self.cfg.model, self.cfg.train
@@ -352,7 +352,7 @@ class MRGModel(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in self._module_state().items()},
                   str(directory / MODULES_FILE))
         save_adapters(self.llm, directory / ADAPTERS_DIR, adapter_names(self.cfg.model))
-        _write_model_file(directory, self.model_meta())
+        write_model_file(directory, self.model_meta())
         return directory
 
     def model_meta(self) -> dict:
@@ -370,7 +370,7 @@ class MRGModel(nn.Module):
         saved one, e.g. a hospital's own adapter on top of a federated global model.
         """
         directory = Path(directory)
-        meta = _read_model_file(directory)
+        meta = read_model_file(directory)
         cfg = parse_config(meta["config"], f"{directory / MODEL_FILE}: config")
         cfg.model.encoder.pretrained = None  # the trained encoder is in modules.safetensors
         if site_adapter is not None:
@@ -417,32 +417,6 @@ class MRGModel(nn.Module):
             self.set_prototypes(prototypes, available)
 
 
-def save_shared_model(directory: str | os.PathLike, meta: dict, shared: dict[str, torch.Tensor],
-                      prototypes: torch.Tensor | None = None, available: torch.Tensor | None = None) -> Path:
-    """Write a model folder from shared parameters alone (the federated global model).
-
-    ``meta`` is a site's :meth:`MRGModel.model_meta`; ``shared`` is a :meth:`MRGModel.shared_state_dict`.
-    The generic adapter goes to ``adapters/generic/`` in PEFT's format, the other shared modules
-    (and the prototypes) to ``modules.safetensors``; nothing local is written. :meth:`MRGModel.load`
-    reads the folder (with ``site_adapter`` for a site's own specialized adapter).
-    """
-    directory = Path(directory)
-    cfg = parse_config(meta["config"], "model meta: config")
-    modules = {name: value.detach().cpu().contiguous() for name, value in shared.items() if not name.startswith("llm.")}
-    if prototypes is not None and available is not None:
-        modules["prototypes"], modules["prototype_available"] = prototypes.float(), available.bool()
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(modules, str(directory / MODULES_FILE))
-    adapter = {name[len("llm."):]: value for name, value in shared.items() if name.startswith("llm.")}
-    save_peft_adapter(adapter_dir(directory / ADAPTERS_DIR, GENERIC), adapter, GENERIC, cfg.model, meta["llm"]["path"])
-    _write_model_file(directory, {**meta, "scope": SHARED_SCOPE})
-    return directory
-
-
-def _write_model_file(directory: Path, meta: dict) -> None:
-    (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-
 def llm_fingerprint(path: str | os.PathLike) -> str:
     """A cheap identity of a checkpoint folder: its config and tokenizer files, and for each weight
     file its size and first and last MiB (a retrained model differs there; hashing GBs would not pay)."""
@@ -460,19 +434,6 @@ def llm_fingerprint(path: str | os.PathLike) -> str:
         elif file.name == "config.json" or file.name.startswith("tokenizer"):
             digest.update(file.name.encode() + file.read_bytes())
     return digest.hexdigest()
-
-
-def _read_model_file(directory: Path) -> dict:
-    path = directory / MODEL_FILE
-    if not path.is_file():
-        raise ConfigError(f"{directory}: not a FedMRG model folder ({MODEL_FILE} missing)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or not {"config", "llm"} <= meta.keys():
-        raise ConfigError(f"{path}: expected the keys 'config' and 'llm'")
-    return meta
 
 
 def _detached(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:

@@ -14,10 +14,9 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +28,14 @@ from tqdm.auto import tqdm
 
 from fedmrg.config import Config, config_to_dict
 from fedmrg.errors import ConfigError, DataError
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.data.dataset import SKIPPED
-from fedmrg.model.batches import loader_records, study_loader
-from fedmrg.model.contrastive import PrototypeBank
+from fedmrg.data.loaders import loader_records, study_loader
+from fedmrg.model.prototypes import PrototypeBank
 from fedmrg.model.diagnosis import class_counts
-from fedmrg.model.mrg import MODEL_FILE, MRGModel
+from fedmrg.io import recover_directory, replace_directory
+from fedmrg.model.layout import MODEL_FILE
+from fedmrg.model.mrg import MRGModel
 
 log = logging.getLogger(__name__)
 
@@ -312,32 +313,6 @@ def _check_fresh_run_folder(out: Path) -> None:
     own = {"tb", f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"}
     if out.exists() and not (out / MODEL_FILE).is_file() and any(p.name not in own for p in out.iterdir()):
         raise ConfigError(f"{out}: exists and is not a FedMRG run folder; give a new --out")
-
-
-def recover_directory(target: Path, marker: str) -> None:
-    """A crash between the two renames of :func:`replace_directory` leaves only ``target.old``
-    (complete when it holds ``marker``): put it back."""
-    previous = target.with_name(target.name + ".old")
-    if not target.exists() and (previous / marker).is_file():
-        previous.rename(target)
-
-
-def replace_directory(target: Path, write: Callable[[Path], None], keep_previous: Path | None = None) -> None:
-    """Write a folder as a whole: ``write`` fills a staging folder that then replaces ``target``,
-    so that a crash leaves the previous version intact. With ``keep_previous``, the version replaced
-    is kept there (replacing the one kept before) instead of being deleted."""
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    previous = target.with_name(target.name + ".old")
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    if keep_previous is not None and previous.exists():
-        shutil.rmtree(keep_previous, ignore_errors=True)
-        previous.rename(keep_previous)
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _check_resumable(checkpoint: Path, cfg: Config) -> None:

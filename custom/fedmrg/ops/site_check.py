@@ -36,7 +36,7 @@ import torch
 import fedmrg
 from fedmrg.config import Config, load_config, named_configs, parse_config
 from fedmrg.data.annotation import SPLITS, Annotation, read_annotation
-from fedmrg.data.files import load_json
+from fedmrg.io import load_json
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.site import (
     SETTINGS_ENV,
@@ -47,7 +47,17 @@ from fedmrg.fl.site import (
     site_run_config,
     site_state_root,
 )
-from fedmrg.fl.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions, version_mismatches
+from fedmrg.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions, version_mismatches
+from fedmrg.fl.recipe import COMPONENT_CLASSES, resources_file
+from fedmrg.fl.executor import MRGExecutor
+from fedmrg.data.dataset import StudyDataset
+from fedmrg.data.transforms import eval_transforms, train_transforms
+from fedmrg.data.cleaning import clean_report
+from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.observations import OBSERVATIONS, POSITIVE
+from fedmrg.model.llm import WEIGHT_SUFFIXES, check_checkpoint, load_tokenizer
+from fedmrg.model.llm import resolve_device
+from fedmrg.model.llm import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +284,6 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
         ComponentPathAuthorizer,
     )
 
-    from fedmrg.fl.recipe import COMPONENT_CLASSES, resources_file
 
     if job is not None and job.ships_code:
         return CheckResult("allow list", PASS, "the job ships its own code (custom/): FLARE skips the allow list, "
@@ -328,7 +337,6 @@ def find_job_folder(path: Path) -> Path:
 
 def read_job(path: Path, site: str | None) -> JobInfo:
     """The parts of an exported job a site runs: its meta and the config of the client app this site gets."""
-    from fedmrg.fl.executor import MRGExecutor
 
     folder = find_job_folder(path)
     meta_path = folder / "meta.json"
@@ -488,8 +496,6 @@ def even_sample(items: list, n: int) -> list:
 def check_image_decoding(annotation: Annotation, cfg: Config, sample: int) -> CheckResult:
     """Decode a sample of studies with the trainer's dataset and transforms (train augmentations on
     train studies) and check the tensors: shape, finite values, not blank."""
-    from fedmrg.data.dataset import StudyDataset
-    from fedmrg.data.transforms import eval_transforms, train_transforms
 
     size, views = cfg.data.image_size, cfg.data.max_views
     transforms = {split: (train_transforms(size, annotation.image_root, views, augment=cfg.data.augment)
@@ -549,9 +555,6 @@ _ENGLISH = re.compile(r"\b(?:the|is|are|no|not|of|and|with|without|normal|there|
 def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
     """Label the train reports as the trainer does for its diagnosis targets (cleaned, then the rule-based
     CheXpert labeler) and report what the diagnosis head would learn from."""
-    from fedmrg.data.cleaning import clean_report
-    from fedmrg.eval.labeler import label_matrix
-    from fedmrg.eval.observations import OBSERVATIONS, POSITIVE
 
     rows = even_sample(annotation.rows("train"), LABEL_LIMIT)
     where = f"{annotation.path}: train reports"
@@ -590,7 +593,6 @@ def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
 # --------------------------------------------------------------------------- model and device
 def check_base_llm(path: str | None, where: str) -> CheckResult:
     """A local checkpoint folder (config, tokenizer, weights) whose tokenizer loads; weights are not loaded."""
-    from fedmrg.model.llm import WEIGHT_SUFFIXES, check_checkpoint, load_tokenizer
 
     if not path:
         return CheckResult("base LLM", FAIL, "no base LLM: set base_llm in the site settings to the local "
@@ -614,7 +616,6 @@ def check_base_llm(path: str | None, where: str) -> CheckResult:
 
 def check_device(name: str, where: str) -> tuple[CheckResult, torch.device | None]:
     """The device the site trains on is there (``auto``: CUDA when there is one, else the CPU)."""
-    from fedmrg.model.llm import resolve_device
 
     try:
         device = resolve_device(name)
@@ -647,7 +648,6 @@ def check_4bit(cfg: Config, device: torch.device, config_source: str = "config")
     except ImportError as exc:
         return CheckResult("4-bit", FAIL, f"bitsandbytes cannot be imported ({exc}): pip install bitsandbytes, or set "
                            "model.load_in_4bit: false", where)
-    from fedmrg.model.llm import resolve_dtype
 
     try:
         dtype = resolve_dtype(cfg.model.dtype, device)
@@ -705,7 +705,7 @@ def check_versions(job: JobInfo | None) -> list[CheckResult]:
 
 def _job_version_result(job: JobInfo, key: str, installed: str) -> CheckResult:
     """One version the job records, compared as the site's executor compares it
-    (:func:`fedmrg.fl.versions.version_mismatches`)."""
+    (:func:`fedmrg.versions.version_mismatches`)."""
     where = f"{job.meta_path}: {key}"
     recorded = job.meta.get(key)
     if recorded is None:

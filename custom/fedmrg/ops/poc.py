@@ -38,6 +38,7 @@ import yaml
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.recipe import allow_fedmrg_components
 from fedmrg.fl.site import DEFAULT_STATE_DIR, SETTINGS_FILE
+from fedmrg.fl.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +392,6 @@ def find_results(result_dir: Path | None) -> Path | None:
     """The run folder (with results.json) inside a downloaded job."""
     if result_dir is None:
         return None
-    from fedmrg.fl.results import RESULTS_FILE
 
     found = sorted(result_dir.rglob(RESULTS_FILE))
     return found[0].parent if found else None

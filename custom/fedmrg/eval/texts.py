@@ -17,9 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from fedmrg.data.annotation import SPLITS, read_annotation
-from fedmrg.data.files import load_json, read_utf8, some
+from fedmrg.io import load_json, read_utf8, some
 from fedmrg.errors import DataError
-from fedmrg.eval.observations import OBSERVATIONS
+from fedmrg.labels.observations import OBSERVATIONS
 
 def read_id_texts(path: str | os.PathLike) -> dict[str, str]:
     """A JSON object mapping id -> report text."""

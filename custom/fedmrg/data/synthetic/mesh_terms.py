@@ -1,27 +1,5 @@
-"""MeSH major terms of a chest X-ray report -> structured radiographic findings.
-
-NLM indexers coded every IU X-ray report with MeSH "major" terms shaped like
-``Head/qualifier/qualifier/...`` (``Opacity/lung/base/left/mild``, ``Lung/hypoinflation``,
-``Catheters, Indwelling/right``). :func:`parse_mesh_term` turns one term into the findings the
-renderer (:mod:`fedmrg.data.render`) draws: a kind, the patient's side, a lung zone, a severity and
-the raw qualifiers.
-
-How heads are read:
-
-- lesion heads (Opacity, Density, Nodule, Mass, Calcinosis, Cicatrix, ...) are placed by their
-  qualifiers: ``Calcinosis/aorta`` is aortic calcification, ``Calcinosis/lung/hilum/lymph nodes``
-  calcified hilar nodes, ``Opacity/pleura`` pleural thickening, ``Density/ribs`` a bone lesion;
-- body-part heads (Lung, Aorta, Diaphragm, Spine, Thoracic Vertebrae, Heart, ...) take their
-  meaning from qualifiers such as hypoinflation, hyperdistention, tortuous, elevated, flattened,
-  degenerative, enlarged; a body-part head whose qualifiers name no visible sign gives kind
-  ``"other"``;
-- ``normal``, ``No Indexing``, technical-quality terms and unknown heads give no finding.
-
-Kind ``"other"`` is drawn as nothing; it only keeps the study out of the "normal" category. Heads
-mapped to it: Hypovolemia, Abdomen, Ribs (prominent/degenerative), Carina, Thorax without a
-qualifier, and organ qualifiers with no radiographic sign at this scale (e.g. ``Density/mitral
-valve``, ``Cicatrix/breast``).
-"""
+"""MeSH major terms of a chest X-ray report -> structured radiographic findings
+(:func:`parse_mesh_term`, :func:`findings_from_mesh`)."""
 
 from __future__ import annotations
 
@@ -29,111 +7,31 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from fedmrg.data.synthetic.findings import DEFAULT_SEVERITY, MILD, SEVERE, Finding
+
+# NLM indexers coded every IU X-ray report with MeSH "major" terms shaped like
+# ``Head/qualifier/qualifier/...`` (``Opacity/lung/base/left/mild``, ``Lung/hypoinflation``,
+# ``Catheters, Indwelling/right``). :func:`parse_mesh_term` turns one term into the findings the
+# renderer (:mod:`fedmrg.data.synthetic.render`) draws: a kind, the patient's side, a lung zone, a
+# severity and the raw qualifiers.
+#
+# How heads are read:
+#
+# - lesion heads (Opacity, Density, Nodule, Mass, Calcinosis, Cicatrix, ...) are placed by their
+#   qualifiers: ``Calcinosis/aorta`` is aortic calcification, ``Calcinosis/lung/hilum/lymph nodes``
+#   calcified hilar nodes, ``Opacity/pleura`` pleural thickening, ``Density/ribs`` a bone lesion;
+# - body-part heads (Lung, Aorta, Diaphragm, Spine, Thoracic Vertebrae, Heart, ...) take their
+#   meaning from qualifiers such as hypoinflation, hyperdistention, tortuous, elevated, flattened,
+#   degenerative, enlarged; a body-part head whose qualifiers name no visible sign gives kind
+#   ``"other"``;
+# - ``normal``, ``No Indexing``, technical-quality terms and unknown heads give no finding.
+#
+# Kind ``"other"`` is drawn as nothing; it only keeps the study out of the "normal" category. Heads
+# mapped to it: Hypovolemia, Abdomen, Ribs (prominent/degenerative), Carina, Thorax without a
+# qualifier, and organ qualifiers with no radiographic sign at this scale (e.g. ``Density/mitral
+# valve``, ``Cicatrix/breast``).
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One radiographic finding. ``side`` is the patient's side; ``region`` a lung zone."""
-
-    kind: str  # one of FINDING_KINDS
-    side: str | None  # "left" | "right" | "bilateral" | None
-    region: str | None  # see REGIONS, or None
-    severity: float  # 0..1: 0.3 mild/small, 0.6 default/moderate, 0.9 severe/large
-    qualifiers: tuple[str, ...]  # the raw lower-cased qualifiers of the MeSH term
-
-
-CATEGORIES: tuple[str, ...] = (
-    "normal", "cardiomegaly", "effusion", "opacity", "atelectasis", "nodule", "hyperinflation", "edema",
-    "pneumothorax", "device", "fracture", "spine", "aorta", "scarring", "other",
-)
-
-# Every kind the renderer knows, in the order it paints them (parenchyma first, hardware last),
-# with its coarse category.
-KIND_CATEGORY: dict[str, str] = {
-    # lung volume and parenchyma
-    "hyperinflation": "hyperinflation",
-    "hypoinflation": "other",
-    "bulla": "hyperinflation",
-    "edema": "edema",
-    "interstitial_markings": "scarring",
-    "fibrosis": "scarring",
-    "bronchiectasis": "scarring",
-    "opacity": "opacity",
-    "consolidation": "opacity",
-    "atelectasis": "atelectasis",
-    "volume_loss": "atelectasis",
-    "scarring": "scarring",
-    "nodule": "nodule",
-    "mass": "nodule",
-    "cavity": "nodule",
-    "calcified_granuloma": "nodule",
-    "granulomatous_disease": "nodule",
-    "calcified_lymph_nodes": "nodule",
-    "azygos_fissure": "other",
-    # pleura
-    "pleural_effusion": "effusion",
-    "pleural_thickening": "scarring",
-    "pneumothorax": "pneumothorax",
-    # heart, mediastinum, aorta
-    "cardiomegaly": "cardiomegaly",
-    "pericardial_effusion": "cardiomegaly",
-    "epicardial_fat": "other",
-    "hilar_adenopathy": "other",
-    "pulmonary_artery_enlargement": "other",
-    "mediastinal_widening": "other",
-    "mediastinal_shift": "other",
-    "pneumomediastinum": "other",
-    "hiatal_hernia": "other",
-    "tortuous_aorta": "aorta",
-    "aortic_calcification": "aorta",
-    # diaphragm and upper abdomen
-    "elevated_hemidiaphragm": "other",
-    "subdiaphragmatic_air": "other",
-    "abdominal_calcification": "other",
-    "contrast_media": "other",
-    # chest wall and soft tissue
-    "pneumonectomy": "other",
-    "mastectomy": "other",
-    "nipple_shadow": "other",
-    "pectus_excavatum": "other",
-    "pectus_carinatum": "other",
-    "subcutaneous_emphysema": "other",
-    # bones
-    "osteopenia": "other",
-    "scoliosis": "spine",
-    "kyphosis": "spine",
-    "spine_degenerative": "spine",
-    "vertebral_deformity": "spine",
-    "vertebral_fracture": "fracture",
-    "fracture": "fracture",
-    "sclerotic_bone_lesion": "other",
-    "lytic_bone_lesion": "other",
-    "shoulder_degenerative": "other",
-    "shoulder_dislocation": "other",
-    # devices
-    "breast_implant": "device",
-    "stent": "device",
-    "prosthetic_valve": "device",
-    "spinal_fusion": "device",
-    "orthopedic_hardware": "device",
-    "surgical_clips": "device",
-    "sternotomy_wires": "device",
-    "central_catheter": "device",
-    "tube": "device",
-    "pacemaker": "device",
-    "ecg_leads": "device",
-    "foreign_body": "device",
-    # coded but not drawn
-    "other": "other",
-}
-FINDING_KINDS: tuple[str, ...] = tuple(KIND_CATEGORY)
-
-REGIONS: tuple[str, ...] = (
-    "apex", "upper", "middle", "lower", "base", "hilum", "retrocardiac", "lingula", "paratracheal",
-)
-
-MILD, DEFAULT_SEVERITY, SEVERE = 0.3, 0.6, 0.9
 
 _NO_FINDING_HEADS = frozenset({"normal", "no indexing", "technical quality of image unsatisfactory"})
 _SEVERITY_WORDS = {
@@ -188,13 +86,6 @@ def findings_from_mesh(terms: Iterable[str]) -> list[Finding]:
             if finding not in findings:
                 findings.append(finding)
     return findings
-
-
-def finding_categories(findings: Iterable[Finding]) -> list[str]:
-    """Coarse categories of ``findings`` in CATEGORIES order; ``["normal"]`` when there are none."""
-    present = {KIND_CATEGORY[f.kind] for f in findings}
-    return [c for c in CATEGORIES if c in present] or ["normal"]
-
 
 # ------------------------------------------------------------------------------------------------
 # Term -> finding

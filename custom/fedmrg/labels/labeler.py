@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from fedmrg.eval.observations import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from fedmrg.labels.observations import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 Label = int | None
 

@@ -1,6 +1,6 @@
 """The FL-MRG benchmark's results: summary over seeds and sites, the claims it tests, tables, plots, README.
 
-Everything here is computed from the run records of :mod:`fedmrg.eval.flmrg_bench` (one per method
+Everything here is computed from the run records of :mod:`fedmrg.experiments.runner` (one per method
 and seed); ``fedmrg bench`` run again over finished runs only redoes this report.
 
 Per run, a method's quality at a site is that of the model the site deploys: generic+specialized
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmrg.errors import ConfigError
-from fedmrg.eval.methods import BY_NAME
+from fedmrg.io import write_json
+from fedmrg.experiments.methods import BY_NAME
 from fedmrg.eval.report import COLUMNS, row_values
 
 METRICS = tuple(column.replace(" ", "-") for column in COLUMNS)  # "CE-F1-example", "BLEU-4", ...
@@ -388,7 +389,6 @@ PLOTS: tuple[tuple[str, str, Callable[..., Path | None]], ...] = (
 
 def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     """``<name>.json``, ``<name>.md`` and the plots (``<name>-*.png``) in ``out_dir``; their paths."""
-    from fedmrg.fl.results import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

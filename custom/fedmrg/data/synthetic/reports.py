@@ -1,17 +1,17 @@
-"""Templated reports for tests and quick runs (``prepare-data --source synthetic``).
-
-Each study draws a few findings from a prior, writes them as MeSH-style major terms (so they are
-rendered by the same code as IU X-ray studies) and as FINDINGS text in one of several "house
-styles": the phrasing differs by style, the clinical content does not. The style partition must
-then recover the styles from the text alone, which makes it a testable stand-in for the real
-reports' radiologist templates.
-"""
+"""Templated synthetic reports for tests and quick runs (``prepare-data --source synthetic``): MeSH-style
+major terms plus FINDINGS text in one of several house styles."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from fedmrg.data.reports import SourceReport
+
+# Each study draws a few findings from a prior, writes them as MeSH-style major terms (so they are
+# rendered by the same code as IU X-ray studies) and as FINDINGS text in one of several "house
+# styles": the phrasing differs by style, the clinical content does not. The style partition must
+# then recover the styles from the text alone, which makes it a testable stand-in for the real
+# reports' radiologist templates.
 
 # (MeSH major term, qualifier slots) -> the finding's sentence per style. {sev}/{side}/{zone}
 # are filled from the sampled qualifiers.

@@ -1,10 +1,5 @@
-"""Simulated hospital acquisition profiles.
-
-Real sites differ in detector, processing and storage: contrast curve, brightness, noise, blur,
-resolution, file format. The benchmark renders one clean radiograph per view and passes it
-through the profile of the site that "acquired" it, so that a site-wise partition also differs in
-image style. :func:`apply_profile` simulates the acquisition, :func:`write_view` the storage.
-"""
+"""Simulated hospital acquisition profiles: :func:`apply_profile` passes a clean rendering through a
+site's detector blur, resolution, noise and contrast curve; :func:`write_view` stores it in the site's format."""
 
 from __future__ import annotations
 
@@ -19,6 +14,11 @@ from scipy.ndimage import gaussian_filter
 from scipy.optimize import brentq
 
 from fedmrg.data.images import save_dicom, save_png
+
+# Real sites differ in detector, processing and storage: contrast curve, brightness, noise, blur,
+# resolution, file format. The benchmark renders one clean radiograph per view and passes it
+# through the profile of the site that "acquired" it, so that a site-wise partition also differs in
+# image style. :func:`apply_profile` simulates the acquisition, :func:`write_view` the storage.
 
 STORAGES = ("png8", "png16", "dicom-mono1", "dicom-mono2")
 

@@ -39,10 +39,23 @@ from tqdm.auto import tqdm
 
 from fedmrg.config import Config, config_to_dict, load_config
 from fedmrg.data.benchmark import TEST_GLOBAL
-from fedmrg.data.files import load_json
+from fedmrg.io import load_json
 from fedmrg.errors import ConfigError, FedMRGError
-from fedmrg.eval.methods import Method
-from fedmrg.fl.results import RESULTS_FILE, read_results, write_json
+from fedmrg.experiments.methods import Method
+from fedmrg.fl.results import RESULTS_FILE, read_results
+from fedmrg.io import write_json
+from fedmrg.data.benchmark import load_benchmark
+from fedmrg.model.inference import adapter_scores
+from fedmrg.model.mrg import MRGModel
+from fedmrg.model.training import train_centralized
+from fedmrg.eval.report import score_reports
+from fedmrg.eval.retrieval import copied_reports, normal_query
+from fedmrg.data.loaders import loader_records, split_records, study_loader
+from fedmrg.data.benchmark import build_benchmark
+from fedmrg.data.iuxray import data_dir
+from fedmrg.model.base_llm import make_base_llm
+from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
+from fedmrg.experiments.report import ablation_effects, claims, summarize
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +103,6 @@ class BenchRequest:
 
 def benchmark_sites(data: Path) -> list[str]:
     """The site folders a benchmark lists (site-1, site-2, ...), checked to exist, with test-global."""
-    from fedmrg.data.benchmark import load_benchmark
 
     counts = load_benchmark(data)["counts"]
     sites = [group for group in counts if group.startswith("site-")]
@@ -103,7 +115,6 @@ def benchmark_sites(data: Path) -> list[str]:
 
 def run_inputs(request: BenchRequest) -> dict[str, Any]:
     """What a run depends on besides its config: the benchmark built, the base LLM, how much is scored."""
-    from fedmrg.data.benchmark import load_benchmark
 
     return {"data": str(request.data), "benchmark": load_benchmark(request.data)["request"],
             "base_llm": str(request.base_llm), "test_limit": request.preset.test_limit,
@@ -184,8 +195,6 @@ def _run(request: BenchRequest, method: Method, seed: int, cfg: Config, sites: l
 
 def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: list[str], run_dir: Path) -> dict:
     """The method's FLARE job in the simulator; per-site scores and bytes from its results.json."""
-    from fedmrg.model.inference import adapter_scores
-    from fedmrg.model.mrg import MRGModel
 
     job = request.jobs_dir / str(method.job) / "job.py"
     config_file = run_dir / "config.yaml"
@@ -214,9 +223,6 @@ def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: li
 
 def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]], run_dir: Path) -> dict:
     """Train one model per entry of ``models`` (name -> its sites), score it on those sites and test-global."""
-    from fedmrg.model.inference import adapter_scores
-    from fedmrg.model.mrg import MRGModel
-    from fedmrg.model.training import train_centralized
 
     sites, test_global = {}, {}
     for name, own_sites in models.items():
@@ -240,9 +246,6 @@ def normal_report_floor(request: BenchRequest, sites: list[str]) -> dict:
     No model: the floor any generator must clear. On a benchmark where most studies are normal,
     it already scores a high CE-F1 (example); a method at this level has learned no findings.
     """
-    from fedmrg.eval.report import score_reports
-    from fedmrg.eval.retrieval import copied_reports, normal_query
-    from fedmrg.model.batches import loader_records, split_records, study_loader
 
     cfg = load_config(request.config, {**request.preset.overrides, **request.extra_overrides})
     started = time.perf_counter()
@@ -305,9 +308,6 @@ def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[
     ``style`` shares ``$FEDMRG_DATA_DIR/<config name>/`` with ``make demo``; another partition gets
     ``$FEDMRG_DATA_DIR/<config name>-<partition>/``.
     """
-    from fedmrg.data.benchmark import build_benchmark
-    from fedmrg.data.iuxray import data_dir
-    from fedmrg.model.base_llm import make_base_llm
 
     cfg = load_config(config, {"benchmark.partition": partition})
     root = data_dir() / (cfg.name if partition == "style" else f"{cfg.name}-{partition}")
@@ -323,7 +323,6 @@ def random_llama_1b(tokenizer_dir: Path, out: Path) -> Path:
     """A 1.1B-parameter LLaMA checkpoint with random bf16 weights (made once in ``out``): timing, not quality."""
     import torch
 
-    from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
 
     if not (out / "config.json").is_file():
         log.info("writing a 1.1B LLaMA with random weights to %s", out)
@@ -333,11 +332,9 @@ def random_llama_1b(tokenizer_dir: Path, out: Path) -> Path:
 
 def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict[str, Any]:
     """The results file's content: settings, run records, summary, claims and ablation effects."""
-    from fedmrg.eval.bench_report import ablation_effects, claims, summarize
 
     if not records:
         raise BenchError("no runs to report")
-    from fedmrg.data.benchmark import load_benchmark
 
     meta = load_benchmark(request.data)
     first = records[0]["config"]

@@ -20,8 +20,8 @@ from fedmrg.data.cleaning import clean_report
 from fedmrg.data.dataset import StudyDataset, collate_studies
 from fedmrg.data.transforms import eval_transforms, train_transforms
 from fedmrg.errors import DataError
-from fedmrg.eval.labeler import label_matrix
-from fedmrg.model.diagnosis import states_from_labels
+from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.states import states_from_labels
 
 
 def with_targets(records: Sequence[dict], dataset: str) -> list[dict]:
