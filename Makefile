@@ -24,7 +24,9 @@ POC_DATA = $(DATA)/$(CONFIG)
 PRESET ?= quick
 PARTITION ?= style
 
-.PHONY: install test demo clean-demo poc bench
+LINTED := custom tests bench jobs
+
+.PHONY: install test lint format demo clean-demo poc bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +39,17 @@ $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: lint
 	FEDMRG_DATA_DIR=$(abspath $(DATA)) $(BIN)/python -m pytest
+
+# ruff: the code is formatted and linted as pyproject.toml says (`make format` fixes what it can).
+lint: $(STAMP)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
+
+format: $(STAMP)
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 demo: $(STAMP)
 	$(FEDMRG) prepare-data --config demo --out $(DEMO_DIR)/bench --reuse
@@ -64,6 +75,6 @@ poc: $(STAMP)
 		--sites $(SITES) --workspace $(POC_WS) $(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))
 
 # Every method x seed on the benchmark (built or reused like `make demo`'s); results in bench/results/,
-# the README's results section rewritten. Finished runs are reused: run it again to resume.
+# the results section of docs/benchmark.md rewritten. Finished runs are reused: run it again to resume.
 bench: $(STAMP)
 	$(FEDMRG) bench --$(PRESET) --config $(CONFIG) --partition $(PARTITION)

@@ -3,7 +3,7 @@
     python bench/prepare_data.py                      # the full IU X-ray benchmark, 3 sites, style
     python bench/prepare_data.py --source synthetic --studies 500 --workers 1
 
-The "done when" target of the data issue is the first line: under 5 minutes on 2 CPU cores.
+The first line should take under 5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -92,16 +92,17 @@ def tiny_base_llm(tiny_bench, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quick_bench(tiny_bench, tiny_base_llm, tmp_path_factory) -> dict[str, Path]:
     """`fedmrg bench --quick` on the tiny benchmark with local-only and the FedAvg job (one seed), as a user
-    types it; also the FedAvg job's simulator run for the job tests. Its folders: work, out, readme."""
+    types it; also the FedAvg job's simulator run for the job tests. Its paths: work, out, page (results page)."""
     import subprocess
     import sys
 
     root = tmp_path_factory.mktemp("quick-bench")
-    paths = {"work": root / "work", "out": root / "results", "readme": root / "README.md"}
-    paths["readme"].write_text("# Project\n\n## Results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
+    paths = {"work": root / "work", "out": root / "results", "page": root / "docs" / "benchmark.md"}
+    paths["page"].parent.mkdir()
+    paths["page"].write_text("# Project\n\n## Results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
     command = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny", "--data", str(tiny_bench),
                "--base-llm", str(tiny_base_llm), "--methods", "local", "fedavg_lora", "--seeds", "0", "--name", "t",
-               "--work", str(paths["work"]), "--out", str(paths["out"]), "--readme", str(paths["readme"]),
+               "--work", str(paths["work"]), "--out", str(paths["out"]), "--results-page", str(paths["page"]),
                "--jobs", str(REPO / "jobs"), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FEDMRG_SITE_SETTINGS", None)

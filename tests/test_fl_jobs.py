@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from fedmrg.fl.results import RESULTS_FILE
-from fedmrg.fl.recipe import COMPONENT_CLASSES
+from fedmrg.fl.packaging import COMPONENT_CLASSES
 
 pytestmark = pytest.mark.slow
 

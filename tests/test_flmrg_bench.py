@@ -133,15 +133,26 @@ def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
     assert "![per-site quality](bench/results/t-sites.png)" in text
 
 
-def test_the_readme_section_between_the_markers_is_replaced_and_the_rest_kept(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{br.README_BEGIN}\nold table\n{br.README_END}\noutro\n")
-    br.refresh_readme(readme, "new table\n")
-    assert readme.read_text() == f"intro\n{br.README_BEGIN}\nnew table\n{br.README_END}\noutro\n"
-    readme.write_text("no markers\n")
-    with pytest.raises(ConfigError, match="README.md: no <!-- bench:begin -->"):
-        br.refresh_readme(readme, "x")
-    assert readme.read_text() == "no markers\n"
+def test_the_results_page_section_between_the_markers_is_replaced_and_the_rest_kept(tmp_path):
+    page = tmp_path / "benchmark.md"
+    page.write_text(f"intro\n{br.RESULTS_BEGIN}\nold table\n{br.RESULTS_END}\noutro\n")
+    br.refresh_results_page(page, "new table\n")
+    assert page.read_text() == f"intro\n{br.RESULTS_BEGIN}\nnew table\n{br.RESULTS_END}\noutro\n"
+    page.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="benchmark.md: no <!-- bench:begin -->"):
+        br.refresh_results_page(page, "x")
+    assert page.read_text() == "no markers\n"
+
+
+def test_plot_links_are_relative_to_the_results_page():
+    assert br.image_links(REPO / "docs" / "benchmark.md", REPO / "bench" / "results") == "../bench/results/"
+    assert br.image_links(REPO / "README.md", REPO / "bench" / "results") == "bench/results/"
+    results = json.loads((REPO / "bench" / "results" / "quick.json").read_text())
+    block = br.markdown(results, image_dir=br.image_links(REPO / "docs" / "benchmark.md", REPO / "bench" / "results"))
+    page = (REPO / "docs" / "benchmark.md").read_text()
+    section = page.split(br.RESULTS_BEGIN, 1)[1].split(br.RESULTS_END, 1)[0]
+    links = [line for line in block.splitlines() if line.startswith("![")]
+    assert len(links) == 3 and links == [line for line in section.splitlines() if line.startswith("![")]
 
 
 def test_a_run_gets_the_preset_the_methods_budget_and_its_seed():
@@ -223,7 +234,7 @@ def test_a_benchmark_missing_a_site_folder_is_named(tiny_bench, tmp_path):
 
 # ------------------------------------------------------------------ end to end: `fedmrg bench --quick` (tiny)
 @pytest.mark.slow
-def test_the_quick_benchmark_writes_results_table_plots_and_the_readme_section(quick_bench):
+def test_the_quick_benchmark_writes_results_table_plots_and_the_results_page_section(quick_bench):
     results = json.loads((quick_bench["out"] / "t.json").read_text())
     assert set(results["summary"]) == {"local", "fedavg_lora", "normal-report"}
     assert set(results["floor"]["sites"]) == {"site-1", "site-2"} and results["floor"]["setting"] == "reference"
@@ -239,8 +250,9 @@ def test_the_quick_benchmark_writes_results_table_plots_and_the_readme_section(q
     assert results["runs"][1]["config"]["fl"]["local_steps"] == 10  # the quick budget reached the job
     for title, path in results["plots"].items():
         assert path.endswith(".png") and (quick_bench["out"] / path.split("/")[-1]).stat().st_size > 1000, title
-    readme = quick_bench["readme"].read_text()
-    assert "old" not in readme and readme.endswith("after\n") and "| fedavg_lora | federated |" in readme
+    page = quick_bench["page"].read_text()
+    assert "old" not in page and page.endswith("after\n") and "| fedavg_lora | federated |" in page
+    assert "![per-site quality](../results/t-sites.png)" in page  # docs/benchmark.md -> results/
     assert (quick_bench["out"] / "t.md").read_text() in quick_bench["stdout"]
 
 
@@ -250,7 +262,7 @@ def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_
     before = record.stat().st_mtime_ns
     command = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny", "--data", str(tiny_bench),
                "--base-llm", str(tiny_base_llm), "--methods", "local", "--seeds", "0", "--name", "again",
-               "--work", str(quick_bench["work"]), "--out", str(quick_bench["out"]), "--readme", "none"]
+               "--work", str(quick_bench["work"]), "--out", str(quick_bench["out"]), "--results-page", "none"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reusing" in done.stderr and record.stat().st_mtime_ns == before

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fedmrg.config import config_to_dict, load_config
 from fedmrg.errors import ConfigError
-from fedmrg.experiments.methods import BY_NAME, FEDAVG_LORA, METHODS, select_methods
+from fedmrg.experiments.methods import BY_NAME, METHODS, select_methods
+from fedmrg.fl.job_cli import job_overrides
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def flat(mapping: dict, prefix: str = "") -> dict:
@@ -24,10 +29,11 @@ def test_every_method_is_a_valid_config_that_differs_from_fedmrg_exactly_where_i
     base = load_config(config)
     fedmrg = flat(config_to_dict(load_config(config, BY_NAME["fedmrg"].budget_overrides(base, 3))))
     for method in METHODS:
-        cfg = flat(config_to_dict(load_config(config, method.budget_overrides(base, 3))))
+        settings = {**(job_overrides(REPO / "jobs" / method.job) if method.job else {}),
+                    **method.budget_overrides(base, 3)}
+        cfg = flat(config_to_dict(load_config(config, settings)))
         changed = {key for key in cfg if cfg[key] != fedmrg[key]}
-        assert changed == {key for key, value in method.budget_overrides(base, 3).items()
-                           if fedmrg[key] != value}, method.name
+        assert changed == {key for key, value in settings.items() if fedmrg[key] != value}, method.name
         if method.setting == "federated" and method.name != "fedmrg":  # an ablation that changes nothing is a typo
             assert changed, f"{method.name} changes nothing in {config}"
 
@@ -40,8 +46,11 @@ def test_every_method_gets_the_same_number_of_passes_over_the_data():
         assert (cfg.fl.rounds * cfg.fl.local_epochs if method.setting == "federated" else cfg.train.epochs) == passes
 
 
-def test_the_fedavg_baseline_job_runs_the_registrys_settings():
-    assert BY_NAME["fedavg_lora"].overrides == FEDAVG_LORA and BY_NAME["fedavg_lora"].job == "fedavg_lora"
+def test_the_fedavg_baseline_runs_its_jobs_own_settings():
+    assert BY_NAME["fedavg_lora"].job == "fedavg_lora" and BY_NAME["fedavg_lora"].overrides == {}
+    cfg = load_config("tiny", job_overrides(REPO / "jobs" / "fedavg_lora"))
+    assert (cfg.fl.update, cfg.model.adapters, cfg.model.contrastive, cfg.fl.error_feedback) == (
+        "dense", "single", False, False)
     assert {m.job for m in METHODS if m.setting == "federated"} == {"fedmrg", "fedavg_lora"}
 
 

@@ -1,5 +1,5 @@
 """What leaves a site, checked by content: no local parameter, report, image or per-study label in the
-bytes a site sends (issue 8, item 4).
+bytes a site sends.
 
 The name checks (``test_fl_jobs.py``, the aggregator's refusal of local names, the result guard) look at
 entry names; this test looks at the bytes. It drives one site's executor through the messages of a job

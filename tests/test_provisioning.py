@@ -195,7 +195,7 @@ def test_privacy_template_forces_the_result_guard_on_every_job(provisioned, tmp_
 # ---------------------------------------------------------------------------- resources.json
 def test_resources_template_is_flares_client_default_plus_the_fedmrg_classes(provisioned):
     """Regenerated from the installed FLARE and fedmrg: fails when either changed and the template did not."""
-    from fedmrg.fl.recipe import COMPONENT_CLASSES
+    from fedmrg.fl.packaging import COMPONENT_CLASSES
 
     kits, _ = provisioned
     expected = json.loads((kits / "hospital-a" / "local" / "resources.json.default").read_text())
@@ -307,7 +307,7 @@ def local_project(root: Path) -> tuple[Path, dict]:
 def install_server_resources(server_kit: Path, storage: Path) -> None:
     """The server's resources.json as README says (FedMRG classes admitted), with its job and snapshot
     storage in the test's folder instead of FLARE's default /tmp/nvflare/."""
-    from fedmrg.fl.recipe import COMPONENT_CLASSES, allow_fedmrg_components
+    from fedmrg.fl.packaging import COMPONENT_CLASSES, allow_fedmrg_components
 
     local = server_kit / "local"
     allow_fedmrg_components(local)  # the README's command

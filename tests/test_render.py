@@ -1,4 +1,4 @@
-"""MeSH terms -> findings -> synthetic radiographs (fedmrg.data.findings, fedmrg.data.render)."""
+"""MeSH terms -> findings -> synthetic radiographs (fedmrg.data.synthetic)."""
 
 from __future__ import annotations
 

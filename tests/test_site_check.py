@@ -35,7 +35,7 @@ def no_settings_from_the_environment(monkeypatch):
 
 def make_kit(root: Path, settings: dict, site: str = "site-1", allow: list[str] | None = None) -> Path:
     """A site kit as FLARE 2.9 provisions it (startup/ with fed_client.json and certificates, local/)."""
-    from fedmrg.fl.recipe import COMPONENT_CLASSES
+    from fedmrg.fl.packaging import COMPONENT_CLASSES
 
     kit = root / site
     (kit / "startup").mkdir(parents=True)
@@ -167,7 +167,7 @@ def test_a_job_built_with_another_fedmrg_fails(tmp_path, good_settings):
 
 def test_a_job_that_ships_another_fedmrg_still_fails(tmp_path, good_settings):
     """FLARE appends the job's custom/ folder to the import path: the installed fedmrg runs, and is checked."""
-    from fedmrg.fl.recipe import ship_package
+    from fedmrg.fl.packaging import ship_package
 
     kit = make_kit(tmp_path, good_settings, allow=["nvflare."])
     job = export_job(tmp_path, meta={"fedmrg_version": "0.0.9"})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ import yaml
 from fedmrg import __version__
 from fedmrg.config import config_to_dict, load_config, named_configs
 from fedmrg.errors import FedMRGError
+from fedmrg.io import write_json
 
 log = logging.getLogger("fedmrg")
 
@@ -368,19 +368,14 @@ def _score_and_write(args: argparse.Namespace, predictions: dict, loader, datase
 
     references = {str(r["id"]): r["report"] for r in loader_records(loader)}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     kind = "findings" if args.handler is _cmd_evaluate else "retrieved"
-    _write_json(out.with_name(f"{out.stem}.predictions.json"), predictions)  # kept even if scoring fails
-    _write_json(out.with_name(f"{out.stem}.{kind}.json"), extra)
+    write_json(out.with_name(f"{out.stem}.predictions.json"), predictions)  # kept even if scoring fails
+    write_json(out.with_name(f"{out.stem}.{kind}.json"), extra)
     scores = score_reports(predictions, references, dataset=dataset)
     write_scores(out, scores)
     print(format_scores(scores))
     print(f"scores written to {out}; reports to {out.with_name(out.stem + '.predictions.json')}")
     return 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def _retrieve_parser(sub) -> None:
@@ -533,8 +528,9 @@ def _bench_parser(sub) -> None:
         "bench", help="the FL-MRG benchmark: FedMRG against local, centralized, FedAvg-LoRA and its ablations",
         description="Run every method (or --methods) with every seed on the benchmark that prepare-data builds, "
                     "with the same budget; federated methods run their FLARE job in the simulator. Writes "
-                    "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and refreshes the README's "
-                    "results section. Finished runs are reused, so an interrupted benchmark resumes.",
+                    "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and rewrites the results section "
+                    "of the results page (--results-page, default docs/benchmark.md). Finished runs are reused, so "
+                    "an interrupted benchmark resumes.",
     )
     preset = p.add_mutually_exclusive_group(required=True)
     preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
@@ -556,8 +552,10 @@ def _bench_parser(sub) -> None:
                                   "partition unless style, and 1b with --llm-1b)")
     p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
     p.add_argument("--work", metavar="DIR", help="run folders (default: $FEDMRG_DATA_DIR/bench/NAME)")
-    p.add_argument("--readme", help="README whose results section is refreshed (default: README.md; 'none' to skip; "
-                                    "with --llm-1b, whose quality numbers mean nothing, none unless given)")
+    p.add_argument("--results-page", metavar="PAGE",
+                   help="markdown page whose results section (between <!-- bench:begin --> and <!-- bench:end -->) "
+                        "is rewritten, its plot links relative to the page (default: docs/benchmark.md; 'none' to "
+                        "skip; with --llm-1b, whose quality numbers mean nothing, none unless given)")
     p.add_argument("--jobs", default="jobs", metavar="DIR", help="the jobs folder (default: jobs)")
     p.add_argument("--device", help="override train.device (cpu, cuda, cuda:N)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -566,7 +564,7 @@ def _bench_parser(sub) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fedmrg.data.iuxray import data_dir
-    from fedmrg.experiments.report import markdown, refresh_readme, write_outputs
+    from fedmrg.experiments.report import image_links, markdown, refresh_results_page, write_outputs
     from fedmrg.experiments.runner import (PRESETS, BenchRequest, bench_results, prepare_inputs, random_llama_1b,
                                          run_benchmark)
     from fedmrg.experiments.methods import select_methods
@@ -598,11 +596,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     paths = write_outputs(results, args.out)
     text = markdown(results)
     print(text)
-    readme = args.readme or ("none" if args.llm_1b else "README.md")
-    if readme != "none":
-        images = Path(os.path.relpath(Path(args.out).resolve(), Path(readme).resolve().parent)).as_posix()
-        refresh_readme(readme, markdown(results, image_dir=f"{images}/"))
-        print(f"results section of {readme} refreshed")
+    page = args.results_page or ("none" if args.llm_1b else "docs/benchmark.md")
+    if page != "none":
+        refresh_results_page(page, markdown(results, image_dir=image_links(page, args.out)))
+        print(f"results section of {page} rewritten")
     print("written: " + ", ".join(str(path) for path in paths.values()))
     return 0
 

@@ -113,17 +113,17 @@ class ModelConfig:
     dtype: DType = "auto"  # compute / unquantized weight dtype; auto = bfloat16 on CUDA, float32 on CPU
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     visual_tokens: int = 16  # LLM tokens per view after pooling the patch grid (a square); 0 = every patch
-    prompt_mode: PromptMode = "promptbook"  # MRG-LLM instance-specific prompts (DESIGN 1)
+    prompt_mode: PromptMode = "promptbook"  # MRG-LLM instance-specific prompts
     num_prompts: int = 8  # n prompt tokens
     num_books: int = 4  # K prompt sets (promptbook mode)
     customizer_hidden: int = 128  # width of the MLP that maps image features to affine parameters
-    diagnosis: bool = True  # diagnosis head + diagnosis-driven prompt (DESIGN 2)
+    diagnosis: bool = True  # FedMRG's diagnosis head + diagnosis-driven prompt
     diagnosis_loss: DiagnosisLoss = "logit_adjusted"
     predicted_prompt_mix: float = 0.0  # share of training prompts built from predictions by the end (linear ramp)
-    contrastive: bool = True  # client-aware contrastive learning (DESIGN 3)
+    contrastive: bool = True  # FedMRG's client-aware contrastive learning
     contrastive_dim: int = 128
     temperature: float = 0.07
-    adapters: AdapterMode = "dual"  # DESIGN 4: generic (shared) + specialized (stays at the site)
+    adapters: AdapterMode = "dual"  # FedMRG's dual adapters: generic (shared) + specialized (stays at the site)
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -209,7 +209,7 @@ AggregationRule = Literal["mean", "median", "trimmed_mean"]
 
 @dataclass
 class FLConfig:
-    """Federated rounds and the update codec (DESIGN mechanism 5 and the federated protocol)."""
+    """Federated rounds: FedMRG's low-rank update codec, aggregation, privacy, and when a round ends."""
 
     rounds: int = 5
     local_epochs: int = 1  # passes over the site's training studies per round

@@ -1,15 +1,17 @@
-"""Files: reading user files with one-line errors that name the file and the reason, writing JSON
-so that a reader never sees half a file, and replacing a whole folder so that a crash leaves the
-previous version intact."""
+"""Files: reading user files with one-line errors that name the file and the reason, writing a file
+(JSON or any bytes) so that a reader never sees half of it, and replacing a whole folder so that a
+crash leaves the previous version intact."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO
 
 from fedmrg.errors import DataError
 
@@ -64,12 +66,34 @@ def load_json(path: str | os.PathLike, what: str = "file") -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file, so a reader never sees half a file."""
+    """Write ``data`` as JSON through a temporary file (:func:`atomic_write`), so a reader never sees
+    half a file.
+
+    Text is kept as it is (UTF-8, not ``\\u`` escapes), so reports in any language stay readable in
+    the file; numpy numbers and arrays are written as numbers and lists.
+    """
+    text = json.dumps(data, indent=1, ensure_ascii=False, default=_plain) + "\n"
+    with atomic_write(path) as handle:
+        # A lone surrogate (a file name that is not UTF-8) has no UTF-8 form: backslashreplace writes
+        # it as \udcxx, which is JSON's own escape for it, so the file reads back to the same string.
+        handle.write(text.encode("utf-8", "backslashreplace"))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file for the block to write, which replaces ``path`` when the block ends (through a
+    hidden sibling ``.NAME.PID.part``), so a reader never sees half a file; if the block raises,
+    ``path`` is left as it was and the partial file deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(data, indent=1, default=_plain) + "\n", encoding="utf-8")
-    staging.replace(path)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(staging, "wb") as handle:
+            yield handle
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def _plain(value: Any) -> Any:
@@ -87,17 +111,49 @@ def recover_directory(target: Path, marker: str) -> None:
 
 
 def replace_directory(target: Path, write: Callable[[Path], None], keep_previous: Path | None = None) -> None:
-    """Write a folder as a whole: ``write`` fills a staging folder that then replaces ``target``,
-    so that a crash leaves the previous version intact. With ``keep_previous``, the version replaced
-    is kept there (replacing the one kept before) instead of being deleted."""
-    staging = target.with_name(target.name + ".tmp")
+    """Write a folder as a whole: ``write`` fills a staging folder that then replaces ``target``
+    (see :func:`replacing_directory`)."""
+    with replacing_directory(target, keep_previous) as staging:
+        write(staging)
+
+
+@contextlib.contextmanager
+def replacing_directory(
+    target: str | os.PathLike, keep_previous: Path | None = None, *, per_process: bool = False
+) -> Iterator[Path]:
+    """A staging folder for the block to fill; when the block ends, it replaces ``target`` as a
+    whole, so that a crash or an error leaves the previous version intact.
+
+    The staging folder is ``target.tmp`` and the version replaced passes through ``target.old``
+    (which :func:`recover_directory` puts back after a crash between the two renames). With
+    ``per_process``, both are hidden folders of this process (``.NAME.building-PID``,
+    ``.NAME.old-PID``), for a folder that is built once rather than rewritten as a run goes on.
+    If the block raises, the staging folder is deleted and ``target`` left as it was; if the
+    second rename fails, the previous version is put back. With ``keep_previous``, the version
+    replaced is kept there (replacing the one kept before) instead of being deleted.
+    """
+    target = Path(target)
+    if per_process:
+        staging = target.with_name(f".{target.name}.building-{os.getpid()}")
+        previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+    else:
+        staging, previous = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    write(staging)
-    previous = target.with_name(target.name + ".old")
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(previous, ignore_errors=True)  # left by a crash after an earlier swap
+            target.rename(previous)
+        try:
+            staging.rename(target)
+        except OSError:
+            if previous.exists() and not target.exists():
+                previous.rename(target)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if keep_previous is not None and previous.exists():
         shutil.rmtree(keep_previous, ignore_errors=True)
         previous.rename(keep_previous)

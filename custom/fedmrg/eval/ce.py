@@ -24,7 +24,7 @@ import numpy as np
 from fedmrg.errors import DataError
 from fedmrg.io import some
 from fedmrg.eval.nlg import prepare_text
-from fedmrg.labels.observations import MICRO5, OBSERVATIONS, POSITIVE
+from fedmrg.labels.observations import MICRO5, OBSERVATIONS, POSITIVE, label_array
 from fedmrg.labels.labeler import label_matrix
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,7 @@ def _counts(pred: np.ndarray, ref: np.ndarray, axis: int | None) -> tuple[np.nda
 
 
 def _positive(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels, dtype=float)
-    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
-        raise ValueError(f"{name}: expected a [N, {len(OBSERVATIONS)}] label matrix, got shape {labels.shape}")
-    return labels == POSITIVE  # NaN == 1 is False: not mentioned counts as negative
+    return label_array(labels, name) == POSITIVE  # NaN == 1 is False: not mentioned counts as negative
 
 
 def ce_scores(pred_labels: np.ndarray, ref_labels: np.ndarray) -> dict:

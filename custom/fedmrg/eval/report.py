@@ -8,14 +8,13 @@ bar plot (PNG) beside it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fedmrg.errors import DataError
 from fedmrg.eval.ce import VARIANTS, ce_from_texts
-from fedmrg.io import load_json
+from fedmrg.io import load_json, write_json
 from fedmrg.eval.nlg import METRICS, nlg_scores
 
 
@@ -38,9 +37,7 @@ def score_reports(
 
 
 def write_scores(path: str | os.PathLike, scores: Mapping[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(scores, indent=1) + "\n", encoding="utf-8")
+    write_json(path, scores)
 
 
 def _value(value: float | None, digits: int = 3) -> str:

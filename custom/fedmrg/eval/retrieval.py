@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmrg.labels.observations import OBSERVATIONS, POSITIVE
+from fedmrg.labels.observations import OBSERVATIONS, POSITIVE, label_array
 from fedmrg.labels.states import STATES, labels_from_states
 
 _NOT_MENTIONED = 9.0  # stands in for NaN so that "not mentioned" equals itself
@@ -23,10 +23,7 @@ _QUERY_CHUNK = 256  # bounds the [chunk, N, 14] comparison (MIMIC-CXR has ~270k 
 
 
 def _checked(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels, dtype=float)
-    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
-        raise ValueError(f"{name}: expected a [N, {len(OBSERVATIONS)}] label matrix, got shape {labels.shape}")
-    return np.nan_to_num(labels, nan=_NOT_MENTIONED)
+    return np.nan_to_num(label_array(labels, name), nan=_NOT_MENTIONED)
 
 
 def match_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:

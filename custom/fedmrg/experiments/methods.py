@@ -6,7 +6,9 @@ optimizer steps (``fl.local_steps``) at each site. A local-only run gets R x E e
 steps) on its one site; a centralized run gets R x E epochs (or R x S x sites steps) on the pooled
 training data of all sites, so it sees as many studies as the whole federation does.
 
-The ablations switch off one FedMRG mechanism each and keep everything else as in ``fedmrg``.
+A federated method runs its FLARE job (``jobs/<job>/job.py``), whose own settings (the job
+folder's ``overrides.yaml``: FedAvg-LoRA's dense updates and single adapter) come with it. The
+ablations switch off one FedMRG mechanism each and keep everything else as in ``fedmrg``.
 """
 
 from __future__ import annotations
@@ -20,21 +22,12 @@ from fedmrg.errors import ConfigError
 
 Setting = Literal["local", "centralized", "federated"]
 
-# FedIT: dense fp32 FedAvg of every shared parameter, one LoRA adapter whose A and B are averaged
-# separately; no contrastive learning, no specialized adapter, no compression. The diagnosis-driven
-# and instance-specific prompts stay, as in FedMRG, so the comparison isolates the federated parts.
-FEDAVG_LORA = MappingProxyType({
-    "fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False,
-    "model.adapters": "single", "model.contrastive": False, "model.mutual_boosting": 0.0,
-})
-
-
 @dataclass(frozen=True)
 class Method:
     name: str
     setting: Setting
     description: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # on top of the job's own settings
     job: str | None = None  # the jobs/<job>/job.py of a federated method
 
     def budget_overrides(self, cfg: Config, sites: int) -> dict[str, Any]:
@@ -54,7 +47,7 @@ class Method:
 METHODS: tuple[Method, ...] = (
     Method("local", "local", "each site trains alone on its own data"),
     Method("centralized", "centralized", "one model on the pooled training data of every site (not private)"),
-    Method("fedavg_lora", "federated", "FedIT: dense fp32 FedAvg, one LoRA adapter", FEDAVG_LORA, "fedavg_lora"),
+    Method("fedavg_lora", "federated", "FedIT: dense fp32 FedAvg, one LoRA adapter", {}, "fedavg_lora"),
     Method("fedmrg", "federated", "FedMRG, every mechanism on", {}, "fedmrg"),
     Method("fedmrg-no-compression", "federated", "FedMRG sending dense fp32 updates",
            {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False}, "fedmrg"),

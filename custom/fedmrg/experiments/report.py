@@ -1,4 +1,5 @@
-"""The FL-MRG benchmark's results: summary over seeds and sites, the claims it tests, tables, plots, README.
+"""The FL-MRG benchmark's results: summary over seeds and sites, the claims it tests, tables, plots, and
+the results section of the results page (docs/benchmark.md).
 
 Everything here is computed from the run records of :mod:`fedmrg.experiments.runner` (one per method
 and seed); ``fedmrg bench`` run again over finished runs only redoes this report.
@@ -24,8 +25,9 @@ from fedmrg.eval.report import COLUMNS, row_values
 
 METRICS = tuple(column.replace(" ", "-") for column in COLUMNS)  # "CE-F1-example", "BLEU-4", ...
 KEY_METRICS = ("CE-F1-example", "BLEU-4", "CIDEr")
-README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-# The issue's bars: fedmrg within 5% of centralized CE-F1 (example), 25x less upload than FedAvg.
+# The results page's section that `fedmrg bench` rewrites lies between these markers.
+RESULTS_BEGIN, RESULTS_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# The headline claims' bars: fedmrg within 5% of centralized CE-F1 (example), 25x less upload than FedAvg.
 CENTRALIZED_SHARE, UPLOAD_RATIO = 0.95, 25.0
 
 
@@ -401,12 +403,19 @@ def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[s
     return {**paths, **{title: Path(p) for title, p in results["plots"].items()}}
 
 
-def refresh_readme(readme: str | os.PathLike, block: str) -> None:
-    """Replace what lies between the README's bench markers with ``block``."""
-    readme = Path(readme)
-    text = readme.read_text(encoding="utf-8")
-    if README_BEGIN not in text or README_END not in text:
-        raise ConfigError(f"{readme}: no {README_BEGIN} ... {README_END} markers to put the results between")
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
-    readme.write_text(f"{head}{README_BEGIN}\n{block}{README_END}{tail}", encoding="utf-8")
+def image_links(page: str | os.PathLike, out_dir: str | os.PathLike) -> str:
+    """The prefix of the plots' links (they are in ``out_dir``) in a markdown ``page``: the path from
+    the page's folder, e.g. ``../bench/results/`` for docs/benchmark.md. For :func:`markdown`'s ``image_dir``."""
+    relative = os.path.relpath(Path(out_dir).resolve(), Path(page).resolve().parent)
+    return f"{Path(relative).as_posix()}/"
+
+
+def refresh_results_page(page: str | os.PathLike, block: str) -> None:
+    """Replace what lies between the results page's bench markers with ``block``."""
+    page = Path(page)
+    text = page.read_text(encoding="utf-8")
+    if RESULTS_BEGIN not in text or RESULTS_END not in text:
+        raise ConfigError(f"{page}: no {RESULTS_BEGIN} ... {RESULTS_END} markers to put the results between")
+    head, rest = text.split(RESULTS_BEGIN, 1)
+    tail = rest.split(RESULTS_END, 1)[1]
+    page.write_text(f"{head}{RESULTS_BEGIN}\n{block}{RESULTS_END}{tail}", encoding="utf-8")

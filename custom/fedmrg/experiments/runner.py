@@ -42,6 +42,7 @@ from fedmrg.data.benchmark import TEST_GLOBAL
 from fedmrg.io import load_json
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.experiments.methods import Method
+from fedmrg.fl.job_cli import job_overrides
 from fedmrg.fl.results import RESULTS_FILE, read_results
 from fedmrg.io import write_json
 from fedmrg.data.benchmark import load_benchmark
@@ -122,9 +123,11 @@ def run_inputs(request: BenchRequest) -> dict[str, Any]:
 
 
 def run_config(request: BenchRequest, method: Method, seed: int, sites: int) -> Config:
-    """The config of one run: the named config, the preset, the method and its budget, the seed."""
+    """The config of one run: the named config, the preset, a federated method's job settings, the
+    method and its budget, the seed."""
     base = load_config(request.config, {**request.preset.overrides, **request.extra_overrides})
-    overrides = {**request.preset.overrides, **request.extra_overrides, **method.budget_overrides(base, sites),
+    job = job_overrides(request.jobs_dir / method.job) if method.job else {}
+    overrides = {**request.preset.overrides, **request.extra_overrides, **job, **method.budget_overrides(base, sites),
                  "train.seed": seed}
     return load_config(request.config, overrides)
 

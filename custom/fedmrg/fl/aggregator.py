@@ -1,51 +1,116 @@
-"""The server's aggregator: check every site update, merge the accepted ones exactly.
+"""The server's aggregators: check every site update, merge the accepted ones.
 
-:class:`LowRankAggregator` is an NVFlare ``ModelAggregator``. The controller
-(:mod:`fedmrg.fl.controller`) gives it the global state at the start of a round
-(:meth:`~LowRankAggregator.start_round`), hands it each site's result (:meth:`accept_model`, which
-returns False and logs why for an update that must not be used) and asks for the next global state
-(:meth:`aggregate_model`). Sites are weighted by their number of training studies; the arithmetic
-(exact mean of low-rank products, LoRA re-factorization, the server's residual) is
-:mod:`fedmrg.fl.merge`. Prototype sums and counts are pooled, so every site counts by its positives.
+:class:`UpdateAggregator` is an NVFlare ``ModelAggregator`` with what every FedMRG aggregator does:
+one update per site and round, the update checks (weight, parameter names and shapes, norm, no
+site-local parameter, prototype shapes), weighting by training studies, the optional clipping and
+robust mean, and the pooling of prototype sums and counts (every site counts by its positives).
+The controller gives it the global state at the start of a round (:meth:`~UpdateAggregator.start_round`),
+hands it each site's result (:meth:`~UpdateAggregator.accept_model`, False with a logged reason for
+an update that must not be used) and asks for the next global state
+(:meth:`~UpdateAggregator.aggregate_model`). Two siblings say how an update is read and applied:
 
-:class:`DenseAggregator` is the FedAvg baseline (FedIT): full fp32 parameters, LoRA A and B
-averaged separately, with the same checks.
+- :class:`LowRankAggregator` (FedMRG): low-rank (SVD-factor) updates, merged exactly
+  (:mod:`fedmrg.fl.merge`: exact mean of low-rank products, LoRA re-factorization, a server residual);
+- :class:`DenseAggregator` (the FedAvg baseline, FedIT): full fp32 parameters, LoRA A and B averaged
+  separately.
 """
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
-from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import Delta, Factored, decode
-from fedmrg.fl.merge import (apply_mean_delta, clip_update, expected_delta_shapes, robust_mean, update_problem,
-                             weighted_mean)
+from fedmrg.fl.merge import (
+    apply_mean_delta,
+    clip_update,
+    expected_delta_shapes,
+    robust_mean,
+    update_problem,
+    weighted_mean,
+)
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.parameters import local_parameters
 from fedmrg.model.prototypes import PrototypeBank
 
 
-class LowRankAggregator(ModelAggregator):
-    """Validates and merges low-rank (SVD-factor) updates."""
+@runtime_checkable
+class RoundAggregator(Protocol):
+    """What the controller needs of its aggregator."""
 
-    params_type = ParamsType.DIFF
+    def start_round(self, global_state: dict[str, torch.Tensor], round_number: int) -> None: ...
 
-    def __init__(self, max_rank: int = 4, max_norm: float = 1000.0, server_residual: bool = True,
-                 prototype_dim: int | None = None, seed: int = 0, aggregation: str = "mean",
-                 clip_norm: float | None = None, trim: int = 1, min_updates: int = 1):
-        """``min_updates``: the fewest accepted updates that make a round; with fewer, the global
-        model stays as it was."""
+    def accept_model(self, model: FLModel) -> bool: ...
+
+    def aggregate_model(self) -> FLModel: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class UpdateAggregator(ModelAggregator):
+    """Checks, weights and merges the sites' updates; subclasses read and apply them.
+
+    Args:
+        max_norm: the largest L2 norm an update may have (a larger one is refused).
+        prototype_dim: the width of the prototype sums a site may send; None when contrastive
+            learning is off (then a site sending prototypes is refused).
+        seed: seeds the random projections of the merge, with the round number.
+        aggregation: ``mean`` (weighted by training studies), ``median`` or ``trimmed_mean``
+            (coordinate-wise, unweighted).
+        clip_norm: clip each update to this L2 norm before merging (None: no clipping).
+        trim: updates dropped at each end per coordinate by ``trimmed_mean``.
+        min_updates: the fewest accepted updates that make a round; with fewer, the global model
+            stays as it was.
+    """
+
+    params_type: ParamsType
+    max_rank = 0  # the largest factor rank an update may have (0: factors are not accepted)
+
+    def __init__(
+        self,
+        max_norm: float = 1000.0,
+        prototype_dim: int | None = None,
+        seed: int = 0,
+        aggregation: str = "mean",
+        clip_norm: float | None = None,
+        trim: int = 1,
+        min_updates: int = 1,
+    ) -> None:
         super().__init__()
-        self.max_rank, self.max_norm, self.prototype_dim = max_rank, max_norm, prototype_dim
-        self.aggregation, self.clip_norm, self.trim = aggregation, clip_norm, trim
-        self.server_residual, self.seed, self.min_updates = server_residual, seed, min_updates
-        self.residual: dict[str, Factored] = {}
+        self.max_norm, self.prototype_dim, self.seed = max_norm, prototype_dim, seed
+        self.aggregation, self.clip_norm, self.trim, self.min_updates = aggregation, clip_norm, trim, min_updates
         self.global_state: dict[str, torch.Tensor] | None = None
         self.round = 0
         self.reset_stats()
+
+    # ------------------------------------------------------------- what a sibling says
+    def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+        """The names and shapes an update of this round may hold."""
+        raise NotImplementedError
+
+    def decode_params(self, params: dict) -> dict[str, Delta]:
+        """A site's ``params`` as the change of each shared parameter; ValueError when unreadable."""
+        raise NotImplementedError
+
+    def apply_mean(self, mean: dict[str, Delta], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The next global state: the current one plus the merged change."""
+        state, _ = apply_mean_delta(self.global_state, mean, None, generator)
+        return state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the aggregator keeps between rounds, flat, for the controller's checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)[:3]}")
 
     # ---------------------------------------------------------------------------- the round
     def start_round(self, global_state: dict[str, torch.Tensor], round_number: int) -> None:
@@ -104,18 +169,11 @@ class LowRankAggregator(ModelAggregator):
         mean = (weighted_mean(deltas, self.weights) if self.aggregation == "mean"
                 else robust_mean(deltas, self.aggregation, self.trim))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.round)
-        state, residual = apply_mean_delta(self.global_state, mean, self.residual if self.server_residual else None,
-                                           generator)
-        if self.server_residual:
-            self.residual = residual
+        state = self.apply_mean(mean, generator)
         if self.banks:
             meta.update(pooled_prototypes(self.banks))
         self.reset_stats()
         return FLModel(params_type=ParamsType.FULL, params=state, meta=meta)
-
-    # ------------------------------------------------------------------------------ reading
-    def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-        return expected_delta_shapes(global_state)
 
     def _read(self, model: FLModel) -> tuple[float, dict[str, Delta], PrototypeBank | None]:
         meta = model.meta or {}
@@ -134,6 +192,41 @@ class LowRankAggregator(ModelAggregator):
                                  f"{list(expected) if self.prototype_dim else 'none (contrastive learning is off)'}")
         return float(weight), delta, bank
 
+
+class LowRankAggregator(UpdateAggregator):
+    """FedMRG's aggregator: low-rank (SVD-factor) updates, merged exactly.
+
+    Args:
+        max_rank: the largest factor rank a site's update may have (the job's ``fl.rank``).
+        server_residual: keep what re-factorizing the merged LoRA change leaves out and add it back
+            next round (error feedback at the server).
+        max_norm, prototype_dim, seed, aggregation, clip_norm, trim, min_updates: as for
+            :class:`UpdateAggregator`.
+    """
+
+    params_type = ParamsType.DIFF
+
+    # FLARE writes a component's constructor arguments into the job config from its signature, so every
+    # argument is spelled out here (not passed through **kwargs).
+    def __init__(
+        self,
+        max_rank: int = 4,
+        server_residual: bool = True,
+        max_norm: float = 1000.0,
+        prototype_dim: int | None = None,
+        seed: int = 0,
+        aggregation: str = "mean",
+        clip_norm: float | None = None,
+        trim: int = 1,
+        min_updates: int = 1,
+    ) -> None:
+        super().__init__(max_norm, prototype_dim, seed, aggregation, clip_norm, trim, min_updates)
+        self.max_rank, self.server_residual = max_rank, server_residual
+        self.residual: dict[str, Factored] = {}
+
+    def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+        return expected_delta_shapes(global_state)
+
     def decode_params(self, params: dict) -> dict[str, Delta]:
         if set(params) != {msg.UPDATE}:
             raise ValueError(f"params must hold exactly '{msg.UPDATE}', got {sorted(map(str, params))[:3]}")
@@ -142,7 +235,14 @@ class LowRankAggregator(ModelAggregator):
         except Exception as exc:  # untrusted bytes: any failure (safetensors has its own error type) is a refusal
             raise ValueError(f"unreadable update payload ({exc.__class__.__name__}: {exc})") from None
 
-    # ----------------------------------------------------------------------- checkpointing
+    def apply_mean(self, mean: dict[str, Delta], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        state, residual = apply_mean_delta(
+            self.global_state, mean, self.residual if self.server_residual else None, generator
+        )
+        if self.server_residual:
+            self.residual = residual
+        return state
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The server residual, flat, for the controller's checkpoint."""
         out = {}
@@ -155,15 +255,13 @@ class LowRankAggregator(ModelAggregator):
         self.residual = {name: Factored(state[f"{name}:left"], state[f"{name}:right"]) for name in names}
 
 
-class DenseAggregator(LowRankAggregator):
-    """FedAvg of full fp32 parameters (the FedIT baseline): A and B of each LoRA pair averaged apart."""
+class DenseAggregator(UpdateAggregator):
+    """FedAvg of full fp32 parameters (the FedIT baseline): A and B of each LoRA pair averaged apart.
+
+    Args: as for :class:`UpdateAggregator`.
+    """
 
     params_type = ParamsType.FULL
-
-    def __init__(self, max_norm: float = 1000.0, prototype_dim: int | None = None, seed: int = 0,
-                 aggregation: str = "mean", clip_norm: float | None = None, trim: int = 1, min_updates: int = 1):
-        super().__init__(max_rank=0, max_norm=max_norm, server_residual=False, prototype_dim=prototype_dim, seed=seed,
-                         aggregation=aggregation, clip_norm=clip_norm, trim=trim, min_updates=min_updates)
 
     def expected_shapes(self, global_state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
         return {name: tuple(value.shape) for name, value in global_state.items()}

@@ -1,4 +1,4 @@
-"""Low-rank update codec (DESIGN mechanism 5): what a site sends instead of dense weights.
+"""Low-rank update codec (FedMRG's communication compression): what a site sends instead of dense weights.
 
 A round's update is the change of the shared parameters, ``{name: delta}``:
 

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from fedmrg.config import config_to_dict, parse_config
 from fedmrg.fl import messages as msg
-from fedmrg.fl.aggregator import LowRankAggregator
+from fedmrg.fl.aggregator import RoundAggregator
 from fedmrg.fl.codec import payload_header
 from fedmrg.fl.results import RESULTS_FILE, plot_rounds
 from fedmrg.model.layout import save_shared_model
@@ -44,7 +44,22 @@ GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors"
 
 
 class FedMRGController(ModelController):
-    """Federated rounds with a checking, exact aggregator; resumable; writes results and models."""
+    """Federated rounds with a checking, exact aggregator; resumable; writes results and models.
+
+    Args:
+        config: the job's config (a ``config_to_dict`` mapping); recorded in results and checkpoints,
+            and a checkpoint of another config is refused.
+        rounds: the number of federated rounds.
+        job_name: keys the server's checkpoint, so a job resubmitted under the same name resumes.
+        min_sites: go on with a round once this many sites answered (None: wait for every site).
+        key_metric: the sites' metric (lower is better) that picks the best model.
+        aggregator_id: the id of the server component that checks and merges updates (any
+            :class:`~fedmrg.fl.aggregator.RoundAggregator`).
+        results_dir: where results, models and the checkpoint go (None: the job's run folder on the
+            server, with the checkpoint in the server workspace).
+        final_validation: have every site score the final model on its test split.
+        wait_after_min_sites: seconds to wait for the other sites once ``min_sites`` have answered.
+    """
 
     def __init__(self, config: dict, rounds: int, job_name: str = "fedmrg", min_sites: int | None = None,
                  key_metric: str = "val_loss", aggregator_id: str = "aggregator", results_dir: str | None = None,
@@ -57,9 +72,13 @@ class FedMRGController(ModelController):
 
     # ----------------------------------------------------------------------------------- run
     def run(self) -> None:
-        self.aggregator: LowRankAggregator = self.engine.get_component(self.aggregator_id)
-        if not isinstance(self.aggregator, LowRankAggregator):
-            self.system_panic(f"component '{self.aggregator_id}' must be a LowRankAggregator", self.fl_ctx)
+        self.aggregator: RoundAggregator = self.engine.get_component(self.aggregator_id)
+        if not isinstance(self.aggregator, RoundAggregator):
+            self.system_panic(
+                f"component '{self.aggregator_id}' is not a round aggregator (start_round, accept_model, "
+                "aggregate_model, state_dict, load_state_dict)",
+                self.fl_ctx,
+            )
             return
         self.out = self._output_dir()
         self.state_dir = self._state_dir()

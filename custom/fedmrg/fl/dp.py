@@ -13,7 +13,7 @@ config's seed, which every party knows.
 
 What it does not cover: with DP on, a site sends no prototype sums and a study count of 1 (equal
 weights), but its metrics (losses on its own validation split, training losses, final test scores)
-still leave it as scalars; see the README's security section.
+still leave it as scalars; see docs/security.md.
 """
 
 from __future__ import annotations

@@ -31,13 +31,24 @@ log = logging.getLogger(__name__)
 
 
 class MRGExecutor(Executor):
-    """One hospital's trainer for a FedMRG job."""
+    """One hospital's trainer for a FedMRG job: ``submit_model``, ``train`` and ``validate``.
 
-    def __init__(self, config: dict, run_name: str = "fedmrg", base_llm: str | None = None,
-                 writer_id: str | None = "log_writer", test_limit: int | None = None) -> None:
-        """``config``: the job's config (a ``config_to_dict`` mapping); ``run_name`` keys the site's
-        state folder, so a resubmitted job of the same name resumes; ``base_llm``: the path the job
-        names (a site's ``base_llm`` setting wins); ``test_limit``: test studies scored per site."""
+    Args:
+        config: the job's config (a ``config_to_dict`` mapping).
+        run_name: keys the site's state folder, so a resubmitted job of the same name resumes.
+        base_llm: the base-LLM path the job names (a site's own ``base_llm`` setting wins).
+        writer_id: the id of the site component that streams metrics to the server (None: none).
+        test_limit: test studies scored at the site at the end (None: all).
+    """
+
+    def __init__(
+        self,
+        config: dict,
+        run_name: str = "fedmrg",
+        base_llm: str | None = None,
+        writer_id: str | None = "log_writer",
+        test_limit: int | None = None,
+    ) -> None:
         super().__init__()
         self.config, self.run_name, self.base_llm = config, run_name, base_llm
         self.writer_id, self.test_limit = writer_id, test_limit

@@ -115,11 +115,19 @@ class ResultGuard(Filter):
     abstract ``process_dxo`` would go unused.
     """
 
-    def __init__(self, max_result_mib: float | None = None, extra_meta_keys: list[str] | None = None,
-                 refuse_other_tasks: bool = False) -> None:
-        """``max_result_mib``: the largest result sent, in MiB (None: no limit); ``extra_meta_keys``:
-        ``meta`` keys admitted besides FedMRG's; ``refuse_other_tasks``: refuse the results of tasks
-        other than FedMRG's instead of passing them unchanged."""
+    def __init__(
+        self,
+        max_result_mib: float | None = None,
+        extra_meta_keys: list[str] | None = None,
+        refuse_other_tasks: bool = False,
+    ) -> None:
+        """
+        Args:
+            max_result_mib: the largest result sent, in MiB (None: no limit).
+            extra_meta_keys: ``meta`` keys admitted besides FedMRG's.
+            refuse_other_tasks: refuse the results of tasks other than FedMRG's instead of passing
+                them unchanged.
+        """
         super().__init__()
         if max_result_mib is not None and not (_is_number(max_result_mib) and not isinstance(max_result_mib, bool)
                                                and max_result_mib > 0):

@@ -1,6 +1,9 @@
-"""The 14 CheXpert observations and their label values, shared by the labeler and the CE metrics."""
+"""The 14 CheXpert observations, their label values and the check of a label matrix, shared by the
+labeler, the diagnosis states and the CE metrics."""
 
 from __future__ import annotations
+
+import numpy as np
 
 OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
@@ -20,3 +23,12 @@ OBSERVATIONS: tuple[str, ...] = (
 )
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1  # "not mentioned" is None (blank in CSV, NaN in arrays)
 MICRO5: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+
+
+def label_array(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """A labeler matrix [N, 14] in ``OBSERVATIONS`` order (NaN / 1 / 0 / -1) as floats; any other
+    shape is a ValueError naming ``name``."""
+    labels = np.asarray(labels, dtype=float)
+    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
+        raise ValueError(f"{name}: expected a [N, {len(OBSERVATIONS)}] label matrix, got shape {labels.shape}")
+    return labels

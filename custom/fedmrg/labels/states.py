@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmrg.labels.observations import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from fedmrg.labels.observations import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, label_array
 
 STATES = ("blank", "positive", "negative", "uncertain")  # class index 0..3
 BLANK, STATE_POSITIVE, STATE_NEGATIVE, STATE_UNCERTAIN = range(4)
@@ -17,9 +17,7 @@ _LABEL_OF_STATE = {STATE_POSITIVE: POSITIVE, STATE_NEGATIVE: NEGATIVE, STATE_UNC
 
 def states_from_labels(labels: np.ndarray) -> torch.LongTensor:
     """Labeler matrix [N, 14] (NaN / 1 / 0 / -1) -> state indices [N, 14]."""
-    labels = np.asarray(labels, dtype=np.float64)
-    if labels.ndim != 2 or labels.shape[1] != len(OBSERVATIONS):
-        raise ValueError(f"labels must be [N, {len(OBSERVATIONS)}], got {list(labels.shape)}")
+    labels = label_array(labels)
     states = np.full(labels.shape, BLANK, dtype=np.int64)
     for state, label in _LABEL_OF_STATE.items():
         states[labels == label] = state

@@ -1,4 +1,4 @@
-"""Dual LoRA adapters on the frozen LLM, with mutual boosting (DESIGN mechanism 4).
+"""FedMRG's dual LoRA adapters on the frozen LLM, with mutual boosting.
 
 The ``generic`` adapter is federated; the ``specialized`` adapter stays at its site. Training runs
 the generic-only path and the generic+specialized path (PEFT sums the outputs of every active

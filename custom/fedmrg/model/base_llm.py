@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from fedmrg import __version__
 from fedmrg.data.cleaning import CLEANERS, clean_report
-from fedmrg.io import read_utf8
+from fedmrg.io import read_utf8, replacing_directory, write_json
 from fedmrg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -262,14 +261,6 @@ def _check_out(out: Path) -> None:
                         "refusing to replace it (choose another --out, or empty it)")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def make_base_llm(
     corpus: str | os.PathLike,
     out: str | os.PathLike,
@@ -333,16 +324,10 @@ def make_base_llm(
         "sample": sample,
         "seconds": round(time.time() - started, 1),
     }
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with replacing_directory(out, per_process=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / SUMMARY, summary)
     log.info("base LLM saved to %s: loss %.3f -> %.3f in %.1f s; sample: %s", out, summary["first_loss"],
              summary["final_loss"], summary["seconds"], summary["sample"])
     return summary

@@ -1,4 +1,4 @@
-"""Client-aware contrastive learning (DESIGN 3, FedMRG).
+"""FedMRG's client-aware contrastive learning.
 
 Two projection heads on the pooled image feature: ``generic`` (federated) and ``client`` (stays at
 its site). Both are trained with image-report InfoNCE within the batch; the generic head is also

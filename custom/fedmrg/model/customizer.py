@@ -1,4 +1,4 @@
-"""Instance-specific prompts by conditional affine transforms of learnable prompts (DESIGN 1, MRG-LLM).
+"""Instance-specific prompts by conditional affine transforms of learnable prompts (MRG-LLM).
 
 Two forms, both driven by the pooled image feature ``v``:
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from fedmrg.data.dataset import StudyDataset, collate_studies
 from fedmrg.data.transforms import eval_transforms
 from fedmrg.errors import DataError
+from fedmrg.io import write_json
 from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.labels.states import STATES
 from fedmrg.model.mrg import MRGModel
@@ -70,8 +71,6 @@ def adapter_scores(model: MRGModel, data_dir: str | os.PathLike, *, split: str =
     (a held-out population has no specialized adapter of its own). The generated reports are
     written to ``out_dir`` (``<label>.predictions.json``) when one is given.
     """
-    import json
-
 
     loader = study_loader(model.cfg, [data_dir], split, train=False, batch_size=model.cfg.generate.batch_size,
                           limit=limit)
@@ -84,9 +83,7 @@ def adapter_scores(model: MRGModel, data_dir: str | os.PathLike, *, split: str =
         rows = generate_split(model, loader, adapters=adapters, progress=False)
         predictions = {key: row["report"] for key, row in rows.items()}
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / f"{label}.predictions.json").write_text(json.dumps(predictions, indent=1),
-                                                                      encoding="utf-8")
+            write_json(Path(out_dir) / f"{label}.predictions.json", predictions)
         scores[label] = score_reports(predictions, references, dataset=model.cfg.data.dataset)
     if not generic_only and "personalized" not in scores:
         scores["personalized"] = scores["generic"]

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from fedmrg.config import ModelConfig, parse_config
 from fedmrg.errors import ConfigError
+from fedmrg.io import write_json
 from fedmrg.model.parameters import GENERIC
 
 MODEL_FILE = "fedmrg_model.json"
@@ -60,7 +61,7 @@ def save_peft_adapter(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "LORA", **lora_settings(cfg), "base_model_name_or_path": base_model}
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(folder / ADAPTER_CONFIG, config)
     save_file(weights, str(folder / ADAPTER_WEIGHTS))
     return folder
 
@@ -93,7 +94,7 @@ def save_shared_model(
 
 
 def write_model_file(directory: Path, meta: dict) -> None:
-    (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_json(directory / MODEL_FILE, meta)
 
 
 def read_model_file(directory: Path) -> dict:

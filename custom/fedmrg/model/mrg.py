@@ -1,6 +1,6 @@
-"""The report generator: one module that composes every mechanism of the design.
+"""The report generator: one module that composes every FedMRG and MRG-LLM mechanism.
 
-LLM input, per study (DESIGN "Data flow at one site")::
+LLM input, per study, at a site::
 
     [bos] instruction | n customized prompts | V x M visual tokens | "diagnosis: ... report:" | report [eos]
 

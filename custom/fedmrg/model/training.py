@@ -33,7 +33,7 @@ from fedmrg.data.dataset import SKIPPED
 from fedmrg.data.loaders import loader_records, study_loader
 from fedmrg.model.prototypes import PrototypeBank
 from fedmrg.model.diagnosis import class_counts
-from fedmrg.io import recover_directory, replace_directory
+from fedmrg.io import recover_directory, replace_directory, write_json
 from fedmrg.model.layout import MODEL_FILE
 from fedmrg.model.mrg import MRGModel
 
@@ -292,7 +292,7 @@ def train_centralized(
                "train_studies": len(train_loader.dataset), "seconds_this_run": round(time.perf_counter() - started, 1),
                "resumed": resumed, "history": trainer.state.history, "skipped_studies": trainer.skipped,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(out / SUMMARY_FILE, summary)
     return summary
 
 

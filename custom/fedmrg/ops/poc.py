@@ -36,7 +36,7 @@ import psutil
 import yaml
 
 from fedmrg.errors import ConfigError, FedMRGError
-from fedmrg.fl.recipe import allow_fedmrg_components
+from fedmrg.fl.packaging import allow_fedmrg_components
 from fedmrg.fl.site import DEFAULT_STATE_DIR, SETTINGS_FILE
 from fedmrg.fl.results import RESULTS_FILE
 

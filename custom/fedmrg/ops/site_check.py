@@ -19,7 +19,6 @@ sample of studies is decoded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -36,7 +35,7 @@ import torch
 import fedmrg
 from fedmrg.config import Config, load_config, named_configs, parse_config
 from fedmrg.data.annotation import SPLITS, Annotation, read_annotation
-from fedmrg.io import load_json
+from fedmrg.io import load_json, write_json
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.site import (
     SETTINGS_ENV,
@@ -48,7 +47,7 @@ from fedmrg.fl.site import (
     site_state_root,
 )
 from fedmrg.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions, version_mismatches
-from fedmrg.fl.recipe import COMPONENT_CLASSES, resources_file
+from fedmrg.fl.packaging import COMPONENT_CLASSES, resources_file
 from fedmrg.fl.executor import MRGExecutor
 from fedmrg.data.dataset import StudyDataset
 from fedmrg.data.transforms import eval_transforms, train_transforms
@@ -312,7 +311,7 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
     if resources.get(CLASS_LIST_ENFORCEMENT_MODE) == "warn":
         return CheckResult("allow list", PASS, f"does not list {listed}, but {CLASS_LIST_ENFORCEMENT_MODE} is 'warn': "
                            "FLARE builds them with a warning", where)
-    remedy = ("add them to the list (as fedmrg.fl.recipe.allow_fedmrg_components does), or ship the code "
+    remedy = ("add them to the list (as fedmrg.fl.packaging.allow_fedmrg_components does), or ship the code "
               "(--ship-code) to a site that grants byoc")
     if job is not None:
         return CheckResult("allow list", FAIL, f"does not admit {listed}: FLARE refuses this job here, as it brings "
@@ -732,5 +731,4 @@ def format_report(report: SiteReport) -> str:
 
 
 def write_json_report(report: SiteReport, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    write_json(path, report.to_dict())
