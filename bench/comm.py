@@ -39,22 +39,35 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fedmrg.model.llm import random_llm  # first: it quiets a bitsandbytes import notice
-
 import torch
 from transformers.utils import logging as hf_logging
 
 from fedmrg.config import Config, load_config
-from fedmrg.labels.observations import OBSERVATIONS
-from fedmrg.fl.codec import (CodecSpec, Factored, dense_bytes, encode, lora_modules, matricized, payload_header,
-                             round_delta)
+from fedmrg.fl.codec import (
+    CodecSpec,
+    Factored,
+    dense_bytes,
+    encode,
+    lora_modules,
+    matricized,
+    payload_header,
+    round_delta,
+)
 from fedmrg.fl.messages import state_bytes
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.base_llm import BASE_LLM_SIZES, train_tokenizer
-from fedmrg.model.prototypes import PrototypeBank
+from fedmrg.model.llm import random_llm  # first: it quiets a bitsandbytes import notice
 from fedmrg.model.mrg import MRGModel
+from fedmrg.model.prototypes import PrototypeBank
 
-GROUPS = {"encoder.": "encoder", "projector.": "projector", "customizer.": "customizer", "diagnosis.": "diagnosis",
-          "contrastive.generic.": "contrastive head", "llm.": "LoRA generic adapter"}
+GROUPS = {
+    "encoder.": "encoder",
+    "projector.": "projector",
+    "customizer.": "customizer",
+    "diagnosis.": "diagnosis",
+    "contrastive.generic.": "contrastive head",
+    "llm.": "LoRA generic adapter",
+}
 OTHER = "other"
 HEADER = "payload header"
 PROTOTYPES = "prototypes (sums + counts)"
@@ -67,8 +80,13 @@ GOAL = 25.0
 LLAMA2_7B_LAYERS = 32
 LLAMA2_7B_LORA_RANK = 16
 LLAMA2_7B_MODULES = {  # LoRA target -> (out features, in features) of its linear layer
-    "q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096), "o_proj": (4096, 4096),
-    "gate_proj": (11008, 4096), "up_proj": (11008, 4096), "down_proj": (4096, 11008),
+    "q_proj": (4096, 4096),
+    "k_proj": (4096, 4096),
+    "v_proj": (4096, 4096),
+    "o_proj": (4096, 4096),
+    "gate_proj": (11008, 4096),
+    "up_proj": (11008, 4096),
+    "down_proj": (4096, 11008),
 }
 
 
@@ -78,9 +96,17 @@ def demo_shared_state(cfg: Config, folder: Path, seed: int) -> dict[str, torch.T
     size = BASE_LLM_SIZES["tiny"]
     tokenizer = train_tokenizer(["the heart is normal in size . the lungs are clear ."] * 4, vocab_size=300)
     tokenizer.save_pretrained(folder / "tokenizer")
-    checkpoint = random_llm(folder / "llm", "llama", folder / "tokenizer", hidden_size=size.hidden_size,
-                            layers=size.layers, heads=size.heads, intermediate_size=size.intermediate_size,
-                            vocab_size=size.vocab_size, seed=seed)
+    checkpoint = random_llm(
+        folder / "llm",
+        "llama",
+        folder / "tokenizer",
+        hidden_size=size.hidden_size,
+        layers=size.layers,
+        heads=size.heads,
+        intermediate_size=size.intermediate_size,
+        vocab_size=size.vocab_size,
+        seed=seed,
+    )
     torch.manual_seed(seed)
     return MRGModel.build(cfg, base_llm=checkpoint, device="cpu").shared_state_dict()
 
@@ -122,7 +148,7 @@ def prototype_bytes(cfg: Config) -> int:
 def entry_bytes(payload: bytes) -> tuple[dict[str, int], int]:
     """Data bytes of each delta entry in a payload (factors and scales summed), and the header bytes."""
     size = int.from_bytes(payload[:8], "little")
-    tensors = json.loads(payload[8: 8 + size])
+    tensors = json.loads(payload[8 : 8 + size])
     per_entry: Counter = Counter()
     for key, info in tensors.items():
         if key != "__metadata__":
@@ -174,13 +200,25 @@ def print_group_table(after: dict[str, torch.Tensor], payload: bytes, prototypes
     print_row("group", "tensors", "low-rank", "dense fp32 B", "sent B", "ratio")
     for group in [*GROUPS.values(), OTHER]:
         if tensors[group]:
-            print_row(group, str(tensors[group]), str(lowrank[group]), f"{dense[group]:,}", f"{sent[group]:,}",
-                      ratio(dense[group], sent[group]))
+            print_row(
+                group,
+                str(tensors[group]),
+                str(lowrank[group]),
+                f"{dense[group]:,}",
+                f"{sent[group]:,}",
+                ratio(dense[group], sent[group]),
+            )
     print_row(HEADER, "", "", "", f"{header:,}", "")
     print_row(PROTOTYPES, "", "", "", f"{prototypes:,}", "")
     dense_total, sent_total = dense_bytes(after), len(payload) + prototypes
-    print_row("total", str(len(after)), str(sum(lowrank.values())), f"{dense_total:,}", f"{sent_total:,}",
-              ratio(dense_total, sent_total))
+    print_row(
+        "total",
+        str(len(after)),
+        str(sum(lowrank.values())),
+        f"{dense_total:,}",
+        f"{sent_total:,}",
+        ratio(dense_total, sent_total),
+    )
     return dense_total, sent_total
 
 
@@ -189,14 +227,18 @@ def print_information_minimum(payload: bytes, precision: str) -> None:
     per_entry, header = entry_bytes(payload)
     entries = payload_header(payload)
     lowrank = {name: entry for name, entry in entries.items() if entry["kind"] == "lowrank"}
-    minimum = sum(information_minimum(*matrix_shape(entry["shape"]), entry["rank"], precision) for entry in lowrank.values())
+    minimum = sum(
+        information_minimum(*matrix_shape(entry["shape"]), entry["rank"], precision) for entry in lowrank.values()
+    )
     factors = sum(per_entry[name] for name in lowrank)
     analytic = sum(factor_bytes(*matrix_shape(entry["shape"]), entry["rank"], precision) for entry in lowrank.values())
     small = sum(size for name, size in per_entry.items() if name not in lowrank)
     ranks = Counter(entry["rank"] for entry in lowrank.values())
     scales = " (int8 values + one fp32 scale per component)" if precision == "int8" else ""
-    print(f"\ninformation minimum of the {len(lowrank)} low-rank entries (ranks sent: "
-          f"{', '.join(f'{r} x{n}' for r, n in sorted(ranks.items()))}), {precision}{scales}:")
+    print(
+        f"\ninformation minimum of the {len(lowrank)} low-rank entries (ranks sent: "
+        f"{', '.join(f'{r} x{n}' for r, n in sorted(ranks.items()))}), {precision}{scales}:"
+    )
     print(f"  r(d+k-r) values                 {minimum:>12,} B")
     print(f"  U*S and V^T factors, r(d+k)     {factors:>12,} B  (analytic {analytic:,} B)")
     if precision == "int8":
@@ -204,8 +246,10 @@ def print_information_minimum(payload: bytes, precision: str) -> None:
         print(f"    of which fp32 scales          {scale_bytes:>12,} B  (counted in the minimum too)")
     print(f"  {len(entries) - len(lowrank)} small tensors, dense fp16    {small:>12,} B")
     print(f"  header and codec metadata       {header:>12,} B")
-    print(f"  payload                         {len(payload):>12,} B  = {len(payload) / minimum:.2f} x the minimum "
-          f"(factors alone: {factors / minimum:.3f} x)")
+    print(
+        f"  payload                         {len(payload):>12,} B  = {len(payload) / minimum:.2f} x the minimum "
+        f"(factors alone: {factors / minimum:.3f} x)"
+    )
 
 
 def demo_section(cfg: Config, spec: CodecSpec, decay: float, seed: int) -> float:
@@ -219,13 +263,19 @@ def demo_section(cfg: Config, spec: CodecSpec, decay: float, seed: int) -> float
     payload, _ = encode(delta, spec)
     encoded = time.perf_counter()
     pairs = len(lora_modules(set(before)))
-    print(f"demo model ({cfg.name} config): {len(before)} shared tensors, "
-          f"{sum(v.numel() for v in before.values()):,} values, {pairs} LoRA pairs sent as the change of B A; "
-          f"built in {built - started:.1f} s, encoded in {encoded - built:.2f} s")
-    print(f"simulated round: 2-D deltas U diag(s) V^T with s_i = {SPECTRUM_SCALE:g} * {decay:g}^i, "
-          f"other tensors + N(0, {NOISE_STD:g}^2)")
-    print(f"codec: rank {spec.rank}, precision {spec.precision}, energy {spec.energy}, "
-          f"dense below {spec.dense_below} values\n")
+    print(
+        f"demo model ({cfg.name} config): {len(before)} shared tensors, "
+        f"{sum(v.numel() for v in before.values()):,} values, {pairs} LoRA pairs sent as the change of B A; "
+        f"built in {built - started:.1f} s, encoded in {encoded - built:.2f} s"
+    )
+    print(
+        f"simulated round: 2-D deltas U diag(s) V^T with s_i = {SPECTRUM_SCALE:g} * {decay:g}^i, "
+        f"other tensors + N(0, {NOISE_STD:g}^2)"
+    )
+    print(
+        f"codec: rank {spec.rank}, precision {spec.precision}, energy {spec.energy}, "
+        f"dense below {spec.dense_below} values\n"
+    )
     dense_total, sent_total = print_group_table(after, payload, prototype_bytes(cfg))
     print_information_minimum(payload, spec.precision)
     return dense_total / sent_total
@@ -245,10 +295,14 @@ def lora_7b_section(spec: CodecSpec, seed: int) -> None:
     """Dense fp32 LoRA A and B of a LLaMA-2-7B shape against the codec bytes, by distinct layer shape."""
     generator = torch.Generator().manual_seed(seed)
     shapes = Counter(LLAMA2_7B_MODULES.values())
-    print(f"\nLLaMA-2-7B shape, the generic LoRA adapter alone (LoRA rank {LLAMA2_7B_LORA_RANK} on "
-          f"{', '.join(LLAMA2_7B_MODULES)}; {LLAMA2_7B_LAYERS} layers); codec rank {spec.rank}, {spec.precision}:")
-    print(f"  {'d x k':<14}{'matrices':>9}{'rank sent':>10}{'dense fp32 B':>16}{'codec B':>14}{'ratio':>10}"
-          f"   check against encode")
+    print(
+        f"\nLLaMA-2-7B shape, the generic LoRA adapter alone (LoRA rank {LLAMA2_7B_LORA_RANK} on "
+        f"{', '.join(LLAMA2_7B_MODULES)}; {LLAMA2_7B_LAYERS} layers); codec rank {spec.rank}, {spec.precision}:"
+    )
+    print(
+        f"  {'d x k':<14}{'matrices':>9}{'rank sent':>10}{'dense fp32 B':>16}{'codec B':>14}{'ratio':>10}"
+        f"   check against encode"
+    )
     dense_total = sent_total = 0
     for (rows, cols), per_layer in shapes.items():
         count = per_layer * LLAMA2_7B_LAYERS
@@ -258,10 +312,14 @@ def lora_7b_section(spec: CodecSpec, seed: int) -> None:
             raise RuntimeError(f"{rows} x {cols}: analytic {analytic} B, encode sent {measured} B")
         dense = count * 4 * LLAMA2_7B_LORA_RANK * (rows + cols)
         dense_total, sent_total = dense_total + dense, sent_total + count * analytic
-        print(f"  {f'{rows} x {cols}':<14}{count:>9}{rank:>10}{dense:>16,}{count * analytic:>14,}"
-              f"{ratio(dense, count * analytic):>10}   {measured:,} B per matrix, equal")
-    print(f"  {'total':<14}{sum(shapes.values()) * LLAMA2_7B_LAYERS:>9}{'':>10}{dense_total:>16,}"
-          f"{sent_total:>14,}{ratio(dense_total, sent_total):>10}")
+        print(
+            f"  {f'{rows} x {cols}':<14}{count:>9}{rank:>10}{dense:>16,}{count * analytic:>14,}"
+            f"{ratio(dense, count * analytic):>10}   {measured:,} B per matrix, equal"
+        )
+    print(
+        f"  {'total':<14}{sum(shapes.values()) * LLAMA2_7B_LAYERS:>9}{'':>10}{dense_total:>16,}"
+        f"{sent_total:>14,}{ratio(dense_total, sent_total):>10}"
+    )
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -277,12 +335,12 @@ def main() -> None:
     hf_logging.disable_progress_bar()
 
     cfg = load_config(args.config, {"fl.rank": args.rank, "fl.precision": args.precision, "fl.energy": args.energy})
-    spec = CodecSpec(rank=cfg.fl.rank, precision=cfg.fl.precision, energy=cfg.fl.energy,
-                     dense_below=cfg.fl.dense_below)
+    spec = CodecSpec(rank=cfg.fl.rank, precision=cfg.fl.precision, energy=cfg.fl.energy, dense_below=cfg.fl.dense_below)
     reduction = demo_section(cfg, spec, args.decay, args.seed)
     lora_7b_section(spec, args.seed)
-    print(f"\ngoal: >= {GOAL:g}x fewer upload bytes than dense fp32 FedAvg: "
-          f"{'met' if reduction >= GOAL else 'not met'}")
+    print(
+        f"\ngoal: >= {GOAL:g}x fewer upload bytes than dense fp32 FedAvg: {'met' if reduction >= GOAL else 'not met'}"
+    )
     print(f"upload reduction (demo model): {reduction:.1f}x")
 
 

@@ -71,10 +71,16 @@ def main() -> None:
         with torch.no_grad():
             scores = torch.cat([torch.sigmoid(head(features(b))) for b in test]).numpy()
             truth = torch.cat([targets(b) for b in test]).numpy()
-        aucs = {c: roc_auc_score(truth[:, i], scores[:, i]) for i, c in enumerate(categories)
-                if 0 < truth[:, i].sum() < len(truth)}
-        print(f"{args.encoder} epoch {epoch} ({time.perf_counter() - start:.0f} s): "
-              + ", ".join(f"{c} {auc:.2f}" for c, auc in aucs.items()), flush=True)
+        aucs = {
+            c: roc_auc_score(truth[:, i], scores[:, i])
+            for i, c in enumerate(categories)
+            if 0 < truth[:, i].sum() < len(truth)
+        }
+        print(
+            f"{args.encoder} epoch {epoch} ({time.perf_counter() - start:.0f} s): "
+            + ", ".join(f"{c} {auc:.2f}" for c, auc in aucs.items()),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

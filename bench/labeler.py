@@ -12,8 +12,8 @@ import argparse
 import time
 
 from fedmrg.data.iuxray import read_archive, resolve_reports_archive
-from fedmrg.labels.labeler import label_matrix
 from fedmrg.eval.labeler_validation import agreement, format_agreement, iu_validation_set
+from fedmrg.labels.labeler import label_matrix
 
 
 def main() -> None:

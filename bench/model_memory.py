@@ -19,20 +19,30 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm  # first: it quiets a bitsandbytes import notice
-
 import bitsandbytes as bnb
 import torch
 
 from fedmrg.model.base_llm import BASE_LLM_SIZES, train_tokenizer
+from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm  # first: it quiets a bitsandbytes import notice
 
 TINY = BASE_LLM_SIZES["tiny"]
 SHAPES = {
     "tinyllama": dict(LLAMA_1B_SHAPE),
-    "tiny": dict(hidden_size=TINY.hidden_size, layers=TINY.layers, heads=TINY.heads,
-                 intermediate_size=TINY.intermediate_size, vocab_size=TINY.vocab_size),
+    "tiny": dict(
+        hidden_size=TINY.hidden_size,
+        layers=TINY.layers,
+        heads=TINY.heads,
+        intermediate_size=TINY.intermediate_size,
+        vocab_size=TINY.vocab_size,
+    ),
 }
-QUANTIZED, LINEAR, HEAD, EMBEDDINGS, OTHER = "4-bit linear layers", "linear layers", "lm_head", "embeddings", "norms, other"
+QUANTIZED, LINEAR, HEAD, EMBEDDINGS, OTHER = (
+    "4-bit linear layers",
+    "linear layers",
+    "lm_head",
+    "embeddings",
+    "norms, other",
+)
 MB = 1e6
 
 
@@ -40,7 +50,8 @@ def build_checkpoint(folder: Path, size: str) -> Path:
     """A LLaMA checkpoint of the named shape with random bf16 weights."""
     tokenizer_dir = folder / "tokenizer"
     train_tokenizer(["the heart is normal in size . the lungs are clear ."] * 4, vocab_size=300).save_pretrained(
-        tokenizer_dir)
+        tokenizer_dir
+    )
     return random_llm(folder / "llm", "llama", tokenizer_dir, dtype=torch.bfloat16, **SHAPES[size])
 
 
@@ -80,8 +91,10 @@ def measure(checkpoint: Path, load_in_4bit: bool) -> Counter:
     model, _, info = load_llm(checkpoint, load_in_4bit=load_in_4bit, dtype="bfloat16", device="cpu")
     parts = weight_bytes(model)
     label = "4-bit NF4" if load_in_4bit else "bf16"
-    print(f"\n{label}: loaded in {time.perf_counter() - started:.1f} s, {model.num_parameters() / 1e6:.1f}M "
-          f"parameters, get_memory_footprint() = {model.get_memory_footprint() / MB:.2f} MB")
+    print(
+        f"\n{label}: loaded in {time.perf_counter() - started:.1f} s, {model.num_parameters() / 1e6:.1f}M "
+        f"parameters, get_memory_footprint() = {model.get_memory_footprint() / MB:.2f} MB"
+    )
     total = sum(parts.values())
     for kind in (QUANTIZED, LINEAR, EMBEDDINGS, HEAD, OTHER):
         if parts[kind]:
@@ -103,8 +116,10 @@ def main() -> None:
         if checkpoint is None:
             started = time.perf_counter()
             checkpoint = build_checkpoint(Path(tmp), args.size)
-            print(f"built a random {args.size} LLaMA checkpoint ({SHAPES[args.size]}) in "
-                  f"{time.perf_counter() - started:.1f} s")
+            print(
+                f"built a random {args.size} LLaMA checkpoint ({SHAPES[args.size]}) in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
         quantized = sum(measure(checkpoint, load_in_4bit=True).values())
         plain = sum(measure(checkpoint, load_in_4bit=False).values())
     print(f"\n4-bit/bf16 weight memory ratio: {quantized / plain:.2f}")

@@ -32,11 +32,17 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
     args = parser.parse_args()
-    cfg = load_config("demo", {
-        "benchmark.source": args.source, "benchmark.studies": args.studies, "benchmark.sites": args.sites,
-        "benchmark.partition": args.partition, "benchmark.image_size": args.image_size,
-        "benchmark.workers": args.workers,
-    })
+    cfg = load_config(
+        "demo",
+        {
+            "benchmark.source": args.source,
+            "benchmark.studies": args.studies,
+            "benchmark.sites": args.sites,
+            "benchmark.partition": args.partition,
+            "benchmark.image_size": args.image_size,
+            "benchmark.workers": args.workers,
+        },
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench"
         started = time.perf_counter()

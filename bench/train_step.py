@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from fedmrg.config import load_config
-from fedmrg.model.adapters import attach_adapters, active_adapters, adapter_names
-from fedmrg.model.base_llm import make_base_llm
 from fedmrg.data.loaders import study_loader
+from fedmrg.model.adapters import active_adapters, adapter_names, attach_adapters
+from fedmrg.model.base_llm import make_base_llm
 from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm
 from fedmrg.model.mrg import MRGModel
 from fedmrg.model.training import Trainer
@@ -63,11 +63,21 @@ def ours(model: MRGModel, cfg, batch, steps: int, warmup: int) -> tuple[list[flo
     return timed_steps(step, steps, warmup, model.info.device), sequence_length
 
 
-def peer(checkpoint: Path, cfg, batch_size: int, sequence_length: int, report_tokens: int, passes: int,
-         steps: int, warmup: int, device: str) -> list[float]:
+def peer(
+    checkpoint: Path,
+    cfg,
+    batch_size: int,
+    sequence_length: int,
+    report_tokens: int,
+    passes: int,
+    steps: int,
+    warmup: int,
+    device: str,
+) -> list[float]:
     """Plain QLoRA: 4-bit LLM + LoRA, token ids in, LM loss on the last ``report_tokens`` positions."""
-    llm, tokenizer, info = load_llm(checkpoint, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype,
-                                    device=device)
+    llm, tokenizer, info = load_llm(
+        checkpoint, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype, device=device
+    )
     cfg.model.adapters = "dual" if passes == 2 else "single"
     model = attach_adapters(llm, cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -76,8 +86,11 @@ def peer(checkpoint: Path, cfg, batch_size: int, sequence_length: int, report_to
     labels = ids.clone()
     labels[:, : sequence_length - report_tokens] = -100
     paths = [adapter_names(cfg.model)[: k + 1] for k in range(passes)]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if info.device.type == "cuda" and cfg.train.bf16
-                else torch.autocast("cpu", enabled=False))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if info.device.type == "cuda" and cfg.train.bf16
+        else torch.autocast("cpu", enabled=False)
+    )
 
     def step():
         for path in paths:
@@ -127,8 +140,7 @@ def main() -> None:
         if not args.base_llm:
             make_base_llm(args.corpus, checkpoint, "tiny", progress=False)
         if args.llm_1b:
-            checkpoint = random_llm(Path(tmp) / "llama-1b", "llama", checkpoint, **LLAMA_1B_SHAPE,
-                                    dtype=torch.bfloat16)
+            checkpoint = random_llm(Path(tmp) / "llama-1b", "llama", checkpoint, **LLAMA_1B_SHAPE, dtype=torch.bfloat16)
             cfg.model.target_modules = None  # PEFT's default for LLaMA (q_proj, v_proj), as a QLoRA user would
         batch = next(iter(study_loader(cfg, [args.data], "train", train=True)))
         model = MRGModel.build(cfg, checkpoint, device=args.device)
@@ -137,21 +149,39 @@ def main() -> None:
         tokens_per_second = generation_speed(model, next(iter(study_loader(cfg, [args.data], "test", train=False))), 2)
         device = str(model.info.device)
         del model
-        peer_times = {passes: peer(checkpoint, load_config(args.config, {"train.device": args.device}),
-                                   len(batch["report"]), sequence_length, report_tokens, passes, args.steps,
-                                   args.warmup, device)
-                      for passes in (1, 2)}
+        peer_times = {
+            passes: peer(
+                checkpoint,
+                load_config(args.config, {"train.device": args.device}),
+                len(batch["report"]),
+                sequence_length,
+                report_tokens,
+                passes,
+                args.steps,
+                args.warmup,
+                device,
+            )
+            for passes in (1, 2)
+        }
 
     ours_step = statistics.median(ours_times)
-    print(f"device: {device}; LLM: {'1.1B LLaMA (random weights)' if args.llm_1b else checkpoint}; "
-          f"4-bit: {cfg.model.load_in_4bit}; batch {len(batch['report'])}, sequence {sequence_length} tokens")
-    print(f"ours: {ours_step * 1000:.0f} ms/step, {1 / ours_step:.2f} train steps/s "
-          f"(adapters: {cfg.model.adapters}, median of {args.steps})")
+    print(
+        f"device: {device}; LLM: {'1.1B LLaMA (random weights)' if args.llm_1b else checkpoint}; "
+        f"4-bit: {cfg.model.load_in_4bit}; batch {len(batch['report'])}, sequence {sequence_length} tokens"
+    )
+    print(
+        f"ours: {ours_step * 1000:.0f} ms/step, {1 / ours_step:.2f} train steps/s "
+        f"(adapters: {cfg.model.adapters}, median of {args.steps})"
+    )
     for passes, times in peer_times.items():
         step = statistics.median(times)
-        print(f"plain PEFT QLoRA, {passes} LLM pass{'es' if passes > 1 else ''}: {step * 1000:.0f} ms/step; "
-              f"our overhead: {100 * (ours_step / step - 1):+.0f}%")
-    print(f"generation: {tokens_per_second:.1f} tokens/s (beam {cfg.generate.num_beams}, batch {cfg.generate.batch_size})")
+        print(
+            f"plain PEFT QLoRA, {passes} LLM pass{'es' if passes > 1 else ''}: {step * 1000:.0f} ms/step; "
+            f"our overhead: {100 * (ours_step / step - 1):+.0f}%"
+        )
+    print(
+        f"generation: {tokens_per_second:.1f} tokens/s (beam {cfg.generate.num_beams}, batch {cfg.generate.batch_size})"
+    )
 
 
 if __name__ == "__main__":

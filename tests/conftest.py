@@ -37,18 +37,27 @@ REPORT_XML = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
-def report_xml(uid="CXR1", number=1, findings="The heart is normal in size. The lungs are clear.",
-               impression="No acute disease.", major=("normal",), automatic=(), n_images=2) -> bytes:
+def report_xml(
+    uid="CXR1",
+    number=1,
+    findings="The heart is normal in size. The lungs are clear.",
+    impression="No acute disease.",
+    major=("normal",),
+    automatic=(),
+    n_images=2,
+) -> bytes:
     """An ecgen-radiology document shaped like the real ones (FINDINGS=None leaves the section out)."""
     findings_xml = "" if findings is None else f'<AbstractText Label="FINDINGS">{findings}</AbstractText>'
     mesh = "".join(f"<major>{m}</major>" for m in major) + "".join(f"<automatic>{a}</automatic>" for a in automatic)
     images = "".join(
         f'<parentImage id="{uid}_IM-0001-{k}001"><figureId>F{k}</figureId><caption>Xray Chest PA and Lateral</caption>'
-        f"<panel type=\"single\"><url>/hadoop/storage/radiology/extract/{uid}_IM-0001-{k}001.jpg</url></panel></parentImage>"
+        f'<panel type="single"><url>/hadoop/storage/radiology/extract/{uid}_IM-0001-{k}001.jpg</url></panel>'
+        "</parentImage>"
         for k in range(1, n_images + 1)
     )
-    return REPORT_XML.format(uid=uid, number=number, findings=findings_xml, impression=impression, mesh=mesh,
-                             images=images).encode()
+    return REPORT_XML.format(
+        uid=uid, number=number, findings=findings_xml, impression=impression, mesh=mesh, images=images
+    ).encode()
 
 
 def write_archive(path: Path, members: dict[str, bytes]) -> Path:
@@ -100,10 +109,35 @@ def quick_bench(tiny_bench, tiny_base_llm, tmp_path_factory) -> dict[str, Path]:
     paths = {"work": root / "work", "out": root / "results", "page": root / "docs" / "benchmark.md"}
     paths["page"].parent.mkdir()
     paths["page"].write_text("# Project\n\n## Results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
-    command = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny", "--data", str(tiny_bench),
-               "--base-llm", str(tiny_base_llm), "--methods", "local", "fedavg_lora", "--seeds", "0", "--name", "t",
-               "--work", str(paths["work"]), "--out", str(paths["out"]), "--results-page", str(paths["page"]),
-               "--jobs", str(REPO / "jobs"), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "fedmrg.cli",
+        "bench",
+        "--quick",
+        "--config",
+        "tiny",
+        "--data",
+        str(tiny_bench),
+        "--base-llm",
+        str(tiny_base_llm),
+        "--methods",
+        "local",
+        "fedavg_lora",
+        "--seeds",
+        "0",
+        "--name",
+        "t",
+        "--work",
+        str(paths["work"]),
+        "--out",
+        str(paths["out"]),
+        "--results-page",
+        str(paths["page"]),
+        "--jobs",
+        str(REPO / "jobs"),
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FEDMRG_SITE_SETTINGS", None)
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

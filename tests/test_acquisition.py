@@ -20,7 +20,14 @@ def _phantom(size: int = 64) -> np.ndarray:
 
 def _profile(**overrides) -> AcquisitionProfile:
     values = dict(
-        name="test", gamma=1.0, contrast=1.0, exposure=0.0, noise_std=0.0, blur_sigma=0.0, resolution=1.0, storage="png8"
+        name="test",
+        gamma=1.0,
+        contrast=1.0,
+        exposure=0.0,
+        noise_std=0.0,
+        blur_sigma=0.0,
+        resolution=1.0,
+        storage="png8",
     )
     return AcquisitionProfile(**{**values, **overrides})
 
@@ -108,7 +115,12 @@ def test_contrast_above_one_keeps_the_full_range():
 
 @pytest.mark.parametrize(
     "storage, suffix, tolerance",
-    [("png8", ".png", 0.5 / 255 + 1e-6), ("png16", ".png", 1e-4), ("dicom-mono1", ".dcm", 1e-3), ("dicom-mono2", ".dcm", 1e-3)],
+    [
+        ("png8", ".png", 0.5 / 255 + 1e-6),
+        ("png16", ".png", 1e-4),
+        ("dicom-mono1", ".dcm", 1e-3),
+        ("dicom-mono2", ".dcm", 1e-3),
+    ],
 )
 def test_write_view_stores_in_profile_format(tmp_path, storage, suffix, tolerance):
     profile = _profile(storage=storage, noise_std=0.02, gamma=1.2)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
 from fedmrg.fl.codec import CodecSpec, Factored, decode, encode, round_delta
 from fedmrg.fl.merge import robust_mean
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.prototypes import PrototypeBank
 
 A, B = "llm.q.lora_A.generic.weight", "llm.q.lora_B.generic.weight"
@@ -24,8 +24,12 @@ def gen(seed):
 
 
 def global_state():
-    return {A: torch.randn(4, 40, generator=gen(0)) * 0.1, B: torch.randn(24, 4, generator=gen(1)) * 0.1,
-            W: torch.randn(32, 48, generator=gen(2)), BIAS: torch.zeros(32)}
+    return {
+        A: torch.randn(4, 40, generator=gen(0)) * 0.1,
+        B: torch.randn(24, 4, generator=gen(1)) * 0.1,
+        W: torch.randn(32, 48, generator=gen(2)),
+        BIAS: torch.zeros(32),
+    }
 
 
 def trained(start, seed, scale=0.05):
@@ -33,7 +37,10 @@ def trained(start, seed, scale=0.05):
     return {name: value + scale * torch.randn(value.shape, generator=g) for name, value in start.items()}
 
 
-def lowrank_result(site, delta, studies=10, spec=CodecSpec(rank=4, dense_below=64), bank=None):
+SPEC = CodecSpec(rank=4, dense_below=64)
+
+
+def lowrank_result(site, delta, studies=10, spec=SPEC, bank=None):
     payload, _ = encode(delta, spec)
     meta = {msg.CLIENT_NAME: site, msg.TRAIN_STUDIES: studies}
     if bank is not None:
@@ -56,7 +63,9 @@ def test_merge_is_the_study_weighted_mean_of_what_sites_sent():
     merged = agg.aggregate_model()
     assert merged.meta["accepted"] == ["site-1", "site-2"] and merged.params_type == ParamsType.FULL
     sent = [decode(encode(d, CodecSpec(rank=4, dense_below=64))[0]) for d in deltas]
-    mean_product = 0.75 * sent[0]["llm.q.lora_AB.generic.weight"].dense() + 0.25 * sent[1]["llm.q.lora_AB.generic.weight"].dense()
+    mean_product = (
+        0.75 * sent[0]["llm.q.lora_AB.generic.weight"].dense() + 0.25 * sent[1]["llm.q.lora_AB.generic.weight"].dense()
+    )
     product = merged.params[B] @ merged.params[A] + agg.residual["llm.q.lora_AB.generic.weight"].dense()
     torch.testing.assert_close(product, start[B] @ start[A] + mean_product, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(merged.params[W], start[W] + 0.75 * sent[0][W].dense() + 0.25 * sent[1][W].dense())
@@ -91,11 +100,13 @@ def bad_updates(start):
         "contrastive.client": lowrank_result("s", client_head),
         "above the bound": lowrank_result("s", huge),
         "rank 8 above the bound 4": lowrank_result("s", delta, spec=CodecSpec(rank=8, dense_below=64)),
-        "unreadable update payload": FLModel(params_type=ParamsType.DIFF, params={msg.UPDATE: np.arange(40, dtype=np.uint8)},
-                                             meta={msg.TRAIN_STUDIES: 3}),
+        "unreadable update payload": FLModel(
+            params_type=ParamsType.DIFF, params={msg.UPDATE: np.arange(40, dtype=np.uint8)}, meta={msg.TRAIN_STUDIES: 3}
+        ),
         "train_studies": lowrank_result("s", delta, studies=0),
-        "params_type": FLModel(params_type=ParamsType.FULL, params={msg.UPDATE: np.zeros(4, np.uint8)},
-                               meta={msg.TRAIN_STUDIES: 3}),
+        "params_type": FLModel(
+            params_type=ParamsType.FULL, params={msg.UPDATE: np.zeros(4, np.uint8)}, meta={msg.TRAIN_STUDIES: 3}
+        ),
         "exactly": FLModel(params_type=ParamsType.DIFF, params={**msg.to_numpy(start)}, meta={msg.TRAIN_STUDIES: 3}),
     }
 
@@ -138,7 +149,7 @@ def bank(seed, counts):
     positives = torch.zeros(sum(counts), len(OBSERVATIONS), dtype=torch.bool)
     row = 0
     for finding, count in enumerate(counts):
-        positives[row: row + count, finding] = True
+        positives[row : row + count, finding] = True
         row += count
     out = PrototypeBank(len(OBSERVATIONS), DIM)
     out.add(features, positives)
@@ -176,8 +187,11 @@ def test_dense_baseline_averages_lora_a_and_b_separately():
     agg = DenseAggregator(prototype_dim=DIM)
     agg.start_round(start, 0)
     for k, state in enumerate(sites):
-        model = FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(state),
-                        meta={msg.CLIENT_NAME: f"site-{k}", msg.TRAIN_STUDIES: 10})
+        model = FLModel(
+            params_type=ParamsType.FULL,
+            params=msg.to_numpy(state),
+            meta={msg.CLIENT_NAME: f"site-{k}", msg.TRAIN_STUDIES: 10},
+        )
         assert agg.accept_model(model)
     merged = agg.aggregate_model().params
     torch.testing.assert_close(merged[A], (sites[0][A] + sites[1][A]) / 2)
@@ -191,10 +205,10 @@ def test_dense_baseline_refuses_local_parameters():
     agg = DenseAggregator()
     agg.start_round(start, 0)
     params = {**msg.to_numpy(start), "llm.q.lora_A.specialized.weight": np.zeros((4, 40), np.float32)}
-    assert not agg.accept_model(FLModel(params_type=ParamsType.FULL, params=params,
-                                        meta={msg.CLIENT_NAME: "site-1", msg.TRAIN_STUDIES: 5}))
+    assert not agg.accept_model(
+        FLModel(params_type=ParamsType.FULL, params=params, meta={msg.CLIENT_NAME: "site-1", msg.TRAIN_STUDIES: 5})
+    )
     assert "specialized" in agg.refused["site-1"]
-
 
 
 PRODUCT = "llm.q.lora_AB.generic.weight"
@@ -208,15 +222,20 @@ def sent(delta):
 
 def global_change(start, merged):
     """The change of every entry, the LoRA pair as its product."""
-    return {W: merged.params[W] - start[W], BIAS: merged.params[BIAS] - start[BIAS],
-            PRODUCT: merged.params[B] @ merged.params[A] - start[B] @ start[A]}
+    return {
+        W: merged.params[W] - start[W],
+        BIAS: merged.params[BIAS] - start[BIAS],
+        PRODUCT: merged.params[B] @ merged.params[A] - start[B] @ start[A],
+    }
 
 
 def attacked_round(start, **kwargs):
     """Two honest sites and one that scales its update up 10,000x (still under the norm bound it is given)."""
     honest = [round_delta(start, trained(start, seed)) for seed in (10, 11)]
-    hostile = {name: Factored(1e4 * v.left, v.right, v.view) if isinstance(v, Factored) else 1e4 * v
-               for name, v in round_delta(start, trained(start, 12)).items()}
+    hostile = {
+        name: Factored(1e4 * v.left, v.right, v.view) if isinstance(v, Factored) else 1e4 * v
+        for name, v in round_delta(start, trained(start, 12)).items()
+    }
     agg = aggregator(start, max_norm=1e9, **kwargs)
     for site, delta in (("site-1", honest[0]), ("site-2", honest[1]), ("site-3", hostile)):
         assert agg.accept_model(lowrank_result(site, delta))
@@ -244,8 +263,10 @@ def test_one_hostile_site_of_three_cannot_move_the_global_model_beyond_the_hones
 def test_the_robust_merge_keeps_every_coordinate_within_the_honest_range_lora_products_included():
     start = global_state()
     deltas = [decode(encode(round_delta(start, trained(start, seed)), SPEC)[0]) for seed in (10, 11, 12)]
-    deltas[2] = {name: Factored(1e4 * v.left, v.right, v.view) if isinstance(v, Factored) else 1e4 * v
-                 for name, v in deltas[2].items()}
+    deltas[2] = {
+        name: Factored(1e4 * v.left, v.right, v.view) if isinstance(v, Factored) else 1e4 * v
+        for name, v in deltas[2].items()
+    }
     merged = robust_mean(deltas, "median")
     for name, value in merged.items():
         dense = [v[name].dense() if isinstance(v[name], Factored) else v[name] for v in deltas[:2]]

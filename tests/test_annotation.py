@@ -16,8 +16,10 @@ def _touch(root, *paths):
 
 def test_round_trip_with_default_image_root(tmp_path):
     _touch(tmp_path / "images", "CXR1/0.png", "CXR1/1.png", "CXR2/0.png")
-    rows = {"train": [{"id": "CXR1", "report": "normal.", "image_path": ["CXR1/0.png", "CXR1/1.png"]}],
-            "test": [{"id": "CXR2", "report": "effusion.", "image_path": ["CXR2/0.png"], "extra": 1}]}
+    rows = {
+        "train": [{"id": "CXR1", "report": "normal.", "image_path": ["CXR1/0.png", "CXR1/1.png"]}],
+        "test": [{"id": "CXR2", "report": "effusion.", "image_path": ["CXR2/0.png"], "extra": 1}],
+    }
     write_annotation(tmp_path / "annotation.json", rows)
     data = json.loads((tmp_path / "annotation.json").read_text())
     assert set(data) == {"train", "val", "test"} and data["test"][0]["split"] == "test"
@@ -27,8 +29,14 @@ def test_round_trip_with_default_image_root(tmp_path):
 
 
 def test_mimic_rows_keep_study_and_subject_ids(tmp_path):
-    row = {"id": "02aa804e-bde0afdd", "study_id": 50414267, "subject_id": 10000032, "report": "No acute process.",
-           "image_path": ["p10/p10000032/s50414267/02aa804e-bde0afdd.jpg"], "split": "train"}
+    row = {
+        "id": "02aa804e-bde0afdd",
+        "study_id": 50414267,
+        "subject_id": 10000032,
+        "report": "No acute process.",
+        "image_path": ["p10/p10000032/s50414267/02aa804e-bde0afdd.jpg"],
+        "split": "train",
+    }
     _touch(tmp_path / "files", row["image_path"][0])
     (tmp_path / "annotation.json").write_text(json.dumps({"train": [row], "val": [], "test": []}))
     ann = read_annotation(tmp_path / "annotation.json", image_root=tmp_path / "files")
@@ -37,8 +45,12 @@ def test_mimic_rows_keep_study_and_subject_ids(tmp_path):
 
 def test_missing_images_are_skipped_counted_and_listed(tmp_path):
     _touch(tmp_path / "images", "A/0.png")
-    rows = {"train": [{"id": "A", "report": "r", "image_path": ["A/0.png"]},
-                      {"id": "B", "report": "r", "image_path": ["B/0.png"]}]}
+    rows = {
+        "train": [
+            {"id": "A", "report": "r", "image_path": ["A/0.png"]},
+            {"id": "B", "report": "r", "image_path": ["B/0.png"]},
+        ]
+    }
     write_annotation(tmp_path / "annotation.json", rows)
     ann = read_annotation(tmp_path / "annotation.json")
     assert [r["id"] for r in ann.rows("train")] == ["A"]
@@ -59,10 +71,16 @@ def test_no_usable_row_is_an_error(tmp_path):
         ('{"training": []}', "unknown split 'training'"),
         ('{"train": {}}', "train: must be a list"),
         ('{"train": [{"id": "A", "image_path": ["a.png"]}]}', r"train\[0\]: missing key 'report'"),
-        ('{"train": [{"id": "A", "report": 3, "image_path": ["a.png"]}]}', r"train\[0\] \(id=A\): 'report' must be a string"),
+        (
+            '{"train": [{"id": "A", "report": 3, "image_path": ["a.png"]}]}',
+            r"train\[0\] \(id=A\): 'report' must be a string",
+        ),
         ('{"train": [{"id": "A", "report": "r", "image_path": []}]}', "'image_path' must be a non-empty list"),
-        ('{"train": [{"id": "A", "report": "r", "image_path": ["a"]}], "test": [{"id": "A", "report": "r", "image_path": ["a"]}]}',
-         "id 'A' appears twice"),
+        (
+            '{"train": [{"id": "A", "report": "r", "image_path": ["a"]}], '
+            '"test": [{"id": "A", "report": "r", "image_path": ["a"]}]}',
+            "id 'A' appears twice",
+        ),
     ],
 )
 def test_schema_errors_name_file_row_and_key(tmp_path, content, message):

@@ -83,8 +83,9 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -173,8 +174,9 @@ def _jpeg_baseline_bytes(image01: np.ndarray) -> bytes:
 
 def _jpeg_baseline(path: Path) -> Path:
     expected = _codes() / _codes().max()
-    ds = _dicom_dataset(np.zeros(expected.shape, np.uint8), JPEGBaseline8Bit,
-                        PixelData=encapsulate([_jpeg_baseline_bytes(expected)]))
+    ds = _dicom_dataset(
+        np.zeros(expected.shape, np.uint8), JPEGBaseline8Bit, PixelData=encapsulate([_jpeg_baseline_bytes(expected)])
+    )
     return _write(ds, path)
 
 
@@ -203,8 +205,9 @@ def test_unknown_transfer_syntax_names_the_file_and_the_uid(tmp_path, syntax):
         load_image(path)
 
 
-@pytest.mark.parametrize("syntax, name", [(RLELossless, "RLE Lossless"), (JPEGBaseline8Bit, "JPEG Baseline")],
-                         ids=["rle", "jpeg-baseline"])
+@pytest.mark.parametrize(
+    "syntax, name", [(RLELossless, "RLE Lossless"), (JPEGBaseline8Bit, "JPEG Baseline")], ids=["rle", "jpeg-baseline"]
+)
 def test_corrupt_compressed_pixel_data_gives_one_line_naming_file_and_syntax(tmp_path, syntax, name):
     junk = b"\xff\xd8\xff\xe0" + b"\0" * 60
     pixels = np.zeros((6, 8), np.uint8 if syntax == JPEGBaseline8Bit else np.uint16)
@@ -245,8 +248,10 @@ _OTHER_LANGUAGES = {
 
 
 def test_reports_in_other_languages_round_trip_and_survive_cleaning_and_labeling(tmp_path):
-    rows = [{"id": f"Studie-Ä{k}-{lang}", "report": text, "image_path": [f"Röntgen/{lang}.png"]}
-            for k, (lang, text) in enumerate(_OTHER_LANGUAGES.items())]
+    rows = [
+        {"id": f"Studie-Ä{k}-{lang}", "report": text, "image_path": [f"Röntgen/{lang}.png"]}
+        for k, (lang, text) in enumerate(_OTHER_LANGUAGES.items())
+    ]
     write_annotation(tmp_path / "annotation.json", {"train": rows})
     assert "Herzgröße" in (tmp_path / "annotation.json").read_text(encoding="utf-8")  # UTF-8, not \u escapes
     for row in rows:
@@ -287,8 +292,11 @@ def _train_annotation(texts: list[str]) -> Annotation:
     "texts",
     [
         ["心脏大小正常。双肺未见实变。", "未见气胸。", "双肺纹理清晰。"],
-        ["Herz normal groß. Kein Pleuraerguss. Kein Pneumothorax.", "Keine Pneumonie. Lunge frei.",
-         "Kein Pneumothorax, keine Stauung."],  # shares 'Pneumothorax' with English: labeled positive
+        [
+            "Herz normal groß. Kein Pleuraerguss. Kein Pneumothorax.",
+            "Keine Pneumonie. Lunge frei.",
+            "Kein Pneumothorax, keine Stauung.",
+        ],  # shares 'Pneumothorax' with English: labeled positive
     ],
     ids=["chinese", "german"],
 )
@@ -331,9 +339,23 @@ _BAD_PATHS = r"train\[0\] \(id=A\): 'image_path' must be a non-empty list of pat
         ({"train": [_ROW | {"id": 7}], "test": [_ROW | {"id": "7"}]}, r"test\[0\]: id '7' appears twice"),
         ({"train": [_ROW | {"report": None}]}, r"train\[0\] \(id=A\): 'report' must be a string"),
     ],
-    ids=["no-split", "split-null", "row-not-object", "paths-ints", "paths-null", "paths-nested", "paths-mapping",
-         "paths-empty-string", "id-float", "id-null", "id-bool", "id-list", "duplicate-in-split",
-         "duplicate-int-and-string", "report-null"],
+    ids=[
+        "no-split",
+        "split-null",
+        "row-not-object",
+        "paths-ints",
+        "paths-null",
+        "paths-nested",
+        "paths-mapping",
+        "paths-empty-string",
+        "id-float",
+        "id-null",
+        "id-bool",
+        "id-list",
+        "duplicate-in-split",
+        "duplicate-int-and-string",
+        "report-null",
+    ],
 )
 def test_annotation_schema_errors_name_the_file_the_row_and_the_key(tmp_path, content, message):
     (tmp_path / "annotation.json").write_text(json.dumps(content))
@@ -426,8 +448,19 @@ def test_training_summary_lists_studies_whose_images_are_missing(site_with_bad_r
         ("- benchmark\n- fl\n", "the top level must be a mapping of sections"),
         ("tiny\n", "the top level must be a mapping of sections"),
     ],
-    ids=["section", "section-2", "fl-key", "fl-key-case", "fl-type", "fl-float-for-int", "fl-null", "train-type",
-         "list-for-string", "yaml-list", "yaml-scalar"],
+    ids=[
+        "section",
+        "section-2",
+        "fl-key",
+        "fl-key-case",
+        "fl-type",
+        "fl-float-for-int",
+        "fl-null",
+        "train-type",
+        "list-for-string",
+        "yaml-list",
+        "yaml-scalar",
+    ],
 )
 def test_config_typos_name_the_file_and_the_dotted_key(tmp_path, text, message):
     path = tmp_path / "site.yaml"
@@ -436,17 +469,22 @@ def test_config_typos_name_the_file_and_the_dotted_key(tmp_path, text, message):
         load_config(path)
 
 
-@pytest.mark.parametrize("text, key, value", [("train:\n  lr: 1e-4\n", ("train", "lr"), 1e-4),
-                                              ("fl:\n  dp_delta: 1e-5\n", ("fl", "dp_delta"), 1e-5)],
-                         ids=["lr", "dp_delta"])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [("train:\n  lr: 1e-4\n", ("train", "lr"), 1e-4), ("fl:\n  dp_delta: 1e-5\n", ("fl", "dp_delta"), 1e-5)],
+    ids=["lr", "dp_delta"],
+)
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path, text, key, value):
     path = tmp_path / "site.yaml"
     path.write_text(text)
     assert getattr(getattr(load_config(path), key[0]), key[1]) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text, key", [("train:\n  epochs: 1\ntrain:\n  lr: 0.1\n", "train"),
-                                       ("fl:\n  rounds: 3\n  rounds: 30\n", "rounds")], ids=["section", "key"])
+@pytest.mark.parametrize(
+    "text, key",
+    [("train:\n  epochs: 1\ntrain:\n  lr: 0.1\n", "train"), ("fl:\n  rounds: 3\n  rounds: 30\n", "rounds")],
+    ids=["section", "key"],
+)
 def test_a_config_key_given_twice_is_an_error(tmp_path, text, key):
     path = tmp_path / "site.yaml"
     path.write_text(text)

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from fedmrg.config import load_config
-from fedmrg.errors import DataError
 from fedmrg.data.loaders import study_loader
+from fedmrg.errors import DataError
 from fedmrg.model.training import SUMMARY_FILE, train_centralized
 
 
@@ -29,8 +29,9 @@ def damaged_site(tiny_bench, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_leaves_out_bad_studies_names_and_counts_them_and_finishes(damaged_site, tiny_base_llm, tmp_path,
-                                                                           caplog):
+def test_training_leaves_out_bad_studies_names_and_counts_them_and_finishes(
+    damaged_site, tiny_base_llm, tmp_path, caplog
+):
     site, bad_ids, _ = damaged_site
     cfg = load_config("tiny", {"train.epochs": 1, "train.device": "cpu"})
     summary = train_centralized(cfg, [site], tmp_path / "run", base_llm=tiny_base_llm, progress=False)

@@ -15,7 +15,11 @@ from fedmrg.errors import ConfigError, DataError
 from fedmrg.model.base_llm import corpus_file, make_base_llm
 from fedmrg.model.llm import load_llm
 
-HEART = ["The heart is normal in size.", "Heart size is mildly enlarged.", "The cardiomediastinal silhouette is normal."]
+HEART = [
+    "The heart is normal in size.",
+    "Heart size is mildly enlarged.",
+    "The cardiomediastinal silhouette is normal.",
+]
 LUNGS = ["The lungs are clear.", "There is a small right pleural effusion.", "No focal airspace consolidation."]
 OTHER = ["No pneumothorax.", "No acute bony abnormality.", "Degenerative changes of the thoracic spine."]
 REPORTS = [f"{h} {lung} {o}" for h in HEART for lung in LUNGS for o in OTHER]  # 27 distinct reports
@@ -104,13 +108,16 @@ def test_corpus_can_be_the_public_folder_the_benchmark_or_the_file(tmp_path):
     assert corpus_file(tmp_path / "bench") == corpus_file(tmp_path / "bench" / "public") == corpus_file(path) == path
 
 
-@pytest.mark.parametrize("lines, where, reason", [
-    (['{"id": "a", "report": "Clear lungs."}', '{"id": "b", "report": '], "line 2", "not valid JSON"),
-    (['{"id": "a", "report": "Clear lungs."}', "", '{"id": "c"}'], "line 3", 'missing "report"'),
-    (['["a", "Clear lungs."]'], "line 1", 'missing "report"'),
-    (['{"id": "a", "report": 3}'], "line 1", "non-empty string"),
-    (["", "  "], "", "no reports"),
-])
+@pytest.mark.parametrize(
+    "lines, where, reason",
+    [
+        (['{"id": "a", "report": "Clear lungs."}', '{"id": "b", "report": '], "line 2", "not valid JSON"),
+        (['{"id": "a", "report": "Clear lungs."}', "", '{"id": "c"}'], "line 3", 'missing "report"'),
+        (['["a", "Clear lungs."]'], "line 1", 'missing "report"'),
+        (['{"id": "a", "report": 3}'], "line 1", "non-empty string"),
+        (["", "  "], "", "no reports"),
+    ],
+)
 def test_bad_corpus_lines_are_named(tmp_path, lines, where, reason):
     path = tmp_path / "reports.jsonl"
     path.write_text("\n".join(lines) + "\n")

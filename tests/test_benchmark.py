@@ -145,8 +145,29 @@ def test_source_problems_are_skipped_and_listed(tmp_path):
     members["ecgen-radiology/45.xml"] = b"<eCitation><broken"
     archive = write_archive(tmp_path / "NLMCXR_reports.tgz", members)
     out = tmp_path / "b"
-    assert main(["prepare-data", "--source", "iu-xray", "--reports", str(archive), "--sites", "2",
-                 "--partition", "iid", "--image-size", "64", "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--source",
+                "iu-xray",
+                "--reports",
+                str(archive),
+                "--sites",
+                "2",
+                "--partition",
+                "iid",
+                "--image-size",
+                "64",
+                "--out",
+                str(out),
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "benchmark.json").read_text())
     assert summary["source"]["usable_studies"] == 40
     reasons = {item["item"]: item["reason"] for item in summary["skipped"]["items"]}
@@ -177,8 +198,26 @@ def test_bad_report_archive_is_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_iu_xray_subset_from_the_real_archive(tmp_path, real_archive):
     out = tmp_path / "iu"
-    code = main(["prepare-data", "--source", "iu-xray", "--studies", "150", "--sites", "3", "--partition", "style",
-                 "--image-size", "96", "--out", str(out), "--quiet", "--workers", "2"])
+    code = main(
+        [
+            "prepare-data",
+            "--source",
+            "iu-xray",
+            "--studies",
+            "150",
+            "--sites",
+            "3",
+            "--partition",
+            "style",
+            "--image-size",
+            "96",
+            "--out",
+            str(out),
+            "--quiet",
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "benchmark.json").read_text())
     assert summary["source"]["reports_in_source"] == 3955

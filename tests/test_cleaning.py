@@ -9,7 +9,10 @@ from fedmrg.data.cleaning import clean_iu_xray, clean_mimic_cxr, clean_report
     "raw, expected",
     [
         # list numbering is removed; sentences split on ". "
-        ("1. The heart is normal. 2. No effusion. 3. Lungs clear.", "the heart is normal . no effusion . lungs clear ."),
+        (
+            "1. The heart is normal. 2. No effusion. 3. Lungs clear.",
+            "the heart is normal . no effusion . lungs clear .",
+        ),
         # runs of dots collapse
         ("Heart size normal.... No pneumothorax..", "heart size normal . no pneumothorax ."),
         # hyphens and digits survive; de-identification tokens are lower-cased, not removed

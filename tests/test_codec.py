@@ -42,8 +42,10 @@ def test_lora_pairs_travel_as_the_change_of_their_product():
     delta = round_delta(before, after)
     assert set(delta) == {"encoder.w", "encoder.bias", "llm.q.lora_AB.generic.weight"}
     product = delta["llm.q.lora_AB.generic.weight"]
-    expected = (after["llm.q.lora_B.generic.weight"] @ after["llm.q.lora_A.generic.weight"]
-                - before["llm.q.lora_B.generic.weight"] @ before["llm.q.lora_A.generic.weight"])
+    expected = (
+        after["llm.q.lora_B.generic.weight"] @ after["llm.q.lora_A.generic.weight"]
+        - before["llm.q.lora_B.generic.weight"] @ before["llm.q.lora_A.generic.weight"]
+    )
     assert isinstance(product, Factored) and torch.allclose(product.dense(), expected, atol=1e-5)
 
 

@@ -24,7 +24,9 @@ def test_config_from_a_yaml_path(tmp_path):
 def test_unknown_key_is_an_error_that_suggests_the_right_one(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("benchmark:\n  partiton: style\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml: benchmark.partiton: unknown key; did you mean 'benchmark.partition'"):
+    with pytest.raises(
+        ConfigError, match=r"typo.yaml: benchmark.partiton: unknown key; did you mean 'benchmark.partition'"
+    ):
         load_config(path)
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config({"bench": {}})

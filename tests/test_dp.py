@@ -13,9 +13,12 @@ from fedmrg.fl.dp import epsilon, noise_generator, privatize
 
 def update(scale: float = 1.0) -> dict:
     g = torch.Generator().manual_seed(0)
-    return {"encoder.w": scale * torch.randn(30, 20, generator=g),
-            "llm.q.lora_AB.generic.weight": Factored(scale * torch.randn(24, 3, generator=g),
-                                                     torch.randn(3, 40, generator=g))}
+    return {
+        "encoder.w": scale * torch.randn(30, 20, generator=g),
+        "llm.q.lora_AB.generic.weight": Factored(
+            scale * torch.randn(24, 3, generator=g), torch.randn(3, 40, generator=g)
+        ),
+    }
 
 
 def norm(delta: dict) -> float:
@@ -28,8 +31,12 @@ def test_the_update_is_clipped_to_the_bound_as_a_whole_and_keeps_its_direction_a
     assert norm(clipped) == pytest.approx(2.0, rel=1e-5)
     assert isinstance(clipped["llm.q.lora_AB.generic.weight"], Factored)
     ratio = 2.0 / norm(original)
-    torch.testing.assert_close(clipped["llm.q.lora_AB.generic.weight"].dense(),
-                               ratio * original["llm.q.lora_AB.generic.weight"].dense(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        clipped["llm.q.lora_AB.generic.weight"].dense(),
+        ratio * original["llm.q.lora_AB.generic.weight"].dense(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     small = update(scale=1e-3)  # under the bound: unchanged
     torch.testing.assert_close(privatize(small, 2.0, 0.0, noise_generator())["encoder.w"], small["encoder.w"])
 

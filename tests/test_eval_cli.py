@@ -59,12 +59,17 @@ def write_csv(path, rows, header=("id", "report")) -> str:
 
 # --- label -----------------------------------------------------------------------------------
 
+
 def test_label_end_to_end(tmp_path, capsys):
-    source = write_csv(tmp_path / "reports.csv", [
-        ("r1", "Cardiomegaly. No pleural effusion.", "x"),
-        ("r2", "Normal chest.\nNo pneumothorax.", "y"),
-        ("r3", "The lungs are clear.", ""),
-    ], header=("id", "report", "extra"))
+    source = write_csv(
+        tmp_path / "reports.csv",
+        [
+            ("r1", "Cardiomegaly. No pleural effusion.", "x"),
+            ("r2", "Normal chest.\nNo pneumothorax.", "y"),
+            ("r3", "The lungs are clear.", ""),
+        ],
+        header=("id", "report", "extra"),
+    )
     out = tmp_path / "out" / "labels.csv"
     code, printed, _ = run(capsys, "label", "--in", source, "--out", out)
     assert code == 0
@@ -87,8 +92,9 @@ def test_label_reads_a_byte_order_mark(tmp_path, capsys):
 
 def test_label_missing_file(tmp_path, capsys):
     missing = tmp_path / "nope.csv"
-    assert_one_line_error(*run(capsys, "label", "--in", missing, "--out", tmp_path / "l.csv")[::2], missing,
-                          "not found")
+    assert_one_line_error(
+        *run(capsys, "label", "--in", missing, "--out", tmp_path / "l.csv")[::2], missing, "not found"
+    )
 
 
 def test_label_not_utf8(tmp_path, capsys):
@@ -125,6 +131,7 @@ def test_label_empty_file(tmp_path, capsys):
 
 # --- score -----------------------------------------------------------------------------------
 
+
 def test_score_end_to_end(tmp_path, capsys, no_java):
     pred, ref = write_json(tmp_path / "pred.json", PRED), write_json(tmp_path / "ref.json", REF)
     out = tmp_path / "run" / "scores.json"
@@ -150,8 +157,13 @@ def test_score_with_meteor(tmp_path, capsys):
 
 
 def test_score_against_an_annotation_split(tmp_path, capsys, no_java):
-    rows = {split: [{"id": f"{split}-{k}", "report": text, "image_path": [f"{split}-{k}/0.png"]}
-                    for k, text in enumerate(REF.values())] for split in ("train", "val", "test")}
+    rows = {
+        split: [
+            {"id": f"{split}-{k}", "report": text, "image_path": [f"{split}-{k}/0.png"]}
+            for k, text in enumerate(REF.values())
+        ]
+        for split in ("train", "val", "test")
+    }
     write_annotation(tmp_path / "annotation.json", rows)
     pred = write_json(tmp_path / "pred.json", {f"val-{k}": text for k, text in enumerate(PRED.values())})
     out = tmp_path / "scores.json"
@@ -172,13 +184,16 @@ def test_score_identical_reports(tmp_path, capsys, no_java):
     assert scores["ce"]["micro"]["f1"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"{not json", "not valid JSON (line 1"),
-    (b'["a", "b"]', "expected a JSON object mapping id to report text, got a list"),
-    (b'{"s1": "ok", "s2": 3, "s3": ["x"]}', "2 values are not report text (strings): ids 's2', 's3'"),
-    (b'{"s1": "caf\xe9"}', "not UTF-8 text (byte 0xe9 at offset 11"),
-    (b'{"s1": "a", "s1": "b"}', "key given twice: 's1'"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"{not json", "not valid JSON (line 1"),
+        (b'["a", "b"]', "expected a JSON object mapping id to report text, got a list"),
+        (b'{"s1": "ok", "s2": 3, "s3": ["x"]}', "2 values are not report text (strings): ids 's2', 's3'"),
+        (b'{"s1": "caf\xe9"}', "not UTF-8 text (byte 0xe9 at offset 11"),
+        (b'{"s1": "a", "s1": "b"}', "key given twice: 's1'"),
+    ],
+)
 def test_score_bad_prediction_file(tmp_path, capsys, content, expected):
     pred = tmp_path / "pred.json"
     pred.write_bytes(content)
@@ -210,10 +225,14 @@ def test_score_missing_file(tmp_path, capsys):
 
 # --- report ----------------------------------------------------------------------------------
 
+
 def _scores(meteor: float | None, f1: float) -> dict:
     nlg = {m: 0.1 * (k + 1) for k, m in enumerate(NLG)} | {"METEOR": meteor}
-    return {"n": 42, "nlg": nlg,
-            "ce": {v: {"precision": f1, "recall": f1, "f1": f1} for v in ("micro", "macro", "example", "micro5")}}
+    return {
+        "n": 42,
+        "nlg": nlg,
+        "ce": {v: {"precision": f1, "recall": f1, "f1": f1} for v in ("micro", "macro", "example", "micro5")},
+    }
 
 
 def test_report_end_to_end(tmp_path, capsys):
@@ -227,10 +246,13 @@ def test_report_end_to_end(tmp_path, capsys):
     assert str(out) in printed and str(png) in printed
     text = out.read_text()
     assert "| result | n | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr | CE-F1 micro |" in text
-    assert "| site-1 | 42 | 0.100 | 0.200 | 0.300 | 0.400 | 0.250 | 0.600 | 0.700 | 0.500 | 0.500 | 0.500 | 0.500 |" \
+    assert (
+        "| site-1 | 42 | 0.100 | 0.200 | 0.300 | 0.400 | 0.250 | 0.600 | 0.700 | 0.500 | 0.500 | 0.500 | 0.500 |"
         in text
-    assert "| global | 42 | 0.100 | 0.200 | 0.300 | 0.400 | n/a | 0.600 | 0.700 | 0.123 | 0.123 | 0.123 | 0.123 |" \
-        in text
+    )
+    assert (
+        "| global | 42 | 0.100 | 0.200 | 0.300 | 0.400 | n/a | 0.600 | 0.700 | 0.123 | 0.123 | 0.123 | 0.123 |" in text
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from conftest import REPO
-from fedmrg.fl.results import RESULTS_FILE
 from fedmrg.fl.packaging import COMPONENT_CLASSES
+from fedmrg.fl.results import RESULTS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,19 @@ SITES = ("site-1", "site-2")
 
 
 def job_command(job: str, bench: Path, llm: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "jobs" / job / "job.py"), "--data", str(bench), "--sites", "2",
-            "--config", "tiny", "--base-llm", str(llm), *extra]
+    return [
+        sys.executable,
+        str(REPO / "jobs" / job / "job.py"),
+        "--data",
+        str(bench),
+        "--sites",
+        "2",
+        "--config",
+        "tiny",
+        "--base-llm",
+        str(llm),
+        *extra,
+    ]
 
 
 def job_env() -> dict[str, str]:
@@ -34,8 +45,9 @@ def job_env() -> dict[str, str]:
 
 
 def run_job(job: str, bench: Path, llm: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(job_command(job, bench, llm, *extra), capture_output=True, text=True, env=job_env(),
-                          timeout=900)
+    return subprocess.run(
+        job_command(job, bench, llm, *extra), capture_output=True, text=True, env=job_env(), timeout=900
+    )
 
 
 def simulate(job, bench, llm, workspace) -> Path:
@@ -139,15 +151,18 @@ def kill_when(process: subprocess.Popen, ready, settle: float = 0.0, timeout: fl
     psutil.wait_procs(tree, timeout=60)
 
 
-def test_a_job_killed_mid_round_resumes_from_its_last_checkpoint_with_more_rounds(fedmrg_ws, tiny_bench,
-                                                                                   tiny_base_llm):
+def test_a_job_killed_mid_round_resumes_from_its_last_checkpoint_with_more_rounds(fedmrg_ws, tiny_bench, tiny_base_llm):
     """The finished 2-round job is resubmitted for 4 rounds and killed (server and sites at once) while
     round 4 is being trained, as a power cut would; run again, it resumes at round 4 from the server's
     checkpoint of round 3 (global model, server residual, prototypes, records) and each site's own state."""
     extra = ("--workspace", str(fedmrg_ws), "--rounds", "4", "--test-limit", "4")
     with open(fedmrg_ws.parent / "killed.log", "w") as out:
-        process = subprocess.Popen(job_command("fedmrg", tiny_bench, tiny_base_llm, *extra), stdout=out,
-                                   stderr=subprocess.STDOUT, env=job_env())
+        process = subprocess.Popen(
+            job_command("fedmrg", tiny_bench, tiny_base_llm, *extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=job_env(),
+        )
         kill_when(process, lambda: checkpoint(fedmrg_ws).get("next_round") == 3, settle=1.5)
     assert checkpoint(fedmrg_ws)["next_round"] == 3
     assert results(fedmrg_ws).get("in_progress") and (fedmrg_ws / "server_state" / "residual.safetensors").is_file()
@@ -187,8 +202,18 @@ def test_a_job_without_data_says_what_is_missing(tiny_base_llm, tmp_path):
 
 def export_only(tmp_path: Path, *flags: str) -> Path:
     """job.py --export as a user types it: no --data (no simulator run is prepared)."""
-    command = [sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", "tiny", "--sites", "3",
-               "--export", "--export-dir", str(tmp_path / "job"), *flags]
+    command = [
+        sys.executable,
+        str(REPO / "jobs" / "fedmrg" / "job.py"),
+        "--config",
+        "tiny",
+        "--sites",
+        "3",
+        "--export",
+        "--export-dir",
+        str(tmp_path / "job"),
+        *flags,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "NVFlare reserves" not in done.stderr
@@ -201,8 +226,11 @@ def test_export_writes_a_job_without_code_and_a_meta_for_the_scheduler(tmp_path)
 
     job = export_only(tmp_path, "--gpus-per-site", "1", "--gpu-mem-gib", "20")
     text = "\n".join(p.read_text() for p in job.rglob("*.json"))
-    for component in ("fedmrg.fl.controller.FedMRGController", "fedmrg.fl.aggregator.LowRankAggregator",
-                      "fedmrg.fl.executor.MRGExecutor"):
+    for component in (
+        "fedmrg.fl.controller.FedMRGController",
+        "fedmrg.fl.aggregator.LowRankAggregator",
+        "fedmrg.fl.executor.MRGExecutor",
+    ):
         assert component in text and component in COMPONENT_CLASSES
     assert not list(job.rglob("*.py"))  # by default the fedmrg package is installed at the sites, not shipped
     meta = json.loads((job / "meta.json").read_text())

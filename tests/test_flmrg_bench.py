@@ -12,15 +12,24 @@ from conftest import REPO
 from fedmrg.config import config_to_dict, load_config
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.experiments import report as br
-from fedmrg.experiments.runner import (PRESETS, RUN_FILE, RUN_FORMAT, BenchRequest, _finished_record, benchmark_sites,
-                                     random_llama_1b, round_curves, round_timing, round_traffic,
-                                     run_config)
 from fedmrg.experiments.methods import BY_NAME, select_methods
+from fedmrg.experiments.runner import (
+    PRESETS,
+    RUN_FILE,
+    RUN_FORMAT,
+    BenchRequest,
+    _finished_record,
+    benchmark_sites,
+    random_llama_1b,
+    round_curves,
+    round_timing,
+    round_traffic,
+    run_config,
+)
 
 
 def scores(ce_example: float, bleu4: float, cider: float = 0.5) -> dict:
-    nlg = {"BLEU-1": 0.4, "BLEU-2": 0.3, "BLEU-3": 0.2, "BLEU-4": bleu4, "METEOR": None, "ROUGE-L": 0.3,
-           "CIDEr": cider}
+    nlg = {"BLEU-1": 0.4, "BLEU-2": 0.3, "BLEU-3": 0.2, "BLEU-4": bleu4, "METEOR": None, "ROUGE-L": 0.3, "CIDEr": cider}
     ce = {v: {"precision": 0.5, "recall": 0.5, "f1": 0.5} for v in ("micro", "macro", "micro5")}
     ce["example"] = {"precision": ce_example, "recall": ce_example, "f1": ce_example}
     return {"n": 10, "nlg": nlg, "ce": ce}
@@ -36,13 +45,28 @@ def record(method: str, seed: int, site_values: dict, up: int | None = None, per
     setting = BY_NAME[method].setting
     traffic = None
     if up is not None:
-        traffic = {"bytes_up": {s: [up, up] for s in sites}, "bytes_down": {s: [10 * up, 10 * up] for s in sites},
-                   "up_total": 4 * up, "down_total": 40 * up, "rounds": 2}
-    return {"format": RUN_FORMAT, "method": method, "setting": setting, "seed": seed, "config": {}, "wall_s": 10.0,
-            "sites": sites, "test_global": {"global": scores(0.4, 0.1)}, "traffic": traffic,
-            "curves": {"val_lm_generic": [3.0, 2.5]} if setting == "federated" else None,
-            "timing": {"round_seconds": [4.0, 6.0], "peak_memory_mib": {"site-1": 900.0, "site-2": 1000.0}}
-            if setting == "federated" else None}
+        traffic = {
+            "bytes_up": {s: [up, up] for s in sites},
+            "bytes_down": {s: [10 * up, 10 * up] for s in sites},
+            "up_total": 4 * up,
+            "down_total": 40 * up,
+            "rounds": 2,
+        }
+    return {
+        "format": RUN_FORMAT,
+        "method": method,
+        "setting": setting,
+        "seed": seed,
+        "config": {},
+        "wall_s": 10.0,
+        "sites": sites,
+        "test_global": {"global": scores(0.4, 0.1)},
+        "traffic": traffic,
+        "curves": {"val_lm_generic": [3.0, 2.5]} if setting == "federated" else None,
+        "timing": {"round_seconds": [4.0, 6.0], "peak_memory_mib": {"site-1": 900.0, "site-2": 1000.0}}
+        if setting == "federated"
+        else None,
+    }
 
 
 SITES2 = ("site-1", "site-2")
@@ -58,8 +82,7 @@ def summary():
         *two_seeds("local", [(0.50, 0.05), (0.52, 0.07)]),
         *two_seeds("centralized", [(0.60, 0.10), (0.62, 0.10)]),
         *two_seeds("fedavg_lora", [(0.55, 0.08), (0.55, 0.08)], up=1_000_000),
-        *two_seeds("fedmrg", [(0.40, 0.01), (0.40, 0.01)], up=20_000,
-                   personalized={s: (0.60, 0.12) for s in SITES2}),
+        *two_seeds("fedmrg", [(0.40, 0.01), (0.40, 0.01)], up=20_000, personalized={s: (0.60, 0.12) for s in SITES2}),
         *two_seeds("fedmrg-no-contrastive", [(0.59, 0.12), (0.61, 0.12)], up=20_000),
         *two_seeds("fedmrg-no-compression", [(0.50, 0.05), (0.50, 0.05)], up=1_000_000),
     ]
@@ -118,12 +141,26 @@ def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(s
 
 
 def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
-    results = {"name": "t", "summary": summary, "claims": br.claims(summary), "ablations": br.ablation_effects(summary),
-               "plots": {"per-site quality": "/x/t-sites.png"},
-               "settings": {"preset": "quick", "config": "tiny", "seeds": [0, 1], "rounds": 2, "local_steps": 10,
-                            "local_epochs": 1, "test_limit": 50, "global_limit": None, "decoding": "greedy",
-                            "machine": "2 CPU cores", "benchmark": {"source": "synthetic", "sites": 2,
-                                                                     "partition": "style", "train_studies": 63}}}
+    results = {
+        "name": "t",
+        "summary": summary,
+        "claims": br.claims(summary),
+        "ablations": br.ablation_effects(summary),
+        "plots": {"per-site quality": "/x/t-sites.png"},
+        "settings": {
+            "preset": "quick",
+            "config": "tiny",
+            "seeds": [0, 1],
+            "rounds": 2,
+            "local_steps": 10,
+            "local_epochs": 1,
+            "test_limit": 50,
+            "global_limit": None,
+            "decoding": "greedy",
+            "machine": "2 CPU cores",
+            "benchmark": {"source": "synthetic", "sites": 2, "partition": "style", "train_studies": 63},
+        },
+    }
     text = br.markdown(results, image_dir="bench/results/")
     rows = [line for line in text.splitlines() if line.startswith("| fedmrg |")]
     assert len(rows) == 2 and "0.600 ± 0.000" in rows[0]  # quality, then costs
@@ -156,8 +193,9 @@ def test_plot_links_are_relative_to_the_results_page():
 
 
 def test_a_run_gets_the_preset_the_methods_budget_and_its_seed():
-    request = BenchRequest(preset=PRESETS["quick"], methods=select_methods(None), data=REPO, base_llm=REPO,
-                           work=REPO, config="demo")
+    request = BenchRequest(
+        preset=PRESETS["quick"], methods=select_methods(None), data=REPO, base_llm=REPO, work=REPO, config="demo"
+    )
     local = run_config(request, BY_NAME["local"], 1, sites=3)
     pooled = run_config(request, BY_NAME["centralized"], 1, sites=3)
     fedavg = run_config(request, BY_NAME["fedavg_lora"], 1, sites=3)
@@ -193,9 +231,14 @@ def test_a_benchmark_config_with_a_step_cap_is_refused():
 
 
 def test_traffic_timing_and_curves_come_from_the_jobs_rounds():
-    rounds = [{"bytes_up": {"site-1": 5, "site-2": 7}, "bytes_down": {"site-1": 50, "site-2": 50},
-               "metrics": {"site-1": {"val_loss": 2.0, "train_loss": 9.0}, "site-2": {"val_loss": 4.0}}},
-              {"bytes_up": {"site-1": 5}, "bytes_down": {"site-1": 50}, "metrics": {"site-1": {"val_loss": 1.0}}}]
+    rounds = [
+        {
+            "bytes_up": {"site-1": 5, "site-2": 7},
+            "bytes_down": {"site-1": 50, "site-2": 50},
+            "metrics": {"site-1": {"val_loss": 2.0, "train_loss": 9.0}, "site-2": {"val_loss": 4.0}},
+        },
+        {"bytes_up": {"site-1": 5}, "bytes_down": {"site-1": 50}, "metrics": {"site-1": {"val_loss": 1.0}}},
+    ]
     traffic = round_traffic(rounds)
     assert traffic["bytes_up"] == {"site-1": [5, 5], "site-2": [7, None]} and traffic["up_total"] == 17
     assert traffic["down_total"] == 150 and traffic["rounds"] == 2
@@ -260,9 +303,31 @@ def test_the_quick_benchmark_writes_results_table_plots_and_the_results_page_sec
 def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_bench, tiny_base_llm):
     record = quick_bench["work"] / "local" / "seed-0" / RUN_FILE
     before = record.stat().st_mtime_ns
-    command = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny", "--data", str(tiny_bench),
-               "--base-llm", str(tiny_base_llm), "--methods", "local", "--seeds", "0", "--name", "again",
-               "--work", str(quick_bench["work"]), "--out", str(quick_bench["out"]), "--results-page", "none"]
+    command = [
+        sys.executable,
+        "-m",
+        "fedmrg.cli",
+        "bench",
+        "--quick",
+        "--config",
+        "tiny",
+        "--data",
+        str(tiny_bench),
+        "--base-llm",
+        str(tiny_base_llm),
+        "--methods",
+        "local",
+        "--seeds",
+        "0",
+        "--name",
+        "again",
+        "--work",
+        str(quick_bench["work"]),
+        "--out",
+        str(quick_bench["out"]),
+        "--results-page",
+        "none",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reusing" in done.stderr and record.stat().st_mtime_ns == before

@@ -11,8 +11,13 @@ from fedmrg.io import atomic_write, load_json, recover_directory, replace_direct
 
 
 def test_json_keeps_text_readable_and_reads_back_the_same(tmp_path):
-    data = {"report": "Écho normal – 肺", "path": "scan\udcff.png", "slash": "a\\\udcfe", "n": np.float32(1.5),
-            "rows": np.arange(3)}
+    data = {
+        "report": "Écho normal – 肺",
+        "path": "scan\udcff.png",
+        "slash": "a\\\udcfe",
+        "n": np.float32(1.5),
+        "rows": np.arange(3),
+    }
     path = tmp_path / "sub" / "out.json"
     write_json(path, data)
     text = path.read_text(encoding="utf-8")

@@ -10,12 +10,19 @@ from fedmrg.errors import DataError
 
 
 def test_parser_reads_sections_mesh_terms_and_images():
-    xml = report_xml(uid="CXR4", findings="There are diffuse bilateral interstitial opacities.\n   Streaky  scarring.",
-                     impression="1. Bullous emphysema.", major=("Bullous Emphysema", "Opacity/lung/upper lobe/right/streaky"),
-                     automatic=("scarring",), n_images=3)
+    xml = report_xml(
+        uid="CXR4",
+        findings="There are diffuse bilateral interstitial opacities.\n   Streaky  scarring.",
+        impression="1. Bullous emphysema.",
+        major=("Bullous Emphysema", "Opacity/lung/upper lobe/right/streaky"),
+        automatic=("scarring",),
+        n_images=3,
+    )
     report = parse_report_xml(xml, "ecgen-radiology/4.xml")
     assert report.uid == "CXR4"
-    assert report.findings == "There are diffuse bilateral interstitial opacities. Streaky scarring."  # whitespace normalised
+    assert (
+        report.findings == "There are diffuse bilateral interstitial opacities. Streaky scarring."
+    )  # whitespace normalised
     assert report.impression == "1. Bullous emphysema."
     assert report.indication.startswith("XXXX-year-old")
     assert report.mesh_major == ["Bullous Emphysema", "Opacity/lung/upper lobe/right/streaky"]
@@ -44,11 +51,14 @@ def test_malformed_xml_names_the_file(data, message):
 
 
 def test_archive_reading_skips_and_lists_broken_members(tmp_path):
-    archive = write_archive(tmp_path / "reports.tgz", {
-        "ecgen-radiology/10.xml": report_xml(uid="CXR10"),
-        "ecgen-radiology/2.xml": report_xml(uid="CXR2"),
-        "ecgen-radiology/3.xml": b"<eCitation>",
-    })
+    archive = write_archive(
+        tmp_path / "reports.tgz",
+        {
+            "ecgen-radiology/10.xml": report_xml(uid="CXR10"),
+            "ecgen-radiology/2.xml": report_xml(uid="CXR2"),
+            "ecgen-radiology/3.xml": b"<eCitation>",
+        },
+    )
     reports, skipped = read_archive(archive, progress=False)
     assert [r.uid for r in reports] == ["CXR2", "CXR10"]  # study-number order
     assert len(skipped) == 1 and skipped[0].item == "ecgen-radiology/3.xml" and "well-formed" in skipped[0].reason

@@ -21,10 +21,14 @@ P, N, U = 1, 0, -1
         ("Healed left rib fractures.", {"Fracture": P}),
         # negation, and its scope through coordinated lists
         ("No pneumothorax.", {"Pneumothorax": N}),
-        ("No focal consolidation, pleural effusion or pneumothorax.",
-         {"Consolidation": N, "Pleural Effusion": N, "Pneumothorax": N}),
-        ("The lungs are clear without focal airspace consolidation, large pleural effusion, or pneumothorax.",
-         {"Consolidation": N, "Pleural Effusion": N, "Pneumothorax": N}),
+        (
+            "No focal consolidation, pleural effusion or pneumothorax.",
+            {"Consolidation": N, "Pleural Effusion": N, "Pneumothorax": N},
+        ),
+        (
+            "The lungs are clear without focal airspace consolidation, large pleural effusion, or pneumothorax.",
+            {"Consolidation": N, "Pleural Effusion": N, "Pneumothorax": N},
+        ),
         ("Lungs are free of edema.", {"Edema": N}),
         ("Negative for pneumonia.", {"Pneumonia": N}),
         ("The previously seen left pleural effusion has resolved.", {"Pleural Effusion": N}),
@@ -101,9 +105,20 @@ def test_label_matrix_layout():
 # Edema 0.778, Consolidation 0.857, Pneumonia 0.714, Atelectasis 0.923, Pneumothorax 0.923,
 # Pleural Effusion 0.933, Pleural Other 0.735, Fracture 0.867, Support Devices 0.910.
 F1_FLOORS = {
-    "No Finding": 0.94, "Enlarged Cardiomediastinum": 0.5, "Cardiomegaly": 0.9, "Lung Lesion": 0.68,
-    "Lung Opacity": 0.88, "Edema": 0.74, "Consolidation": 0.8, "Pneumonia": 0.66, "Atelectasis": 0.9,
-    "Pneumothorax": 0.88, "Pleural Effusion": 0.9, "Pleural Other": 0.68, "Fracture": 0.83, "Support Devices": 0.88,
+    "No Finding": 0.94,
+    "Enlarged Cardiomediastinum": 0.5,
+    "Cardiomegaly": 0.9,
+    "Lung Lesion": 0.68,
+    "Lung Opacity": 0.88,
+    "Edema": 0.74,
+    "Consolidation": 0.8,
+    "Pneumonia": 0.66,
+    "Atelectasis": 0.9,
+    "Pneumothorax": 0.88,
+    "Pleural Effusion": 0.9,
+    "Pleural Other": 0.68,
+    "Fracture": 0.83,
+    "Support Devices": 0.88,
 }
 
 

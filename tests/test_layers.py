@@ -94,8 +94,10 @@ def upward_imports(package: Path = PACKAGE) -> list[str]:
             if target_room == room:
                 continue
             if RANKS[target_room] >= RANKS[room]:
-                problems.append(f"{path.relative_to(package.parent)}:{line}: {module} ({room}) imports {target} "
-                                f"({target_room}), which is not below it")
+                problems.append(
+                    f"{path.relative_to(package.parent)}:{line}: {module} ({room}) imports {target} "
+                    f"({target_room}), which is not below it"
+                )
     return problems
 
 

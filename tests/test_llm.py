@@ -13,13 +13,16 @@ from fedmrg.errors import ConfigError
 from fedmrg.model.base_llm import train_tokenizer
 from fedmrg.model.llm import load_llm, random_llm, resolve_device, resolve_dtype
 
-TEXTS = ["the heart is normal in size . the lungs are clear .",
-         "mild cardiomegaly . small right pleural effusion . no pneumothorax ."] * 5
+TEXTS = [
+    "the heart is normal in size . the lungs are clear .",
+    "mild cardiomegaly . small right pleural effusion . no pneumothorax .",
+] * 5
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Loading must never reach for the Hub: any connection attempt fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 
@@ -42,16 +45,25 @@ def checkpoint(tmp_path_factory, tokenizer_dir):
     def get(family: str):
         if family not in built:
             kv_heads = None if family == "gpt2" else 2
-            built[family] = random_llm(tmp_path_factory.mktemp(family), family, tokenizer_dir, hidden_size=64,
-                                       layers=2, heads=4, kv_heads=kv_heads, intermediate_size=128)
+            built[family] = random_llm(
+                tmp_path_factory.mktemp(family),
+                family,
+                tokenizer_dir,
+                hidden_size=64,
+                layers=2,
+                heads=4,
+                kv_heads=kv_heads,
+                intermediate_size=128,
+            )
         return built[family]
 
     return get
 
 
 def _linear_layers(model) -> dict[str, torch.nn.Module]:
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+    return {
+        name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+    }
 
 
 def test_4bit_load_quantizes_every_decoder_linear_and_freezes_everything(checkpoint):

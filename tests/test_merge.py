@@ -15,14 +15,20 @@ def gen(seed):
 
 
 def global_state(r=4, d=48, k=80):
-    return {A: torch.randn(r, k, generator=gen(0)) * 0.1, B: torch.randn(d, r, generator=gen(1)) * 0.1,
-            "head.w": torch.randn(16, 8, generator=gen(2)), "head.b": torch.zeros(16)}
+    return {
+        A: torch.randn(r, k, generator=gen(0)) * 0.1,
+        B: torch.randn(d, r, generator=gen(1)) * 0.1,
+        "head.w": torch.randn(16, 8, generator=gen(2)),
+        "head.b": torch.zeros(16),
+    }
 
 
 def client_state(start, seed, change_a=True):
     g = gen(seed)
-    return {name: value + (0.05 * torch.randn(value.shape, generator=g) if name != A or change_a else 0)
-            for name, value in start.items()}
+    return {
+        name: value + (0.05 * torch.randn(value.shape, generator=g) if name != A or change_a else 0)
+        for name, value in start.items()
+    }
 
 
 def product(state):
@@ -46,10 +52,12 @@ def test_merged_product_plus_kept_residual_is_the_weighted_mean_of_products():
     assert torch.allclose(product(new) + residual[AB].dense(), exact, atol=1e-5)
     assert new[A].shape == start[A].shape and new[B].shape == start[B].shape  # back to the adapter rank
     fedit = (sum(w * c[B] for w, c in zip(weights, clients)) / sum(weights)) @ (
-        sum(w * c[A] for w, c in zip(weights, clients)) / sum(weights))
+        sum(w * c[A] for w, c in zip(weights, clients)) / sum(weights)
+    )
     assert (fedit - exact).norm() > 1e-3  # averaging A and B separately is not the mean of products
-    assert torch.allclose(new["head.w"], sum(w * c["head.w"] for w, c in zip(weights, clients)) / sum(weights),
-                          atol=1e-5)
+    assert torch.allclose(
+        new["head.w"], sum(w * c["head.w"] for w, c in zip(weights, clients)) / sum(weights), atol=1e-5
+    )
 
 
 def test_without_truncation_the_merge_is_exact():

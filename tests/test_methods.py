@@ -29,8 +29,10 @@ def test_every_method_is_a_valid_config_that_differs_from_fedmrg_exactly_where_i
     base = load_config(config)
     fedmrg = flat(config_to_dict(load_config(config, BY_NAME["fedmrg"].budget_overrides(base, 3))))
     for method in METHODS:
-        settings = {**(job_overrides(REPO / "jobs" / method.job) if method.job else {}),
-                    **method.budget_overrides(base, 3)}
+        settings = {
+            **(job_overrides(REPO / "jobs" / method.job) if method.job else {}),
+            **method.budget_overrides(base, 3),
+        }
         cfg = flat(config_to_dict(load_config(config, settings)))
         changed = {key for key in cfg if cfg[key] != fedmrg[key]}
         assert changed == {key for key, value in settings.items() if fedmrg[key] != value}, method.name
@@ -50,7 +52,11 @@ def test_the_fedavg_baseline_runs_its_jobs_own_settings():
     assert BY_NAME["fedavg_lora"].job == "fedavg_lora" and BY_NAME["fedavg_lora"].overrides == {}
     cfg = load_config("tiny", job_overrides(REPO / "jobs" / "fedavg_lora"))
     assert (cfg.fl.update, cfg.model.adapters, cfg.model.contrastive, cfg.fl.error_feedback) == (
-        "dense", "single", False, False)
+        "dense",
+        "single",
+        False,
+        False,
+    )
     assert {m.job for m in METHODS if m.setting == "federated"} == {"fedmrg", "fedavg_lora"}
 
 

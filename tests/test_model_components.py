@@ -12,13 +12,13 @@ from fedmrg.config import EncoderConfig
 from fedmrg.errors import ConfigError
 from fedmrg.labels.labeler import label_matrix
 from fedmrg.labels.observations import OBSERVATIONS
-from fedmrg.model.contrastive import ContrastiveHeads, info_nce, prototype_nce
-from fedmrg.model.prototypes import PrototypeBank
-from fedmrg.model.customizer import PromptCustomizer
 from fedmrg.labels.states import STATES, labels_from_states, states_from_labels
+from fedmrg.model.contrastive import ContrastiveHeads, info_nce, prototype_nce
+from fedmrg.model.customizer import PromptCustomizer
 from fedmrg.model.diagnosis import NOTHING_MENTIONED, DiagnosisHead, class_counts, diagnosis_prompt
 from fedmrg.model.encoder import StudyEncoder, load_encoder_weights
 from fedmrg.model.projector import VisualProjector
+from fedmrg.model.prototypes import PrototypeBank
 
 SIZE, PATCH, HIDDEN = 32, 8, 32  # a 4 x 4 patch grid
 CFG = EncoderConfig(patch_size=PATCH, hidden_size=HIDDEN, mlp_dim=64, layers=1, heads=4)
@@ -34,6 +34,7 @@ def make_encoder() -> StudyEncoder:
 
 
 # --- encoder -------------------------------------------------------------------------------------
+
 
 def test_encoder_shapes_for_one_and_two_views():
     encoder = make_encoder()
@@ -101,6 +102,7 @@ def test_load_encoder_weights_errors(tmp_path):
 
 # --- projector -----------------------------------------------------------------------------------
 
+
 def test_projector_pools_each_view_and_masks_padded_views():
     tokens = torch.randn(2, 2, 16, HIDDEN)
     mask = torch.tensor([[True, True], [True, False]])
@@ -116,13 +118,15 @@ def test_projector_pools_each_view_and_masks_padded_views():
 
 def test_projector_keeps_every_patch_with_zero_tokens_and_rejects_too_many():
     embeds, token_mask = VisualProjector(HIDDEN, 24, grid=(4, 4), tokens_per_view=0)(
-        torch.randn(1, 2, 16, HIDDEN), torch.tensor([[True, True]]))
+        torch.randn(1, 2, 16, HIDDEN), torch.tensor([[True, True]])
+    )
     assert embeds.shape == (1, 32, 24) and token_mask.all()
     with pytest.raises(ConfigError, match="model.visual_tokens"):
         VisualProjector(HIDDEN, 24, grid=(4, 4), tokens_per_view=25)
 
 
 # --- prompt customizer ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["prompt", "promptbook"])
 def test_customizer_is_the_static_prompt_at_init_and_learns_to_depend_on_the_image(mode):
@@ -147,6 +151,7 @@ def test_customizer_none_gives_no_tokens():
 
 
 # --- diagnosis -----------------------------------------------------------------------------------
+
 
 def test_states_labels_round_trip_and_prompt_text():
     labels = label_matrix(["The heart is enlarged. No pleural effusion. Possible edema.", "Normal study"])
@@ -183,6 +188,7 @@ def test_diagnosis_losses_differ_once_counts_are_skewed_and_predict_uses_raw_log
 
 # --- contrastive ---------------------------------------------------------------------------------
 
+
 def test_contrastive_heads_are_normalised_and_named_for_federation():
     heads = ContrastiveHeads(image_dim=8, text_dim=6, out_dim=4)
     out = heads(torch.randn(3, 8), torch.randn(3, 6))
@@ -209,8 +215,12 @@ def test_prototype_nce_is_zero_without_pairs_and_falls_as_features_reach_their_p
     positives = torch.zeros(4, 14, dtype=torch.bool)
     positives[torch.arange(4), torch.tensor([0, 1, 2, 3])] = True  # class 3 is unavailable: skipped
     start = features.detach()
-    losses = [prototype_nce(F.normalize((1 - t) * start + t * prototypes[:4], dim=-1), positives, prototypes,
-                            available, 0.1).item() for t in (0.0, 0.5, 1.0)]
+    losses = [
+        prototype_nce(
+            F.normalize((1 - t) * start + t * prototypes[:4], dim=-1), positives, prototypes, available, 0.1
+        ).item()
+        for t in (0.0, 0.5, 1.0)
+    ]
     assert losses[0] > losses[1] > losses[2]
 
 
@@ -229,14 +239,17 @@ def test_prototype_bank_merge_equals_the_bank_of_the_pooled_data():
     assert torch.equal(prototypes[5], torch.zeros(16))
 
 
-@pytest.mark.parametrize("state, message", [
-    ({"sums": torch.zeros(14, 4)}, "exactly the keys"),
-    ({"sums": torch.zeros(14, 4), "counts": torch.zeros(13)}, r"\[C, d\]"),
-    ({"sums": torch.full((14, 4), float("nan")), "counts": torch.ones(14)}, "finite"),
-    ({"sums": torch.zeros(14, 4), "counts": -torch.ones(14)}, "non-negative"),
-    ({"sums": torch.full((14, 4), 5.0), "counts": np.ones(14)}, "exceed"),
-    ({"sums": [["a"]], "counts": [1]}, "numeric"),
-])
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({"sums": torch.zeros(14, 4)}, "exactly the keys"),
+        ({"sums": torch.zeros(14, 4), "counts": torch.zeros(13)}, r"\[C, d\]"),
+        ({"sums": torch.full((14, 4), float("nan")), "counts": torch.ones(14)}, "finite"),
+        ({"sums": torch.zeros(14, 4), "counts": -torch.ones(14)}, "non-negative"),
+        ({"sums": torch.full((14, 4), 5.0), "counts": np.ones(14)}, "exceed"),
+        ({"sums": [["a"]], "counts": [1]}, "numeric"),
+    ],
+)
 def test_prototype_bank_rejects_bad_state(state, message):
     with pytest.raises(ValueError, match=message):
         PrototypeBank.from_state(state)

@@ -13,17 +13,23 @@ from peft import PeftModel
 from fedmrg.cli import main
 from fedmrg.config import load_config
 from fedmrg.data.images import load_image, save_dicom
-from fedmrg.errors import ConfigError
-from fedmrg.model.parameters import GENERIC, SPECIALIZED
 from fedmrg.data.loaders import study_loader
+from fedmrg.errors import ConfigError
 from fedmrg.model.inference import generate_for, study_batch
-from fedmrg.model.llm import load_llm, random_llm
 from fedmrg.model.layout import ADAPTERS_DIR
+from fedmrg.model.llm import load_llm, random_llm
 from fedmrg.model.mrg import MRGModel
+from fedmrg.model.parameters import GENERIC, SPECIALIZED
 from fedmrg.model.training import Trainer, train_centralized
 
-ALLOWED_TRAINABLE = ("encoder.", "projector.", "customizer.", "diagnosis.", "contrastive.generic.",
-                     "contrastive.client.")
+ALLOWED_TRAINABLE = (
+    "encoder.",
+    "projector.",
+    "customizer.",
+    "diagnosis.",
+    "contrastive.generic.",
+    "contrastive.client.",
+)
 
 
 def tiny_cfg(**model_overrides):
@@ -72,7 +78,9 @@ def test_shared_and_local_state_partition_the_trainable_parameters(model):
     assert not shared.keys() & local.keys()
     assert shared.keys() | local.keys() == trainable
     assert any(f".{GENERIC}." in key for key in shared) and not any(f".{SPECIALIZED}." in key for key in shared)
-    assert any(f".{SPECIALIZED}." in key for key in local) and any(key.startswith("contrastive.client.") for key in local)
+    assert any(f".{SPECIALIZED}." in key for key in local) and any(
+        key.startswith("contrastive.client.") for key in local
+    )
     assert not any(key.startswith("contrastive.client.") for key in shared)
 
 
@@ -98,12 +106,15 @@ def test_prompts_are_static_at_initialisation(model, site):
     assert torch.equal(prompts, model.customizer.static_prompts().expand_as(prompts))
 
 
-@pytest.mark.parametrize("switch, expect_gone, expect_new", [
-    ({"adapters": "single"}, {"lm_dual", "mutual_kl"}, set()),
-    ({"mutual_boosting": 0.0}, {"mutual_kl"}, set()),
-    ({"diagnosis": False}, {"diagnosis"}, set()),
-    ({"contrastive": False}, {"contrastive_prototype", "contrastive_generic", "contrastive_client"}, set()),
-])
+@pytest.mark.parametrize(
+    "switch, expect_gone, expect_new",
+    [
+        ({"adapters": "single"}, {"lm_dual", "mutual_kl"}, set()),
+        ({"mutual_boosting": 0.0}, {"mutual_kl"}, set()),
+        ({"diagnosis": False}, {"diagnosis"}, set()),
+        ({"contrastive": False}, {"contrastive_prototype", "contrastive_generic", "contrastive_client"}, set()),
+    ],
+)
 def test_each_loss_switch_removes_its_terms(tiny_base_llm, site, switch, expect_gone, expect_new):
     torch.manual_seed(0)
     variant = MRGModel.build(tiny_cfg(**switch), tiny_base_llm, device="cpu")
@@ -112,13 +123,16 @@ def test_each_loss_switch_removes_its_terms(tiny_base_llm, site, switch, expect_
     assert {"loss", "lm_generic"} <= losses.keys()
 
 
-@pytest.mark.parametrize("switch, prompts, visual, diagnosis", [
-    ({}, 4, 4, True),
-    ({"prompt_mode": "none"}, 0, 4, True),
-    ({"prompt_mode": "prompt", "num_prompts": 3}, 3, 4, True),
-    ({"visual_tokens": 1}, 4, 1, True),
-    ({"diagnosis": False}, 4, 4, False),
-])
+@pytest.mark.parametrize(
+    "switch, prompts, visual, diagnosis",
+    [
+        ({}, 4, 4, True),
+        ({"prompt_mode": "none"}, 0, 4, True),
+        ({"prompt_mode": "prompt", "num_prompts": 3}, 3, 4, True),
+        ({"visual_tokens": 1}, 4, 1, True),
+        ({"diagnosis": False}, 4, 4, False),
+    ],
+)
 def test_each_input_switch_changes_what_the_llm_reads(tiny_base_llm, site, switch, prompts, visual, diagnosis):
     torch.manual_seed(0)
     variant = MRGModel.build(tiny_cfg(**switch), tiny_base_llm, device="cpu")
@@ -168,7 +182,7 @@ def test_next_token_does_not_depend_on_batch_company(model, site):
     model.eval()
     together = next_token_logits(batch)
     for i in range(len(batch["id"])):
-        alone = {k: v[i:i + 1] for k, v in batch.items()}
+        alone = {k: v[i : i + 1] for k, v in batch.items()}
         if i == 0:
             alone["image"], alone["view_mask"] = alone["image"][:, :1], alone["view_mask"][:, :1]
         alone = next_token_logits(alone)
@@ -188,8 +202,10 @@ def test_save_load_round_trips_exactly_in_peft_format(model, tiny_base_llm, site
                 parameter.add_(torch.randn_like(parameter) * 0.01)
     model.save(tmp_path / "run")
     loaded = MRGModel.load(tmp_path / "run", device="cpu")
-    for ours, theirs in ((model.shared_state_dict(), loaded.shared_state_dict()),
-                         (model.local_state_dict(), loaded.local_state_dict())):
+    for ours, theirs in (
+        (model.shared_state_dict(), loaded.shared_state_dict()),
+        (model.local_state_dict(), loaded.local_state_dict()),
+    ):
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[key], theirs[key]) for key in ours)
     batch = first_batch(model.cfg, site, batch_size=2)
@@ -255,23 +271,74 @@ def test_train_resume_evaluate_and_retrieve_from_the_command_line(tiny_bench, ti
     assert third["steps"] == third["planned_steps"] and third["epochs"] == 2
     record = json.loads((site / "annotation.json").read_text())["test"][0]
     capsys.readouterr()
-    assert main(["generate", "--model", str(run), "--json", *(str(site / "images" / p) for p in record["image_path"])]) == 0
+    assert (
+        main(["generate", "--model", str(run), "--json", *(str(site / "images" / p) for p in record["image_path"])])
+        == 0
+    )
     generated = json.loads(capsys.readouterr().out)
     assert generated["report"] and isinstance(generated["findings"], dict)
     scores = tmp_path / "eval" / "scores.json"
-    assert main(["evaluate", "--model", str(run), "--data", str(tiny_bench / "test-global"), "--out", str(scores),
-                 "--limit", "6", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--data",
+                str(tiny_bench / "test-global"),
+                "--out",
+                str(scores),
+                "--limit",
+                "6",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = json.loads(scores.read_text())
     assert result["n"] == 6 and {"nlg", "ce"} <= result.keys()
     predictions = json.loads((scores.parent / "scores.predictions.json").read_text())
     assert len(predictions) == 6
     baseline = tmp_path / "eval" / "retrieval.json"
-    assert main(["retrieve-baseline", "--model", str(run), "--data", str(tiny_bench / "test-global"),
-                 "--train-data", str(site), "--out", str(baseline), "--limit", "6", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "retrieve-baseline",
+                "--model",
+                str(run),
+                "--data",
+                str(tiny_bench / "test-global"),
+                "--train-data",
+                str(site),
+                "--out",
+                str(baseline),
+                "--limit",
+                "6",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads(baseline.read_text()).keys() == result.keys()
     normal = tmp_path / "eval" / "normal.json"
-    assert main(["retrieve-baseline", "--normal", "--config", "tiny", "--data", str(site), "--out", str(normal),
-                 "--limit", "6", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "retrieve-baseline",
+                "--normal",
+                "--config",
+                "tiny",
+                "--data",
+                str(site),
+                "--out",
+                str(normal),
+                "--limit",
+                "6",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(set(json.loads((normal.parent / "normal.retrieved.json").read_text()).values())) == 1
     retrieved = json.loads((baseline.parent / "retrieval.retrieved.json").read_text())
     train_ids = {row["id"] for row in json.loads((site / "annotation.json").read_text())["train"]}
@@ -303,8 +370,20 @@ def test_retrieval_prefers_the_same_positive_findings():
 
 
 def test_a_hub_id_as_base_llm_fails_with_how_to_copy_it(site, tmp_path, capsys):
-    code = main(["train", "--config", "tiny", "--data", str(site), "--base-llm", "meta-llama/Llama-3.2-1B",
-                 "--out", str(tmp_path / "run"), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            str(site),
+            "--base-llm",
+            "meta-llama/Llama-3.2-1B",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "meta-llama/Llama-3.2-1B" in err and "--local-dir" in err
     assert not (tmp_path / "run" / "checkpoint").exists()
@@ -331,12 +410,16 @@ def test_a_saved_model_loads_without_the_pretrained_encoder_file(tiny_base_llm, 
     cfg = tiny_cfg()
     cfg.model.encoder.pretrained = str(weights)
     model = MRGModel.build(cfg, tiny_base_llm, device="cpu")
-    assert all(torch.equal(a, b) for a, b in zip(model.encoder.vit.state_dict().values(),
-                                                  donor.encoder.vit.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.encoder.vit.state_dict().values(), donor.encoder.vit.state_dict().values())
+    )
     model.save(tmp_path / "run")
     weights.unlink()
     loaded = MRGModel.load(tmp_path / "run", device="cpu")
-    assert torch.equal(loaded.shared_state_dict()["encoder.view_embedding"], model.shared_state_dict()["encoder.view_embedding"])
+    assert torch.equal(
+        loaded.shared_state_dict()["encoder.view_embedding"], model.shared_state_dict()["encoder.view_embedding"]
+    )
 
 
 def test_load_refuses_another_base_llm(model, tiny_bench, tmp_path):

@@ -19,35 +19,52 @@ from fedmrg.eval.nlg import METRICS, nlg_scores
 # Realistic IU X-ray style pairs (generated, reference): several sentences, "x-XXXX" anonymisation,
 # list numbering, a newline, parentheses and a semicolon (all handled by the training cleaner).
 PAIRS = {
-    "CXR1": ("The heart is normal in size. The mediastinum is unremarkable. The lungs are clear.",
-             "The cardiac silhouette and mediastinum size are within normal limits. There is no pulmonary edema. "
-             "There is no focal consolidation. There are no XXXX of a pleural effusion. There is no evidence of "
-             "pneumothorax."),
-    "CXR2": ("Heart size is normal. No focal consolidation, pleural effusion or pneumothorax.",
-             "Heart size normal. Lungs are clear. XXXX are normal. No pneumonia, effusions, edema, pneumothorax, "
-             "adenopathy, nodules or masses."),
-    "CXR3": ("1. Mild cardiomegaly. 2. Small bilateral pleural effusions. 3. No pneumothorax.",
-             "1. Cardiomegaly with small bilateral pleural effusions. 2. Bibasilar atelectasis. 3. No pneumothorax."),
-    "CXR4": ("Stable calcified granuloma in the right upper lobe. Otherwise the lungs are clear.",
-             "Calcified granuloma in the right upper lobe is unchanged. The lungs are otherwise clear. Heart size is "
-             "normal."),
-    "CXR5": ("There are degenerative changes of the thoracic spine. Heart and lungs are normal.",
-             "Degenerative changes of the thoracic spine. The heart is normal in size. The lungs are clear "
-             "bilaterally."),
-    "CXR6": ("Left lower lobe airspace disease, possibly pneumonia. No pleural effusion.",
-             "Airspace opacity in the left lower lobe concerning for pneumonia. Small left pleural effusion. "
-             "Heart size within normal limits."),
-    "CXR7": ("Right-sided PICC line with tip in the SVC. No pneumothorax. Lungs are clear.",
-             "Right PICC line tip projects over the cavoatrial junction. Lungs are clear. No pneumothorax or "
-             "effusion."),
-    "CXR8": ("Normal chest x-XXXX.",
-             "The heart is normal in size. The mediastinum is unremarkable. The lungs are clear. Normal chest x-XXXX."),
-    "CXR9": ("Hyperexpanded lungs consistent with COPD. No acute cardiopulmonary abnormality.",
-             "The lungs are hyperexpanded with flattening of the diaphragms, consistent with emphysema. "
-             "No focal airspace disease. Heart size is normal."),
-    "CXR10": ("Interval increase in pulmonary vascular congestion and interstitial edema. Cardiomegaly (stable).",
-              "Cardiomegaly. Increased interstitial markings compatible with mild edema; small effusions.\n"
-              "No pneumothorax."),
+    "CXR1": (
+        "The heart is normal in size. The mediastinum is unremarkable. The lungs are clear.",
+        "The cardiac silhouette and mediastinum size are within normal limits. There is no pulmonary edema. "
+        "There is no focal consolidation. There are no XXXX of a pleural effusion. There is no evidence of "
+        "pneumothorax.",
+    ),
+    "CXR2": (
+        "Heart size is normal. No focal consolidation, pleural effusion or pneumothorax.",
+        "Heart size normal. Lungs are clear. XXXX are normal. No pneumonia, effusions, edema, pneumothorax, "
+        "adenopathy, nodules or masses.",
+    ),
+    "CXR3": (
+        "1. Mild cardiomegaly. 2. Small bilateral pleural effusions. 3. No pneumothorax.",
+        "1. Cardiomegaly with small bilateral pleural effusions. 2. Bibasilar atelectasis. 3. No pneumothorax.",
+    ),
+    "CXR4": (
+        "Stable calcified granuloma in the right upper lobe. Otherwise the lungs are clear.",
+        "Calcified granuloma in the right upper lobe is unchanged. The lungs are otherwise clear. Heart size is "
+        "normal.",
+    ),
+    "CXR5": (
+        "There are degenerative changes of the thoracic spine. Heart and lungs are normal.",
+        "Degenerative changes of the thoracic spine. The heart is normal in size. The lungs are clear bilaterally.",
+    ),
+    "CXR6": (
+        "Left lower lobe airspace disease, possibly pneumonia. No pleural effusion.",
+        "Airspace opacity in the left lower lobe concerning for pneumonia. Small left pleural effusion. "
+        "Heart size within normal limits.",
+    ),
+    "CXR7": (
+        "Right-sided PICC line with tip in the SVC. No pneumothorax. Lungs are clear.",
+        "Right PICC line tip projects over the cavoatrial junction. Lungs are clear. No pneumothorax or effusion.",
+    ),
+    "CXR8": (
+        "Normal chest x-XXXX.",
+        "The heart is normal in size. The mediastinum is unremarkable. The lungs are clear. Normal chest x-XXXX.",
+    ),
+    "CXR9": (
+        "Hyperexpanded lungs consistent with COPD. No acute cardiopulmonary abnormality.",
+        "The lungs are hyperexpanded with flattening of the diaphragms, consistent with emphysema. "
+        "No focal airspace disease. Heart size is normal.",
+    ),
+    "CXR10": (
+        "Interval increase in pulmonary vascular congestion and interstitial edema. Cardiomegaly (stable).",
+        "Cardiomegaly. Increased interstitial markings compatible with mild edema; small effusions.\nNo pneumothorax.",
+    ),
 }
 PRED = {key: pair[0] for key, pair in PAIRS.items()}
 REF = {key: pair[1] for key, pair in PAIRS.items()}
@@ -97,8 +114,14 @@ def test_equals_pycocoevalcap_called_directly(scores):
     bleu, bleu_studies = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, rouge_studies = Rouge().compute_score(gts, res)
     cider, cider_studies = Cider().compute_score(gts, res)
-    expected = {"BLEU-1": bleu[0], "BLEU-2": bleu[1], "BLEU-3": bleu[2], "BLEU-4": bleu[3], "ROUGE-L": rouge,
-                "CIDEr": cider}
+    expected = {
+        "BLEU-1": bleu[0],
+        "BLEU-2": bleu[1],
+        "BLEU-3": bleu[2],
+        "BLEU-4": bleu[3],
+        "ROUGE-L": rouge,
+        "CIDEr": cider,
+    }
     for metric, value in expected.items():
         assert scores[metric] == pytest.approx(value, abs=1e-12), metric
     for k, key in enumerate(gts):

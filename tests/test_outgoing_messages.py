@@ -45,13 +45,13 @@ from nvflare.fuel.utils import fobs
 from PIL import Image
 
 from fedmrg.config import config_to_dict, load_config
-from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.data.loaders import split_records, study_loader
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import LowRankAggregator
 from fedmrg.fl.codec import LORA_A, LORA_B, LORA_PRODUCT, as_dense, decode, matricized, payload_header
 from fedmrg.fl.executor import MRGExecutor
 from fedmrg.fl.site import SiteTrainer
-from fedmrg.data.loaders import split_records, study_loader
+from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.labels.states import STATE_POSITIVE
 
 pytestmark = pytest.mark.slow
@@ -101,18 +101,25 @@ def _read(data: bytes) -> FLModel:
     return FLModelUtils.from_shareable(fobs.loads(data))
 
 
-def _global_request(params: dict[str, torch.Tensor], round_number: int, rounds: int,
-                    prototypes: dict | None = None) -> FLModel:
+def _global_request(
+    params: dict[str, torch.Tensor], round_number: int, rounds: int, prototypes: dict | None = None
+) -> FLModel:
     """What the controller sends (``FedMRGController._global_message``)."""
     meta = {k: np.asarray(prototypes[k]) for k in (msg.PROTOTYPES, msg.AVAILABLE)} if prototypes else {}
-    return FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(params), current_round=round_number,
-                   total_rounds=rounds, meta=meta)
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params=msg.to_numpy(params),
+        current_round=round_number,
+        total_rounds=rounds,
+        meta=meta,
+    )
 
 
 def _merge(cfg, global_state: dict[str, torch.Tensor], round_number: int, reply: FLModel) -> FLModel:
     """The server's side of a round, by the real aggregator, from the reply as the server read it."""
-    aggregator = LowRankAggregator(max_rank=cfg.fl.rank, max_norm=cfg.fl.max_update_norm,
-                                   prototype_dim=cfg.model.contrastive_dim)
+    aggregator = LowRankAggregator(
+        max_rank=cfg.fl.rank, max_norm=cfg.fl.max_update_norm, prototype_dim=cfg.model.contrastive_dim
+    )
     aggregator.start_round(global_state, round_number)
     reply.meta[msg.CLIENT_NAME] = SITE
     assert aggregator.accept_model(reply), aggregator.refused
@@ -162,8 +169,9 @@ def _run_job(tiny_bench, tiny_base_llm, tmp_path_factory, patch) -> SentJob:
     prototypes = None
     for round_number in range(cfg.fl.rounds):
         name = f"train round {round_number}"
-        sent.wire[name] = _send(executor, msg.TRAIN, _global_request(global_state, round_number, cfg.fl.rounds,
-                                                                     prototypes))
+        sent.wire[name] = _send(
+            executor, msg.TRAIN, _global_request(global_state, round_number, cfg.fl.rounds, prototypes)
+        )
         sent.replies[name] = _read(sent.wire[name])
         sent.local[f"after round {round_number}"] = site.model.local_state_dict()
         sent.shared[f"after round {round_number}"] = site.model.shared_state_dict()
@@ -190,8 +198,8 @@ def _raw(tensor: torch.Tensor, dtype: torch.dtype) -> bytes:
 def _windows(data: bytes, item: int, count: int = 8, width: int = WIDTH) -> list[bytes]:
     """Up to ``count`` slices of ``width`` bytes spread over ``data``, at element boundaries, each holding
     at least three different elements: a constant run (zeros, ones) could occur in any message."""
-    candidates = [data[i:i + width] for i in range(0, len(data) - width + 1, width)]
-    distinct = [w for w in candidates if len({w[j:j + item] for j in range(0, width, item)}) >= 3]
+    candidates = [data[i : i + width] for i in range(0, len(data) - width + 1, width)]
+    distinct = [w for w in candidates if len({w[j : j + item] for j in range(0, width, item)}) >= 3]
     if len(distinct) <= count:
         return distinct
     return [distinct[round(k * (len(distinct) - 1) / (count - 1))] for k in range(count)]
@@ -200,7 +208,7 @@ def _windows(data: bytes, item: int, count: int = 8, width: int = WIDTH) -> list
 def _middle_windows(data: bytes, count: int = 3, width: int = WIDTH) -> list[bytes]:
     """``count`` slices of ``width`` bytes around the middle of a file (inside its compressed data)."""
     start = len(data) // 2 - (count * width) // 2
-    return [data[start + k * width: start + (k + 1) * width] for k in range(count)]
+    return [data[start + k * width : start + (k + 1) * width] for k in range(count)]
 
 
 class Wire:
@@ -208,8 +216,9 @@ class Wire:
 
     def __init__(self, messages: dict[str, bytes]) -> None:
         self.messages = messages
-        self.slices = {name: {data[i:i + WIDTH] for i in range(len(data) - WIDTH + 1)}
-                       for name, data in messages.items()}
+        self.slices = {
+            name: {data[i : i + WIDTH] for i in range(len(data) - WIDTH + 1)} for name, data in messages.items()
+        }
 
     def where(self, probe: bytes) -> list[str]:
         if len(probe) == WIDTH:
@@ -330,14 +339,18 @@ def test_the_probes_find_shared_parameters_where_they_are_sent(job, wire):
 
 def _lora_products(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``B @ A`` of every LoRA pair, under the codec's name for it (``...lora_AB...``)."""
-    return {a.replace(LORA_A, LORA_PRODUCT): state[a.replace(LORA_A, LORA_B)].float() @ state[a].float()
-            for a in state if LORA_A in a}
+    return {
+        a.replace(LORA_A, LORA_PRODUCT): state[a.replace(LORA_A, LORA_B)].float() @ state[a].float()
+        for a in state
+        if LORA_A in a
+    }
 
 
 def _changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A round's change of every tensor, LoRA pairs as the change of their product (as the codec sees it)."""
-    out = {name: after[name].float() - before[name].float() for name in after
-           if LORA_A not in name and LORA_B not in name}
+    out = {
+        name: after[name].float() - before[name].float() for name in after if LORA_A not in name and LORA_B not in name
+    }
     products_before, products_after = _lora_products(before), _lora_products(after)
     out.update({name: products_after[name] - products_before[name] for name in products_after})
     return out
@@ -403,15 +416,20 @@ def _report_probes(job) -> list[tuple[str, bytes]]:
             probes.append((f"the report of {row['id']}", variant.encode("utf-8")))
         for sentence in re.split(r"(?<=\.)\s+", text):
             if len(sentence) >= 24:  # a distinctive sentence, not "Lungs clear."
-                probes += [(f"a sentence of {row['id']}'s report", s.encode("utf-8"))
-                           for s in {sentence, sentence.lower()}]
+                probes += [
+                    (f"a sentence of {row['id']}'s report", s.encode("utf-8")) for s in {sentence, sentence.lower()}
+                ]
     tokenizer = job.site.model.tokenizer
     for row in rows:  # the cleaned text the model trains on, and its token ids
         probes.append((f"the cleaned report of {row['id']}", row["report"].encode("utf-8")))
         ids = tokenizer(row["report"], add_special_tokens=False)["input_ids"]
         for dtype in (np.int64, np.int32):
-            probes.append((f"the token ids of {row['id']}'s report ({np.dtype(dtype).name})",
-                           np.asarray(ids, dtype=dtype).tobytes()))
+            probes.append(
+                (
+                    f"the token ids of {row['id']}'s report ({np.dtype(dtype).name})",
+                    np.asarray(ids, dtype=dtype).tobytes(),
+                )
+            )
     return probes
 
 
@@ -430,8 +448,10 @@ def test_no_study_id_or_image_file_name_is_sent(job, wire):
     for row in rows:
         probes.append((f"study id {row['id']}", str(row["id"]).encode("utf-8")))
         for path in row["image_path"]:  # the annotation's name, and the path the dataset resolves it to
-            probes += [(f"image file {path}", str(path).encode("utf-8")),
-                       (f"image path {root / path}", str(root / path).encode("utf-8"))]
+            probes += [
+                (f"image file {path}", str(path).encode("utf-8")),
+                (f"image path {root / path}", str(root / path).encode("utf-8")),
+            ]
     leaks = wire.leaks(probes)
     assert not leaks, _fail_message(leaks, "study ids / image file names")
 
@@ -447,7 +467,7 @@ def test_no_image_content_is_sent(job, wire):
     for path in files:
         probes += [(f"bytes of {path.name} of {path.parent.name}", w) for w in _middle_windows(path.read_bytes())]
         pixels = np.asarray(Image.open(path).convert("L"))
-        middle = pixels[pixels.shape[0] // 2 - 4: pixels.shape[0] // 2 + 4].tobytes()
+        middle = pixels[pixels.shape[0] // 2 - 4 : pixels.shape[0] // 2 + 4].tobytes()
         probes += [(f"pixels of {path.parent.name}/{path.name}", w) for w in _windows(middle, 1, count=4)]
     for split in SPLITS:
         dataset = study_loader(job.site.cfg, [job.data_dir], split, train=False).dataset
@@ -455,9 +475,11 @@ def test_no_image_content_is_sent(job, wire):
             item = dataset[index]
             image = item["image"]
             for label, dtype in FLOATS.items():
-                data = _raw(image[:, :, image.shape[-2] // 2 - 2: image.shape[-2] // 2 + 2], dtype)
-                probes += [(f"preprocessed image of {item['id']} ({label})", w)
-                           for w in _windows(data, image.new_zeros((), dtype=dtype).element_size(), count=3)]
+                data = _raw(image[:, :, image.shape[-2] // 2 - 2 : image.shape[-2] // 2 + 2], dtype)
+                probes += [
+                    (f"preprocessed image of {item['id']} ({label})", w)
+                    for w in _windows(data, image.new_zeros((), dtype=dtype).element_size(), count=3)
+                ]
     assert len(probes) > 5 * len(files)
     leaks = wire.leaks(probes)
     assert not leaks, _fail_message(leaks, "the site's images")
@@ -498,8 +520,6 @@ def test_prototypes_are_per_finding_aggregates(job, wire):
         assert name in wire.where(counts.astype(np.float32).tobytes())
 
 
-
-
 def test_no_prototype_row_is_a_single_studys_feature(job):
     """A row of the sums over one study is not an aggregate: it is that study's L2-normalised generic-head
     feature of its images (norm 1), and its count tells the server that exactly one of the round's studies
@@ -512,11 +532,16 @@ def test_no_prototype_row_is_a_single_studys_feature(job):
     for name in ("train round 0", "train round 1"):
         meta = job.replies[name].meta
         counts, sums = np.asarray(meta[msg.PROTOTYPE_COUNTS]), np.asarray(meta[msg.PROTOTYPE_SUMS])
-        single += [f"{OBSERVATIONS[i]} in {name} (count {counts[i]:g}, |sum| {np.linalg.norm(sums[i]):.3f})"
-                   for i in range(len(counts)) if 0 < counts[i] < least]
+        single += [
+            f"{OBSERVATIONS[i]} in {name} (count {counts[i]:g}, |sum| {np.linalg.norm(sums[i]):.3f})"
+            for i in range(len(counts))
+            if 0 < counts[i] < least
+        ]
     assert not single, "prototype rows of too few studies sent: " + "; ".join(single)
-    assert any(np.asarray(job.replies[name].meta[msg.PROTOTYPE_COUNTS]).max() >= least
-               for name in ("train round 0", "train round 1"))  # the common findings' prototypes still go
+    assert any(
+        np.asarray(job.replies[name].meta[msg.PROTOTYPE_COUNTS]).max() >= least
+        for name in ("train round 0", "train round 1")
+    )  # the common findings' prototypes still go
 
 
 # ------------------------------------------------------------------------------------- validate
@@ -543,8 +568,9 @@ def test_validate_sends_scores_only(job, wire):
             is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
             assert value is None or is_number, f"validate {where} {path} is not a score: {value!r:.80}"
             # keys name metrics and findings ("test_generic_BLEU-4", "Enlarged Cardiomediastinum"), no text
-            assert all(isinstance(k, int) or re.fullmatch(r"[A-Za-z0-9_ \-]{1,40}", k) for k in keys), \
+            assert all(isinstance(k, int) or re.fullmatch(r"[A-Za-z0-9_ \-]{1,40}", k) for k in keys), (
                 f"validate {where} {path!r:.120}: not a metric or finding name"
+            )
     assert set(reply.meta[msg.SCORES]) == {"generic", "personalized"}
     generated = [text for text in job.predictions if len(text) >= 12]
     assert generated, "validate generated no report to look for"

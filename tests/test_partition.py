@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from fedmrg.data.partition import (
-    assign_sites, balanced_kmeans, label_partition, stratified_split, stratum_keys, style_partition,
+    assign_sites,
+    balanced_kmeans,
+    label_partition,
+    stratified_split,
+    stratum_keys,
+    style_partition,
 )
 from fedmrg.data.synthetic import synthetic_reports
 from fedmrg.errors import DataError

@@ -26,11 +26,32 @@ pytestmark = pytest.mark.slow
 OUTCOME_WAIT = "NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT"
 
 
-def export_job(out: Path, *flags: str, sites: int = 2, config: str = "tiny", rounds: int = 1,
-               name: str = "fedmrg") -> Path:
-    done = subprocess.run([sys.executable, str(REPO / "jobs" / "fedmrg" / "job.py"), "--config", config, "--rounds",
-                           str(rounds), "--sites", str(sites), "--test-limit", "4", "--name", name, "--export",
-                           "--export-dir", str(out), *flags], capture_output=True, text=True, timeout=300)
+def export_job(
+    out: Path, *flags: str, sites: int = 2, config: str = "tiny", rounds: int = 1, name: str = "fedmrg"
+) -> Path:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "fedmrg" / "job.py"),
+            "--config",
+            config,
+            "--rounds",
+            str(rounds),
+            "--sites",
+            str(sites),
+            "--test-limit",
+            "4",
+            "--name",
+            name,
+            "--export",
+            "--export-dir",
+            str(out),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return out / name
 
@@ -47,6 +68,7 @@ def power_off_when(system: PocSystem, site: str, ready) -> threading.Thread:
     """In the background: once ``ready()``, kill every process of the site (its client, the job's
     trainer, FLARE's restart loop), as a power cut or a lost network would: the site just goes silent.
     (A trainer process that crashes alone is reported by its client, and FLARE 2.9 then fails the job.)"""
+
     def watch() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not ready():
@@ -112,16 +134,24 @@ def poc_run(tiny_bench, tiny_base_llm, tmp_path_factory):
         refused = submit_and_follow(system, shipped, 300, root / "results", lines.append)
         completed = submit_and_follow(system, plain, 600, root / "results", lines.append)
         tolerant = tolerant_config(root)
-        dropping, rejoining = (export_job(root / f"faults-{rounds}", config=tolerant, rounds=rounds, name="faults")
-                               for rounds in (2, 3))
+        dropping, rejoining = (
+            export_job(root / f"faults-{rounds}", config=tolerant, rounds=rounds, name="faults") for rounds in (2, 3)
+        )
         power_cut = power_off_when(system, "site-2", lambda: next_round(system, "faults") == 1)
         dropped = submit_and_follow(system, dropping, 600, root / "results", lines.append)
         power_cut.join(timeout=5)
         power_on(system, "site-2")
         rejoined = submit_and_follow(system, rejoining, 600, root / "results", lines.append)
         running_before_stop = len(system.processes())
-    return {"system": system, "refused": refused, "completed": completed, "lines": lines,
-            "dropped": dropped, "rejoined": rejoined, "running_before_stop": running_before_stop}
+    return {
+        "system": system,
+        "refused": refused,
+        "completed": completed,
+        "lines": lines,
+        "dropped": dropped,
+        "rejoined": rejoined,
+        "running_before_stop": running_before_stop,
+    }
 
 
 def test_a_site_without_byoc_refuses_a_job_that_carries_code(poc_run):
@@ -189,16 +219,29 @@ def environment_without_fedmrg(root: Path) -> Path:
     venv.create(root, with_pip=False)
     purelib = Path(sysconfig.get_paths()["purelib"])
     python = root / "bin" / "python"
-    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    target = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(target) / "shared.pth").write_text(f"{purelib}\n", encoding="utf-8")
     return python
 
 
 def test_a_job_that_ships_its_code_runs_where_the_package_is_not_installed(tiny_bench, tiny_base_llm, tmp_path):
     python = environment_without_fedmrg(tmp_path / "bare")
-    probe = subprocess.run([str(python), "-c", "import nvflare, torch, peft\ntry:\n import fedmrg\nexcept ImportError:"
-                            "\n print('no fedmrg')"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import nvflare, torch, peft\ntry:\n import fedmrg\nexcept ImportError:\n print('no fedmrg')",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert probe.stdout.strip() == "no fedmrg", probe.stderr[-2000:]
     job = export_job(tmp_path / "job", "--ship-code", sites=1)
     system = PocSystem(tmp_path / "ws", ["site-1"], python=str(python))

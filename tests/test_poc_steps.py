@@ -22,18 +22,28 @@ def job_folder(tmp_path: Path, **meta) -> Path:
 
 
 def plan(tmp_path: Path, tiny_bench: Path, meta: dict | None = None, **changes) -> PocRun:
-    return PocRun(**{"workspace": tmp_path / "ws", "job_dir": job_folder(tmp_path, **(meta or {})),
-                     "data": tiny_bench, "sites": 2, **changes})
+    return PocRun(
+        **{
+            "workspace": tmp_path / "ws",
+            "job_dir": job_folder(tmp_path, **(meta or {})),
+            "data": tiny_bench,
+            "sites": 2,
+            **changes,
+        }
+    )
 
 
 def test_a_plan_that_could_run_passes(tiny_bench, tmp_path):
     plan(tmp_path, tiny_bench, policies=Path(__file__).resolve().parents[1] / "provisioning").validate()
 
 
-@pytest.mark.parametrize("meta, message", [
-    ({"min_clients": 3}, "min_clients: the job needs 3 sites, the POC has 2"),
-    ({"resource_spec": {"@default": {"num_of_gpus": 1}}}, "resource_spec: the job asks each site for 1 GPU"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"min_clients": 3}, "min_clients: the job needs 3 sites, the POC has 2"),
+        ({"resource_spec": {"@default": {"num_of_gpus": 1}}}, "resource_spec: the job asks each site for 1 GPU"),
+    ],
+)
 def test_a_job_the_poc_could_never_schedule_is_refused_before_starting(tiny_bench, tmp_path, meta, message):
     with pytest.raises(ConfigError, match=message):
         plan(tmp_path, tiny_bench, meta).validate()
@@ -56,8 +66,10 @@ def test_processes_left_under_a_folder_are_ended_and_others_spared(tmp_path):
     for folder in (inside, outside):
         folder.mkdir()
     ignores_term = "import signal, time, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    procs = {folder: subprocess.Popen([sys.executable, "-c", ignores_term, str(folder / "startup")])
-             for folder in (inside, outside)}
+    procs = {
+        folder: subprocess.Popen([sys.executable, "-c", ignores_term, str(folder / "startup")])
+        for folder in (inside, outside)
+    }
     try:
         assert [p.pid for p in processes_under(inside)] == [procs[inside].pid]
         ended = end_processes(lambda: processes_under(inside), grace=0.5)

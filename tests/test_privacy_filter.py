@@ -37,9 +37,13 @@ def gen(seed: int) -> torch.Generator:
 
 def shared_state() -> dict[str, torch.Tensor]:
     """Shared parameters named as MRGModel names them (generic adapter, encoder, generic head)."""
-    return {A: torch.randn(4, 40, generator=gen(0)), B: torch.randn(24, 4, generator=gen(1)),
-            "encoder.blocks.0.attn.qkv.weight": torch.randn(32, 48, generator=gen(2)),
-            "encoder.norm.bias": torch.zeros(32), "contrastive.generic.image.weight": torch.randn(8, 16, generator=gen(3))}
+    return {
+        A: torch.randn(4, 40, generator=gen(0)),
+        B: torch.randn(24, 4, generator=gen(1)),
+        "encoder.blocks.0.attn.qkv.weight": torch.randn(32, 48, generator=gen(2)),
+        "encoder.norm.bias": torch.zeros(32),
+        "contrastive.generic.image.weight": torch.randn(8, 16, generator=gen(3)),
+    }
 
 
 def after_training(state: dict[str, torch.Tensor], seed: int = 10) -> dict[str, torch.Tensor]:
@@ -48,9 +52,15 @@ def after_training(state: dict[str, torch.Tensor], seed: int = 10) -> dict[str, 
 
 
 def train_meta(**extra) -> dict:
-    return {msg.TRAIN_STUDIES: 30, msg.BYTES_UP: 1234, msg.DENSE_BYTES_UP: 56789, "steps": 8,
-            msg.PROTOTYPE_SUMS: np.ones((14, 8), np.float32), msg.PROTOTYPE_COUNTS: np.arange(14, dtype=np.float32),
-            **extra}
+    return {
+        msg.TRAIN_STUDIES: 30,
+        msg.BYTES_UP: 1234,
+        msg.DENSE_BYTES_UP: 56789,
+        "steps": 8,
+        msg.PROTOTYPE_SUMS: np.ones((14, 8), np.float32),
+        msg.PROTOTYPE_COUNTS: np.arange(14, dtype=np.float32),
+        **extra,
+    }
 
 
 def lowrank_result(delta=None, meta=None) -> Shareable:
@@ -58,29 +68,51 @@ def lowrank_result(delta=None, meta=None) -> Shareable:
     start = shared_state()
     delta = delta if delta is not None else round_delta(start, after_training(start))
     payload, _ = encode(delta, SPEC)
-    return FLModelUtils.to_shareable(FLModel(
-        params_type=ParamsType.DIFF, params={msg.UPDATE: msg.payload_to_array(payload)},
-        metrics={"val_loss": 2.5, "train_loss": 2.1}, meta=train_meta() if meta is None else meta))
+    return FLModelUtils.to_shareable(
+        FLModel(
+            params_type=ParamsType.DIFF,
+            params={msg.UPDATE: msg.payload_to_array(payload)},
+            metrics={"val_loss": 2.5, "train_loss": 2.1},
+            meta=train_meta() if meta is None else meta,
+        )
+    )
 
 
 def dense_result(params=None, meta=None, **rounds) -> Shareable:
     """A ``train`` result of the dense FedAvg baseline (every shared parameter, fp32); ``rounds``:
     FLModel's round fields."""
     params = params if params is not None else msg.to_numpy(after_training(shared_state()))
-    return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=params, metrics={"val_loss": 2.5},
-                                             meta=train_meta() if meta is None else meta, **rounds))
+    return FLModelUtils.to_shareable(
+        FLModel(
+            params_type=ParamsType.FULL,
+            params=params,
+            metrics={"val_loss": 2.5},
+            meta=train_meta() if meta is None else meta,
+            **rounds,
+        )
+    )
 
 
 def scores(**extra) -> dict:
-    one = {"n": 10, "nlg": {"BLEU-4": 0.1, "CIDEr": None}, "ce": {"micro": {"precision": 0.5, "recall": 0.4, "f1": 0.44}},
-           "ce_per_observation": {"Cardiomegaly": {"f1": 0.3}}, **extra}
+    one = {
+        "n": 10,
+        "nlg": {"BLEU-4": 0.1, "CIDEr": None},
+        "ce": {"micro": {"precision": 0.5, "recall": 0.4, "f1": 0.44}},
+        "ce_per_observation": {"Cardiomegaly": {"f1": 0.3}},
+        **extra,
+    }
     return {"generic": one, "personalized": copy.deepcopy(one)}
 
 
 def validate_result(meta_scores=None) -> Shareable:
-    return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params={},
-                                             metrics={"test_generic_BLEU-4": 0.1},
-                                             meta={msg.SCORES: meta_scores or scores()}))
+    return FLModelUtils.to_shareable(
+        FLModel(
+            params_type=ParamsType.FULL,
+            params={},
+            metrics={"test_generic_BLEU-4": 0.1},
+            meta={msg.SCORES: meta_scores or scores()},
+        )
+    )
 
 
 def error_reply() -> Shareable:
@@ -90,8 +122,9 @@ def error_reply() -> Shareable:
 
 def submit_model_result() -> Shareable:
     model_meta = {"fedmrg_version": "0.1.0", "config": {"model": {"lora_rank": 4}}, "llm": {"family": "llama"}}
-    return FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(shared_state()),
-                                             meta={msg.MODEL_META: model_meta}))
+    return FLModelUtils.to_shareable(
+        FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(shared_state()), meta={msg.MODEL_META: model_meta})
+    )
 
 
 def context(task: str | None) -> FLContext:
@@ -124,8 +157,15 @@ def refusal(guard: ResultGuard, result: Shareable, task: str | None = msg.TRAIN)
 
 
 # ------------------------------------------------------------------------------- what passes
-@pytest.mark.parametrize("task, make", [(msg.TRAIN, lowrank_result), (msg.TRAIN, dense_result),
-                                        (msg.VALIDATE, validate_result), (msg.SUBMIT_MODEL, submit_model_result)])
+@pytest.mark.parametrize(
+    "task, make",
+    [
+        (msg.TRAIN, lowrank_result),
+        (msg.TRAIN, dense_result),
+        (msg.VALIDATE, validate_result),
+        (msg.SUBMIT_MODEL, submit_model_result),
+    ],
+)
 def test_fedmrg_results_pass_unchanged(task, make):
     result = make()
     before = copy.deepcopy(result)
@@ -139,8 +179,12 @@ def test_fedmrg_results_pass_unchanged(task, make):
 def test_the_headers_flare_writes_into_a_result_pass():
     """FLModelUtils.to_shareable writes the content type and FLModel's rounds (start_round 0 by default)."""
     result = dense_result(current_round=3, total_rounds=5)
-    assert set(result[ReservedHeaderKey.HEADERS]) == {ReservedHeaderKey.CONTENT_TYPE, AppConstants.START_ROUND,
-                                                      AppConstants.CURRENT_ROUND, AppConstants.NUM_ROUNDS}
+    assert set(result[ReservedHeaderKey.HEADERS]) == {
+        ReservedHeaderKey.CONTENT_TYPE,
+        AppConstants.START_ROUND,
+        AppConstants.CURRENT_ROUND,
+        AppConstants.NUM_ROUNDS,
+    }
     assert ResultGuard().process(result, context(msg.TRAIN)) is result
 
 
@@ -206,10 +250,13 @@ def test_text_in_scores_is_refused():
     assert "scores.generic.example (str)" in reason
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({msg.UPDATE: np.arange(40, dtype=np.uint8)}, "unreadable update payload"),
-    ({"encoder.norm.bias": "0.1 0.2"}, "not numeric arrays: encoder.norm.bias"),
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({msg.UPDATE: np.arange(40, dtype=np.uint8)}, "unreadable update payload"),
+        ({"encoder.norm.bias": "0.1 0.2"}, "not numeric arrays: encoder.norm.bias"),
+    ],
+)
 def test_what_cannot_be_checked_is_refused(params, expected):
     result = FLModelUtils.to_shareable(FLModel(params_type=ParamsType.DIFF, params=params, meta=train_meta()))
     assert expected in refusal(ResultGuard(), result)
@@ -222,19 +269,29 @@ def test_a_filter_history_that_is_not_filter_class_names_is_refused(history):
 
 
 @pytest.mark.parametrize("make", [dense_result, error_reply])
-@pytest.mark.parametrize("key, value", [("notes", "The heart is normal in size."),
-                                        ("patients", np.arange(3)),
-                                        (AppConstants.JOB_STATS_CLIENT_TELEMETRY, {"error": "no such study"})])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("notes", "The heart is normal in size."),
+        ("patients", np.arange(3)),
+        (AppConstants.JOB_STATS_CLIENT_TELEMETRY, {"error": "no such study"}),
+    ],
+)
 def test_a_header_flare_does_not_write_is_refused(make, key, value):
     result = make()
     result.set_header(key, value)
     assert f"unexpected headers: {key}" in refusal(ResultGuard(), result)
 
 
-@pytest.mark.parametrize("key, value", [(ReservedHeaderKey.CONTENT_TYPE, "DXO: the heart is normal"),
-                                        (ReservedHeaderKey.RC, "OK, the heart is normal"),
-                                        (AppConstants.CURRENT_ROUND, "3 (the heart is normal)"),
-                                        (AppConstants.START_ROUND, -1)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        (ReservedHeaderKey.CONTENT_TYPE, "DXO: the heart is normal"),
+        (ReservedHeaderKey.RC, "OK, the heart is normal"),
+        (AppConstants.CURRENT_ROUND, "3 (the heart is normal)"),
+        (AppConstants.START_ROUND, -1),
+    ],
+)
 def test_a_header_value_flare_does_not_write_is_refused(key, value):
     result = dense_result()
     result.set_header(key, value)
@@ -280,8 +337,16 @@ def test_flare_applies_the_guard_from_a_site_scope_and_the_refusal_stops_the_res
         send(lowrank_result(meta=train_meta(extra=1)), fl_ctx)
 
 
-@pytest.mark.parametrize("kwargs", [{"max_result_mib": 0}, {"max_result_mib": "64"}, {"max_result_mib": True},
-                                    {"extra_meta_keys": [1]}, {"refuse_other_tasks": "yes"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_result_mib": 0},
+        {"max_result_mib": "64"},
+        {"max_result_mib": True},
+        {"extra_meta_keys": [1]},
+        {"refuse_other_tasks": "yes"},
+    ],
+)
 def test_bad_arguments_fail_when_the_site_loads_its_policy(kwargs):
     with pytest.raises((ValueError, TypeError)):
         ResultGuard(**kwargs)
@@ -289,9 +354,17 @@ def test_bad_arguments_fail_when_the_site_loads_its_policy(kwargs):
 
 # ------------------------------------------------------------------------------ the local rule
 def test_local_rule_names_the_specialized_adapter_and_the_client_head_only():
-    assert local_parameters([A, B, LOCAL_A, CLIENT_HEAD, "encoder.norm.bias", f"{LORA}.lora_AB.specialized.weight",
-                             "contrastive.generic.text.weight"]) == sorted(
-        [LOCAL_A, CLIENT_HEAD, f"{LORA}.lora_AB.specialized.weight"])
+    assert local_parameters(
+        [
+            A,
+            B,
+            LOCAL_A,
+            CLIENT_HEAD,
+            "encoder.norm.bias",
+            f"{LORA}.lora_AB.specialized.weight",
+            "contrastive.generic.text.weight",
+        ]
+    ) == sorted([LOCAL_A, CLIENT_HEAD, f"{LORA}.lora_AB.specialized.weight"])
     assert not is_local_parameter("encoder.specialized_norm.weight")  # the adapter is a whole name segment
 
 

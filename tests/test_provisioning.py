@@ -3,6 +3,7 @@ templates are accepted by FLARE 2.9's own loaders and do what provisioning/READM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,14 +54,23 @@ def template(name: str) -> dict:
 def tool_env(home: Path) -> dict[str, str]:
     """This environment's nvflare and python first on PATH, HOME in a temporary folder."""
     home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def provision(spec_file: Path, workspace: Path, home: Path) -> Path:
     """Run `nvflare provision`; the folder holding one kit per participant."""
-    result = subprocess.run([str(BIN / "nvflare"), "provision", "-p", str(spec_file), "-w", str(workspace), "--force"],
-                            env=tool_env(home), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "nvflare"), "provision", "-p", str(spec_file), "-w", str(workspace), "--force"],
+        env=tool_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     name = yaml.safe_load(spec_file.read_text(encoding="utf-8"))["name"]
     return workspace / name / "prod_00"
@@ -107,9 +117,11 @@ def _subject(cert: x509.Certificate, oid) -> str:
 def test_provision_writes_a_kit_with_certificates_for_every_participant(provisioned):
     kits, home = provisioned
     spec = project()
-    expected = {"server": ("server.crt", "server.key", "rootCA.pem", "fed_server.json", "start.sh", "sub_start.sh"),
-                "client": ("client.crt", "client.key", "rootCA.pem", "fed_client.json", "start.sh", "sub_start.sh"),
-                "admin": ("client.crt", "client.key", "rootCA.pem", "fed_admin.json", "fl_admin.sh")}
+    expected = {
+        "server": ("server.crt", "server.key", "rootCA.pem", "fed_server.json", "start.sh", "sub_start.sh"),
+        "client": ("client.crt", "client.key", "rootCA.pem", "fed_client.json", "start.sh", "sub_start.sh"),
+        "admin": ("client.crt", "client.key", "rootCA.pem", "fed_admin.json", "fl_admin.sh"),
+    }
     assert sorted(p.name for p in kits.iterdir()) == sorted(p["name"] for p in spec["participants"])
     for participant in spec["participants"]:
         startup = kits / participant["name"] / "startup"
@@ -138,8 +150,14 @@ def test_kits_point_at_the_consortium_server(provisioned):
 
 
 # ------------------------------------------------------------------------ authorization.json
-def authorize(policy: dict, right: str, role: str, user_org: str = "hospital_b", site_org: str = "hospital_a",
-              submitter_org: str | None = None) -> bool:
+def authorize(
+    policy: dict,
+    right: str,
+    role: str,
+    user_org: str = "hospital_b",
+    site_org: str = "hospital_a",
+    submitter_org: str | None = None,
+) -> bool:
     user = Person("someone@example.org", user_org, role)
     submitter = Person("lead@example.org", submitter_org or user_org, "lead")
     allowed, _ = FLAuthorizer(site_org, policy).authorize(AuthzContext(right=right, user=user, submitter=submitter))
@@ -166,8 +184,13 @@ def test_no_role_may_bring_its_own_code(role, provisioned, monkeypatch):
     """FLARE's own check at job deployment: a job with a custom/ folder needs the submitter's `byoc`."""
     kits, _ = provisioned
     byoc_job, plain_job = {AppValidationKey.BYOC: True}, {}
-    monkeypatch.setattr(AuthorizationService, "the_authorizer", FLAuthorizer("hospital_a", template("authorization.json")))
-    assert AppAuthzService.authorize_app_info(byoc_job, "x@example.org", "hospital_a", role) == (False, "BYOC not permitted")
+    monkeypatch.setattr(
+        AuthorizationService, "the_authorizer", FLAuthorizer("hospital_a", template("authorization.json"))
+    )
+    assert AppAuthzService.authorize_app_info(byoc_job, "x@example.org", "hospital_a", role) == (
+        False,
+        "BYOC not permitted",
+    )
     assert AppAuthzService.authorize_app_info(plain_job, "x@example.org", "hospital_a", role) == (True, "")
     # FLARE's default site policy (what the kit has without our template) lets leads bring code
     default = json.loads((kits / "hospital-a" / "local" / "authorization.json.default").read_text())
@@ -235,10 +258,13 @@ def exported_job_paths(out: Path) -> set[str]:
 def test_resources_template_admits_every_component_of_the_fedmrg_jobs(provisioned, tmp_path):
     kits, _ = provisioned
     paths = exported_job_paths(tmp_path / "jobs")
-    assert {"fedmrg.fl.aggregator.DenseAggregator", "fedmrg.fl.executor.MRGExecutor",
-            "nvflare.app_opt.tracking.tb.tb_writer.TBWriter",
-            "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent",
-            "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver"} <= paths
+    assert {
+        "fedmrg.fl.aggregator.DenseAggregator",
+        "fedmrg.fl.executor.MRGExecutor",
+        "nvflare.app_opt.tracking.tb.tb_writer.TBWriter",
+        "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent",
+        "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",
+    } <= paths
     workspace = site_workspace(kits, "hospital-a", tmp_path / "hospital-a")
     authorizer = ComponentPathAuthorizer()
     for path in sorted(paths):
@@ -272,14 +298,23 @@ PROBE_JOB = {  # a job of FLARE classes only: its train result is not FedMRG's, 
     "meta.json": {"name": "probe", "resource_spec": {}, "min_clients": 1, "deploy_map": {"app": ["@ALL"]}},
     "app/config/config_fed_server.json": {
         "format_version": 2,
-        "workflows": [{"id": "controller", "path": "nvflare.app_common.workflows.fedavg.FedAvg",
-                       "args": {"num_clients": 1, "num_rounds": 1}}],
-        "components": [{"id": "persistor", "path": "nvflare.app_common.np.np_model_persistor.NPModelPersistor",
-                        "args": {}}]},
+        "workflows": [
+            {
+                "id": "controller",
+                "path": "nvflare.app_common.workflows.fedavg.FedAvg",
+                "args": {"num_clients": 1, "num_rounds": 1},
+            }
+        ],
+        "components": [
+            {"id": "persistor", "path": "nvflare.app_common.np.np_model_persistor.NPModelPersistor", "args": {}}
+        ],
+    },
     "app/config/config_fed_client.json": {
         "format_version": 2,
-        "executors": [{"tasks": ["train"], "executor": {"path": "nvflare.app_common.np.np_trainer.NPTrainer",
-                                                         "args": {}}}]},
+        "executors": [
+            {"tasks": ["train"], "executor": {"path": "nvflare.app_common.np.np_trainer.NPTrainer", "args": {}}}
+        ],
+    },
 }
 
 
@@ -323,8 +358,14 @@ def install_server_resources(server_kit: Path, storage: Path) -> None:
 def start(kit: Path, env: dict, log: Path) -> subprocess.Popen:
     """The kit's own start script in the foreground (`sub_start.sh --once`), in its own process group."""
     with open(log, "w") as out:
-        return subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            ["bash", str(kit / "startup" / "sub_start.sh"), "--once"],
+            cwd=kit,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
@@ -344,10 +385,8 @@ def stop(procs: list[subprocess.Popen], root: Path) -> None:
     """Last-resort cleanup: each started process group, then anything left that runs from ``root``."""
     for proc in procs:
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=10)
     end_processes(lambda: processes_under(root), grace=0)
 
@@ -367,7 +406,8 @@ def test_provisioned_kits_start_connect_enforce_the_site_policies_and_shut_down(
     (guard,) = scope["task_result_filters"]
     with pytest.raises(UnsafeComponentError):
         ComponentPathAuthorizer().authorize_component_config(
-            guard, workspace=Workspace(root_dir=str(kits / "hospital-a"), site_name="hospital-a"))
+            guard, workspace=Workspace(root_dir=str(kits / "hospital-a"), site_name="hospital-a")
+        )
     install_server_resources(kits / "localhost", tmp_path / "storage")
     for relative, content in PROBE_JOB.items():
         (tmp_path / "probe" / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -380,8 +420,9 @@ def test_provisioned_kits_start_connect_enforce_the_site_policies_and_shut_down(
         procs.append(start(kits / "localhost", env, tmp_path / "server.out"))
         procs.append(start(kits / "hospital-a", env, tmp_path / "site.out"))
         session = wait_until(lambda: new_secure_session(admin, str(kits / admin), timeout=5), 60, "the admin login")
-        wait_until(lambda: "hospital-a" in [c.name for c in session.get_system_info().client_info], 30,
-                   "hospital-a to connect")
+        wait_until(
+            lambda: "hospital-a" in [c.name for c in session.get_system_info().client_info], 30, "hospital-a to connect"
+        )
         assert session.check_status("client")["client_status"] == [{"client_name": "hospital-a", "status": "no_jobs"}]
 
         job_id = session.submit_job(str(tmp_path / "probe"))

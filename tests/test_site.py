@@ -49,19 +49,25 @@ def test_one_environment_file_serves_several_simulated_sites(tmp_path, monkeypat
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     shared = tmp_path / "sites.yaml"
-    shared.write_text(yaml.safe_dump({"site-1": {"data_dir": str(tmp_path / "a")},
-                                      "site-2": {"data_dir": str(tmp_path / "b"), "threads": 1}}))
+    shared.write_text(
+        yaml.safe_dump(
+            {"site-1": {"data_dir": str(tmp_path / "a")}, "site-2": {"data_dir": str(tmp_path / "b"), "threads": 1}}
+        )
+    )
     monkeypatch.setenv(SETTINGS_ENV, str(shared))
     assert load_site_settings("site-2", tmp_path / "no-local")[0].data_dir == str(tmp_path / "b")
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"data_dir": "/no/such/folder"}, "data_dir: /no/such/folder is not a folder"),
-    ({"data_dir": ".", "batch": 3}, "batch: unknown setting"),
-    ({"data_dir": ".", "batch_size": 0}, "batch_size: must be an integer >= 1"),
-    ({"data_dir": ".", "device": 1}, "device: must be a string"),
-    ({"site-9": {"data_dir": "."}}, "nor a section for site 'site-1'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"data_dir": "/no/such/folder"}, "data_dir: /no/such/folder is not a folder"),
+        ({"data_dir": ".", "batch": 3}, "batch: unknown setting"),
+        ({"data_dir": ".", "batch_size": 0}, "batch_size: must be an integer >= 1"),
+        ({"data_dir": ".", "device": 1}, "device: must be a string"),
+        ({"site-9": {"data_dir": "."}}, "nor a section for site 'site-1'"),
+    ],
+)
 def test_bad_settings_name_the_file_and_the_field(tmp_path, content, message):
     (tmp_path / SETTINGS_FILE).write_text(yaml.safe_dump(content))
     with pytest.raises(ConfigError, match=message) as err:
@@ -71,7 +77,9 @@ def test_bad_settings_name_the_file_and_the_field(tmp_path, content, message):
 
 def test_missing_settings_say_what_to_write(tmp_path, monkeypatch):
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
-    with pytest.raises(ConfigError, match=f"write {SETTINGS_FILE} into the site's local/ folder with at least 'data_dir"):
+    with pytest.raises(
+        ConfigError, match=f"write {SETTINGS_FILE} into the site's local/ folder with at least 'data_dir"
+    ):
         load_site_settings("site-1", tmp_path)
 
 
@@ -133,7 +141,8 @@ def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cf
 
 
 def test_with_differential_privacy_a_round_sends_a_noised_update_no_prototypes_and_equal_weight(
-        site_cfg, tiny_bench, tmp_path):
+    site_cfg, tiny_bench, tmp_path
+):
     import copy
 
     from fedmrg.fl.dp import epsilon
@@ -148,7 +157,7 @@ def test_with_differential_privacy_a_round_sends_a_noised_update_no_prototypes_a
     assert set(sent) == set(expected_delta_shapes(site.model.shared_state_dict()))
     # noise of std 0.4 on every coordinate of every entry: the sent update is mostly noise, far above the clip
     total = sum(float((v.dense() if hasattr(v, "dense") else v).pow(2).sum()) for v in sent.values())
-    assert total ** 0.5 > 10 * cfg.fl.dp_clip
+    assert total**0.5 > 10 * cfg.fl.dp_clip
 
 
 def test_a_restarted_site_resumes_its_local_state(site_cfg, tiny_bench, tmp_path):

@@ -40,11 +40,20 @@ def make_kit(root: Path, settings: dict, site: str = "site-1", allow: list[str] 
     kit = root / site
     (kit / "startup").mkdir(parents=True)
     (kit / "local").mkdir()
-    client = {"format_version": 2,
-              "servers": [{"name": "project", "service": {"target": "fl.example.org:8002", "scheme": "grpc"},
-                           "identity": "server"}],
-              "client": {"ssl_private_key": "client.key", "ssl_cert": "client.crt", "ssl_root_cert": "rootCA.pem",
-                         "fqsn": site, "is_leaf": True, "connection_security": "mtls"}}
+    client = {
+        "format_version": 2,
+        "servers": [
+            {"name": "project", "service": {"target": "fl.example.org:8002", "scheme": "grpc"}, "identity": "server"}
+        ],
+        "client": {
+            "ssl_private_key": "client.key",
+            "ssl_cert": "client.crt",
+            "ssl_root_cert": "rootCA.pem",
+            "fqsn": site,
+            "is_leaf": True,
+            "connection_security": "mtls",
+        },
+    }
     (kit / "startup" / "fed_client.json").write_text(json.dumps(client))
     for name in ("client.key", "client.crt", "rootCA.pem", "start.sh"):
         (kit / "startup" / name).write_text("x")
@@ -56,8 +65,12 @@ def make_kit(root: Path, settings: dict, site: str = "site-1", allow: list[str] 
 
 @pytest.fixture
 def good_settings(tiny_bench, tiny_base_llm, tmp_path) -> dict:
-    return {"data_dir": str(tiny_bench / "site-1"), "base_llm": str(tiny_base_llm), "device": "cpu",
-            "state_dir": str(tmp_path / "state")}
+    return {
+        "data_dir": str(tiny_bench / "site-1"),
+        "base_llm": str(tiny_base_llm),
+        "device": "cpu",
+        "state_dir": str(tmp_path / "state"),
+    }
 
 
 @pytest.fixture
@@ -211,11 +224,14 @@ def test_the_kits_name_must_be_the_site(tmp_path, good_settings):
     assert result.status == FAIL and "ssl_private_key client.key" in result.detail
 
 
-@pytest.mark.parametrize("servers, problem", [
-    ({"name": "project"}, "servers must be a list of server objects, not dict"),
-    (["fl.example.org:8002"], "servers [0] must be a server object, not str"),
-    ([{"service": "fl.example.org:8002"}], "servers [0].service must be an object, not str"),
-])
+@pytest.mark.parametrize(
+    "servers, problem",
+    [
+        ({"name": "project"}, "servers must be a list of server objects, not dict"),
+        (["fl.example.org:8002"], "servers [0] must be a server object, not str"),
+        ([{"service": "fl.example.org:8002"}], "servers [0].service must be an object, not str"),
+    ],
+)
 def test_unreadable_servers_fail_the_kit(tmp_path, good_settings, servers, problem):
     kit = make_kit(tmp_path, good_settings)
     client_json = kit / "startup" / "fed_client.json"
@@ -262,8 +278,11 @@ def test_exit_status_and_json_output(tmp_path, good_settings, capsys):
 
 def test_unusable_input_is_exit_2(tmp_path, good_settings, capsys):
     kit = make_kit(tmp_path, good_settings)
-    for argv in (["--job", str(tmp_path), "--config", "tiny"], ["--job", str(tmp_path / "no-job")],
-                 ["--config", "no-such-config"]):
+    for argv in (
+        ["--job", str(tmp_path), "--config", "tiny"],
+        ["--job", str(tmp_path / "no-job")],
+        ["--config", "no-such-config"],
+    ):
         assert main(["site-check", "--kit", str(kit), *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("fedmrg: error: ") and "Traceback" not in err

@@ -11,8 +11,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -44,23 +44,28 @@ def _bounded_int(text: str, minimum: int) -> int:
 
 def _add_config_flag(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
-        "--config", default=default,
+        "--config",
+        default=default,
         help=f"named config ({', '.join(named_configs())}) or a YAML file (default: {default})",
     )
 
 
 def _prepare_data_parser(sub) -> None:
     p = sub.add_parser(
-        "prepare-data", help="build the FL-MRG benchmark (sites, held-out test, public reports)",
+        "prepare-data",
+        help="build the FL-MRG benchmark (sites, held-out test, public reports)",
         description="Build the multi-hospital benchmark offline: reports from IU X-ray (or templated), synthetic "
-                    "radiographs rendered from each report's findings, sites with their own reporting style and "
-                    "image acquisition.",
+        "radiographs rendered from each report's findings, sites with their own reporting style and "
+        "image acquisition.",
     )
     _add_config_flag(p, "demo")
     p.add_argument("--source", choices=["iu-xray", "synthetic"], help="report source")
-    p.add_argument("--reports", metavar="PATH_OR_URL",
-                   help="NLMCXR_reports.tgz, or a torchxrayvision wheel that holds it (default: offline copy "
-                        "from the torchxrayvision 1.5.7 wheel, cached under $FEDMRG_DATA_DIR/cache)")
+    p.add_argument(
+        "--reports",
+        metavar="PATH_OR_URL",
+        help="NLMCXR_reports.tgz, or a torchxrayvision wheel that holds it (default: offline copy "
+        "from the torchxrayvision 1.5.7 wheel, cached under $FEDMRG_DATA_DIR/cache)",
+    )
     p.add_argument("--studies", type=int, help="number of studies (default: all; synthetic: 200)")
     p.add_argument("--sites", type=int, help="number of hospitals")
     p.add_argument("--partition", choices=["style", "label", "iid"], help="how studies are dealt to sites")
@@ -81,12 +86,27 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 
     overrides = {
         f"benchmark.{key}": getattr(args, key)
-        for key in ("source", "reports", "studies", "sites", "partition", "image_size", "seed", "dirichlet_alpha",
-                    "workers")
+        for key in (
+            "source",
+            "reports",
+            "studies",
+            "sites",
+            "partition",
+            "image_size",
+            "seed",
+            "dirichlet_alpha",
+            "workers",
+        )
     }
     cfg = load_config(args.config, overrides)
-    summary = build_benchmark(cfg.benchmark, args.out, include_impression=cfg.data.include_impression,
-                              reuse=args.reuse, force=args.force, progress=not args.quiet)
+    summary = build_benchmark(
+        cfg.benchmark,
+        args.out,
+        include_impression=cfg.data.include_impression,
+        reuse=args.reuse,
+        force=args.force,
+        progress=not args.quiet,
+    )
     print(format_summary(summary))
     print(f"benchmark ready in {args.out}")
     return 0
@@ -123,9 +143,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _label_parser(sub) -> None:
     p = sub.add_parser(
-        "label", help="label reports for the 14 CheXpert observations (rule-based, offline)",
+        "label",
+        help="label reports for the 14 CheXpert observations (rule-based, offline)",
         description="Label each report of a CSV (columns id,report; others ignored) for the 14 CheXpert "
-                    "observations: 1 positive, 0 negative, -1 uncertain, empty when not mentioned.",
+        "observations: 1 positive, 0 negative, -1 uncertain, empty when not mentioned.",
     )
     p.add_argument("--in", dest="inp", required=True, metavar="REPORTS_CSV", help="CSV with columns id,report")
     p.add_argument("--out", required=True, metavar="LABELS_CSV", help="CSV to write: id and the 14 observations")
@@ -152,25 +173,37 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 def _score_parser(sub) -> None:
     p = sub.add_parser(
-        "score", help="NLG metrics and clinical efficacy of generated reports against references",
+        "score",
+        help="NLG metrics and clinical efficacy of generated reports against references",
         description="BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen protocol) and CE precision/recall/F1 "
-                    "(micro, macro, example, micro5) of generated reports against references.",
+        "(micro, macro, example, micro5) of generated reports against references.",
     )
     p.add_argument("--pred", required=True, help="JSON object mapping id to generated report")
-    p.add_argument("--ref", required=True,
-                   help="JSON object mapping id to reference report, or an R2Gen annotation.json (see --split)")
+    p.add_argument(
+        "--ref",
+        required=True,
+        help="JSON object mapping id to reference report, or an R2Gen annotation.json (see --split)",
+    )
     p.add_argument("--out", required=True, help="scores JSON to write")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="rows of an annotation.json --ref to score against (default: test)")
-    p.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"],
-                   help="whose text cleaning to apply before scoring (default: iu_xray)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test"],
+        help="rows of an annotation.json --ref to score against (default: test)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="iu_xray",
+        choices=["iu_xray", "mimic_cxr"],
+        help="whose text cleaning to apply before scoring (default: iu_xray)",
+    )
     p.add_argument("--per-study", action="store_true", help="also write the NLG scores of every study")
     p.set_defaults(handler=_cmd_score)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from fedmrg.eval.texts import check_nonempty, check_same_ids, read_id_texts, read_references
     from fedmrg.eval.report import format_scores, score_reports, write_scores
+    from fedmrg.eval.texts import check_nonempty, check_same_ids, read_id_texts, read_references
 
     predictions = read_id_texts(args.pred)
     references = read_references(args.ref, args.split)
@@ -186,9 +219,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="compare scores files: a markdown table and a bar plot (PNG)")
-    p.add_argument("results", nargs="+", metavar="RESULTS",
-                   help="scores.json files from 'fedmrg score' (row name: the file's stem, or its folder's "
-                        "name for scores.json)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS",
+        help="scores.json files from 'fedmrg score' (row name: the file's stem, or its folder's name for scores.json)",
+    )
     p.add_argument("--out", required=True, help="markdown file to write; the plot goes beside it (.png)")
     p.set_defaults(handler=_cmd_report)
 
@@ -202,11 +238,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _fl_report_parser(sub) -> None:
-    p = sub.add_parser("fl-report", help="summary of a federated run: quality per site, bytes moved, examples",
-                       description="Read WS/results.json of a jobs/*/job.py run and write a markdown summary: "
-                                   "generic and personalized scores per site, upload and download bytes against "
-                                   "dense fp32 FedAvg, and (simulator runs) a few generated reports beside their "
-                                   "references, read from the simulated sites' folders.")
+    p = sub.add_parser(
+        "fl-report",
+        help="summary of a federated run: quality per site, bytes moved, examples",
+        description="Read WS/results.json of a jobs/*/job.py run and write a markdown summary: "
+        "generic and personalized scores per site, upload and download bytes against "
+        "dense fp32 FedAvg, and (simulator runs) a few generated reports beside their "
+        "references, read from the simulated sites' folders.",
+    )
     p.add_argument("workspace", metavar="WS", help="the --workspace of the job run")
     p.add_argument("--examples", type=int, default=2, help="generated reports shown per site (default: 2)")
     p.add_argument("--out", help="markdown file (default: WS/summary.md)")
@@ -229,10 +268,11 @@ def _cmd_fl_report(args: argparse.Namespace) -> int:
 
 def _make_base_llm_parser(sub) -> None:
     p = sub.add_parser(
-        "make-base-llm", help="train the demo base LLM (BPE tokenizer + small LLaMA) on the public reports",
+        "make-base-llm",
+        help="train the demo base LLM (BPE tokenizer + small LLaMA) on the public reports",
         description="Train a byte-level BPE tokenizer and a small LLaMA-architecture causal LM on a benchmark's public "
-                    "report split (disjoint from every site) and save both with save_pretrained: a stand-in for a "
-                    "pretrained LLM in the demo and the tests.",
+        "report split (disjoint from every site) and save both with save_pretrained: a stand-in for a "
+        "pretrained LLM in the demo and the tests.",
     )
     p.add_argument("--corpus", required=True, help="a benchmark's public/ folder (reports.jsonl), or the .jsonl file")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -247,11 +287,20 @@ def _make_base_llm_parser(sub) -> None:
 def _cmd_make_base_llm(args: argparse.Namespace) -> int:
     from fedmrg.model.base_llm import make_base_llm
 
-    summary = make_base_llm(args.corpus, args.out, args.size, dataset=args.dataset, seed=args.seed,
-                            epochs=args.epochs, progress=not args.quiet)
-    print(f"{summary['reports']} reports, {summary['tokens']} tokens, vocabulary {summary['vocab_size']}, "
-          f"{summary['params']:,} parameters; loss {summary['first_loss']:.2f} -> {summary['final_loss']:.2f} "
-          f"in {summary['seconds']} s\nsample: {summary['sample']}")
+    summary = make_base_llm(
+        args.corpus,
+        args.out,
+        args.size,
+        dataset=args.dataset,
+        seed=args.seed,
+        epochs=args.epochs,
+        progress=not args.quiet,
+    )
+    print(
+        f"{summary['reports']} reports, {summary['tokens']} tokens, vocabulary {summary['vocab_size']}, "
+        f"{summary['params']:,} parameters; loss {summary['first_loss']:.2f} -> {summary['final_loss']:.2f} "
+        f"in {summary['seconds']} s\nsample: {summary['sample']}"
+    )
     print(f"base LLM written to {args.out} (summary in base_llm.json)")
     return 0
 
@@ -259,10 +308,17 @@ def _cmd_make_base_llm(args: argparse.Namespace) -> int:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="RUN", help="a model folder written by `fedmrg train`")
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
-    p.add_argument("--site-adapter", metavar="DIR",
-                   help="a site's specialized adapter (PEFT folder) to use with the model's generic one")
-    p.add_argument("--adapters", choices=["auto", "generic", "dual"], default="auto",
-                   help="generic alone (a new site), generic+specialized, or auto: dual when there is one")
+    p.add_argument(
+        "--site-adapter",
+        metavar="DIR",
+        help="a site's specialized adapter (PEFT folder) to use with the model's generic one",
+    )
+    p.add_argument(
+        "--adapters",
+        choices=["auto", "generic", "dual"],
+        default="auto",
+        help="generic alone (a new site), generic+specialized, or auto: dual when there is one",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the model's train.device)")
 
 
@@ -274,14 +330,20 @@ def _load_model(args: argparse.Namespace):
 
 def _train_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="centralized training of the report generator on one or more sites",
+        "train",
+        help="centralized training of the report generator on one or more sites",
         description="Train on the train split of every --data site (their val split gives a validation loss). "
-                    "Checkpoints each epoch into RUN/checkpoint and resumes from it when run again with the same "
-                    "config (raise --max-steps or train.epochs to train longer).",
+        "Checkpoints each epoch into RUN/checkpoint and resumes from it when run again with the same "
+        "config (raise --max-steps or train.epochs to train longer).",
     )
     _add_config_flag(p, "demo")
-    p.add_argument("--data", required=True, action="append", metavar="SITE_DIR",
-                   help="a site folder (annotation.json + images); repeat for several")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="SITE_DIR",
+        help="a site folder (annotation.json + images); repeat for several",
+    )
     p.add_argument("--base-llm", metavar="DIR", help="local Hugging Face checkpoint of the frozen LLM (model.base_llm)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (model, checkpoint/, tb/)")
     p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps")
@@ -295,14 +357,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fedmrg.model.training import SUMMARY_FILE, train_centralized
 
     cfg = load_config(args.config, {"train.epochs": args.epochs, "train.device": args.device})
-    summary = train_centralized(cfg, args.data, args.out, base_llm=args.base_llm, max_steps=args.max_steps,
-                                progress=not args.quiet)
+    summary = train_centralized(
+        cfg, args.data, args.out, base_llm=args.base_llm, max_steps=args.max_steps, progress=not args.quiet
+    )
     last = summary["history"][-1] if summary["history"] else {}
-    print(f"trained {summary['steps']} steps ({summary['epochs']} epochs, {summary['seconds_this_run']} s); "
-          f"last epoch loss {last.get('loss', float('nan')):.3f}; model in {args.out}")
+    print(
+        f"trained {summary['steps']} steps ({summary['epochs']} epochs, {summary['seconds_this_run']} s); "
+        f"last epoch loss {last.get('loss', float('nan')):.3f}; model in {args.out}"
+    )
     if summary["skipped_studies"]:
-        print(f"{len(summary['skipped_studies'])} studies left out (files that cannot be used; each is named in "
-              f"{Path(args.out) / SUMMARY_FILE} and in the log)")
+        print(
+            f"{len(summary['skipped_studies'])} studies left out (files that cannot be used; each is named in "
+            f"{Path(args.out) / SUMMARY_FILE} and in the log)"
+        )
     return 0
 
 
@@ -338,10 +405,11 @@ def _add_split_flags(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser(
-        "evaluate", help="generate the reports of a split and score them (NLG + CE)",
+        "evaluate",
+        help="generate the reports of a split and score them (NLG + CE)",
         description="Generate a report for every study of the split, score them as `fedmrg score` does, and write "
-                    "OUT (scores), OUT-stem.predictions.json (id -> report, readable by `fedmrg score --pred`) and "
-                    "OUT-stem.findings.json (id -> predicted findings).",
+        "OUT (scores), OUT-stem.predictions.json (id -> report, readable by `fedmrg score --pred`) and "
+        "OUT-stem.findings.json (id -> predicted findings).",
     )
     _add_model_flags(p)
     _add_split_flags(p)
@@ -353,18 +421,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fedmrg.model.inference import generate_split
 
     model = _load_model(args)
-    loader = study_loader(model.cfg, [args.data], args.split, train=False,
-                          batch_size=model.cfg.generate.batch_size, limit=args.limit)
+    loader = study_loader(
+        model.cfg, [args.data], args.split, train=False, batch_size=model.cfg.generate.batch_size, limit=args.limit
+    )
     rows = generate_split(model, loader, adapters=args.adapters, progress=not args.quiet)
     findings = {key: row["findings"] for key, row in rows.items()}
-    return _score_and_write(args, {key: row["report"] for key, row in rows.items()}, loader, model.cfg.data.dataset,
-                            findings)
+    return _score_and_write(
+        args, {key: row["report"] for key, row in rows.items()}, loader, model.cfg.data.dataset, findings
+    )
 
 
 def _score_and_write(args: argparse.Namespace, predictions: dict, loader, dataset: str, extra: dict) -> int:
     """Score ``predictions`` against the loader's references; write scores, reports and ``extra`` beside."""
-    from fedmrg.eval.report import format_scores, score_reports, write_scores
     from fedmrg.data.loaders import loader_records
+    from fedmrg.eval.report import format_scores, score_reports, write_scores
 
     references = {str(r["id"]): r["report"] for r in loader_records(loader)}
     out = Path(args.out)
@@ -380,20 +450,28 @@ def _score_and_write(args: argparse.Namespace, predictions: dict, loader, datase
 
 def _retrieve_parser(sub) -> None:
     p = sub.add_parser(
-        "retrieve-baseline", help="baseline: copy the training report whose findings match best",
+        "retrieve-baseline",
+        help="baseline: copy the training report whose findings match best",
         description="For each study of the split, take the training report whose labeler findings best match the "
-                    "findings the model predicts (--model), the reference report's own findings (--oracle, an "
-                    "upper bound for copying) or plain 'No Finding' (--normal, the same normal report for every "
-                    "study), and score the copies like `fedmrg evaluate`.",
+        "findings the model predicts (--model), the reference report's own findings (--oracle, an "
+        "upper bound for copying) or plain 'No Finding' (--normal, the same normal report for every "
+        "study), and score the copies like `fedmrg evaluate`.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="RUN", help="model whose diagnosis head predicts the findings")
     source.add_argument("--oracle", action="store_true", help="use the reference reports' own findings")
-    source.add_argument("--normal", action="store_true",
-                        help="copy the best-matching normal report (No Finding positive) for every study: the "
-                             "floor any model must beat on CE")
-    p.add_argument("--train-data", action="append", metavar="SITE_DIR",
-                   help="sites whose train reports are retrieved from (default: --data); repeat for several")
+    source.add_argument(
+        "--normal",
+        action="store_true",
+        help="copy the best-matching normal report (No Finding positive) for every study: the "
+        "floor any model must beat on CE",
+    )
+    p.add_argument(
+        "--train-data",
+        action="append",
+        metavar="SITE_DIR",
+        help="sites whose train reports are retrieved from (default: --data); repeat for several",
+    )
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
     p.add_argument("--device", help="cpu, cuda, cuda:N")
     p.add_argument("--config", default="demo", help="config for --oracle / --normal (text cleaning, image size)")
@@ -404,18 +482,22 @@ def _retrieve_parser(sub) -> None:
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fedmrg.eval.retrieval import copied_reports, normal_query
     from fedmrg.data.loaders import loader_records, split_records, study_loader
+    from fedmrg.eval.retrieval import copied_reports, normal_query
 
     model = _load_model(args) if args.model else None
     cfg = model.cfg if model else load_config(args.config)
-    loader = study_loader(cfg, [args.data], args.split, train=False, batch_size=cfg.generate.batch_size,
-                          limit=args.limit)
-    candidates = [row for site in (args.train_data or [args.data])
-                  for row in split_records(site, "train", cfg.data.dataset)[0]]
+    loader = study_loader(
+        cfg, [args.data], args.split, train=False, batch_size=cfg.generate.batch_size, limit=args.limit
+    )
+    candidates = [
+        row for site in (args.train_data or [args.data]) for row in split_records(site, "train", cfg.data.dataset)[0]
+    ]
     if not candidates:
-        raise FedMRGError(f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from "
-                          "(a test-only folder such as test-global needs --train-data SITE_DIR)")
+        raise FedMRGError(
+            f"{', '.join(args.train_data or [args.data])}: no train reports to retrieve from "
+            "(a test-only folder such as test-global needs --train-data SITE_DIR)"
+        )
     records = loader_records(loader)
     if args.normal:
         query = normal_query(len(records))
@@ -431,25 +513,48 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 def _site_check_parser(sub) -> None:
     p = sub.add_parser(
-        "site-check", help="check a hospital's setup before it joins a federation (exit 1 on any FAIL)",
+        "site-check",
+        help="check a hospital's setup before it joins a federation (exit 1 on any FAIL)",
         description="Check what a site needs to run a FedMRG job: its settings (fedmrg_site.yaml), data "
-                    "(annotation.json, every image file, a decoded sample, labels of the train reports), base LLM, "
-                    "device and 4-bit support, free disk, versions, and its FLARE startup kit. One line per check: "
-                    "PASS, WARN, FAIL (or SKIP after a failure it depends on). Exit status 0 without FAIL, 1 with.",
+        "(annotation.json, every image file, a decoded sample, labels of the train reports), base LLM, "
+        "device and 4-bit support, free disk, versions, and its FLARE startup kit. One line per check: "
+        "PASS, WARN, FAIL (or SKIP after a failure it depends on). Exit status 0 without FAIL, 1 with.",
     )
-    p.add_argument("--kit", metavar="SITE_KIT",
-                   help="the site's startup kit (startup/, local/): its name, allow list and local/fedmrg_site.yaml")
-    p.add_argument("--settings", metavar="FILE",
-                   help="site settings file (default: SITE_KIT/local/fedmrg_site.yaml, else $FEDMRG_SITE_SETTINGS)")
+    p.add_argument(
+        "--kit",
+        metavar="SITE_KIT",
+        help="the site's startup kit (startup/, local/): its name, allow list and local/fedmrg_site.yaml",
+    )
+    p.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="site settings file (default: SITE_KIT/local/fedmrg_site.yaml, else $FEDMRG_SITE_SETTINGS)",
+    )
     p.add_argument("--site", metavar="NAME", help="the site's name (default: the kit's)")
-    p.add_argument("--job", metavar="JOB_DIR", help="an exported FedMRG job: its client config and versions are "
-                                                    "checked against this site")
-    p.add_argument("--config", metavar="NAME_OR_PATH",
-                   help="the config to check against without --job: a named config or a YAML file (default: demo)")
-    p.add_argument("--min-free-gib", type=float, default=5.0, metavar="N",
-                   help="free disk needed where the site keeps its state (default: 5)")
-    p.add_argument("--sample", type=_positive_int, default=20, metavar="N",
-                   help="studies decoded as the trainer does (default: 20; every image file is checked to exist)")
+    p.add_argument(
+        "--job",
+        metavar="JOB_DIR",
+        help="an exported FedMRG job: its client config and versions are checked against this site",
+    )
+    p.add_argument(
+        "--config",
+        metavar="NAME_OR_PATH",
+        help="the config to check against without --job: a named config or a YAML file (default: demo)",
+    )
+    p.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=5.0,
+        metavar="N",
+        help="free disk needed where the site keeps its state (default: 5)",
+    )
+    p.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="studies decoded as the trainer does (default: 20; every image file is checked to exist)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.set_defaults(handler=_cmd_site_check)
 
@@ -459,10 +564,15 @@ def _cmd_site_check(args: argparse.Namespace) -> int:
 
     if args.min_free_gib < 0:
         raise FedMRGError(f"--min-free-gib: {args.min_free_gib:g} must be at least 0")
-    request = CheckRequest(kit=Path(args.kit) if args.kit else None,
-                           settings_file=Path(args.settings) if args.settings else None, site=args.site,
-                           job=Path(args.job) if args.job else None, config=args.config,
-                           min_free_gib=args.min_free_gib, sample=args.sample)
+    request = CheckRequest(
+        kit=Path(args.kit) if args.kit else None,
+        settings_file=Path(args.settings) if args.settings else None,
+        site=args.site,
+        job=Path(args.job) if args.job else None,
+        config=args.config,
+        min_free_gib=args.min_free_gib,
+        sample=args.sample,
+    )
     report = run_site_check(request)
     print(format_report(report))
     if args.json:
@@ -473,33 +583,44 @@ def _cmd_site_check(args: argparse.Namespace) -> int:
 
 def _poc_parser(sub) -> None:
     p = sub.add_parser(
-        "poc", help="run an exported job on a local FLARE POC federation, end to end (what `make poc` does)",
+        "poc",
+        help="run an exported job on a local FLARE POC federation, end to end (what `make poc` does)",
         description="Prepare a FLARE POC system (server, SITES clients, admin kits) in WS, give each site its "
-                    "benchmark folder (local/fedmrg_site.yaml) and, with --policies, the hospital's policy files; "
-                    "start it, submit the job through the FLARE API as the project admin, follow its rounds, "
-                    "download the result, print the summary and the job's final status, and stop every process "
-                    "it started, also when a step fails or on Ctrl-C. nvflare runs with HOME=WS/home, so the "
-                    "user's ~/.nvflare is left alone. Exit status 0 when the job ends FINISHED:COMPLETED.",
+        "benchmark folder (local/fedmrg_site.yaml) and, with --policies, the hospital's policy files; "
+        "start it, submit the job through the FLARE API as the project admin, follow its rounds, "
+        "download the result, print the summary and the job's final status, and stop every process "
+        "it started, also when a step fails or on Ctrl-C. nvflare runs with HOME=WS/home, so the "
+        "user's ~/.nvflare is left alone. Exit status 0 when the job ends FINISHED:COMPLETED.",
     )
     p.add_argument("--job", required=True, metavar="JOB_DIR", help="an exported job (jobs/<job>/job.py --export)")
     p.add_argument("--data", required=True, metavar="BENCH_DIR", help="benchmark folder with site-1, site-2, ...")
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder every site uses")
     p.add_argument("--sites", type=_positive_int, default=2, help="number of sites (default: 2)")
-    p.add_argument("--workspace", metavar="WS", default="data/poc",
-                   help="where the POC system, the job's download and nvflare's HOME go (default: data/poc)")
-    p.add_argument("--policies", metavar="DIR",
-                   help="install DIR's authorization.json, privacy.json, resources.json at every site "
-                        "(e.g. provisioning/)")
-    p.add_argument("--timeout", type=_positive_int, default=7200,
-                   help="seconds the job may run before it is aborted (default: 7200)")
+    p.add_argument(
+        "--workspace",
+        metavar="WS",
+        default="data/poc",
+        help="where the POC system, the job's download and nvflare's HOME go (default: data/poc)",
+    )
+    p.add_argument(
+        "--policies",
+        metavar="DIR",
+        help="install DIR's authorization.json, privacy.json, resources.json at every site (e.g. provisioning/)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_int,
+        default=7200,
+        help="seconds the job may run before it is aborted (default: 7200)",
+    )
     p.set_defaults(handler=_cmd_poc)
 
 
 def _cmd_poc(args: argparse.Namespace) -> int:
     import signal
 
-    from fedmrg.ops.poc import PocRun, find_results, run_poc
     from fedmrg.fl.results import read_results, site_examples, summary_markdown
+    from fedmrg.ops.poc import PocRun, find_results, run_poc
 
     def interrupted(signum, frame):  # SIGTERM stops the federation the same way Ctrl-C does
         raise KeyboardInterrupt
@@ -507,9 +628,17 @@ def _cmd_poc(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     logging.getLogger("nvflare").setLevel(logging.WARNING)  # FLARE API connection chatter
     workspace = Path(args.workspace)
-    outcome = run_poc(PocRun(workspace=workspace, job_dir=Path(args.job), data=Path(args.data), sites=args.sites,
-                             base_llm=Path(args.base_llm) if args.base_llm else None,
-                             policies=Path(args.policies) if args.policies else None, timeout=args.timeout))
+    outcome = run_poc(
+        PocRun(
+            workspace=workspace,
+            job_dir=Path(args.job),
+            data=Path(args.data),
+            sites=args.sites,
+            base_llm=Path(args.base_llm) if args.base_llm else None,
+            policies=Path(args.policies) if args.policies else None,
+            timeout=args.timeout,
+        )
+    )
     run_dir = find_results(outcome.result_dir)
     if run_dir is not None:
         results = read_results(run_dir / "results.json")
@@ -525,37 +654,61 @@ def _bench_parser(sub) -> None:
     from fedmrg.experiments.methods import BY_NAME
 
     p = sub.add_parser(
-        "bench", help="the FL-MRG benchmark: FedMRG against local, centralized, FedAvg-LoRA and its ablations",
+        "bench",
+        help="the FL-MRG benchmark: FedMRG against local, centralized, FedAvg-LoRA and its ablations",
         description="Run every method (or --methods) with every seed on the benchmark that prepare-data builds, "
-                    "with the same budget; federated methods run their FLARE job in the simulator. Writes "
-                    "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and rewrites the results section "
-                    "of the results page (--results-page, default docs/benchmark.md). Finished runs are reused, so "
-                    "an interrupted benchmark resumes.",
+        "with the same budget; federated methods run their FLARE job in the simulator. Writes "
+        "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and rewrites the results section "
+        "of the results page (--results-page, default docs/benchmark.md). Finished runs are reused, so "
+        "an interrupted benchmark resumes.",
     )
     preset = p.add_mutually_exclusive_group(required=True)
-    preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
-                        help="a short budget and greedy decoding: tens of minutes on a CPU")
-    preset.add_argument("--full", dest="preset", action="store_const", const="full",
-                        help="the config's own budget, beam search, every test study: for a GPU")
+    preset.add_argument(
+        "--quick",
+        dest="preset",
+        action="store_const",
+        const="quick",
+        help="a short budget and greedy decoding: tens of minutes on a CPU",
+    )
+    preset.add_argument(
+        "--full",
+        dest="preset",
+        action="store_const",
+        const="full",
+        help="the config's own budget, beam search, every test study: for a GPU",
+    )
     _add_config_flag(p, "demo")
-    p.add_argument("--partition", choices=["style", "label", "iid"],
-                   help="how studies are dealt to sites when the benchmark is built here (default: style)")
-    p.add_argument("--data", metavar="BENCH_DIR",
-                   help="a benchmark folder (default: built or reused under $FEDMRG_DATA_DIR)")
+    p.add_argument(
+        "--partition",
+        choices=["style", "label", "iid"],
+        help="how studies are dealt to sites when the benchmark is built here (default: style)",
+    )
+    p.add_argument(
+        "--data", metavar="BENCH_DIR", help="a benchmark folder (default: built or reused under $FEDMRG_DATA_DIR)"
+    )
     p.add_argument("--base-llm", metavar="DIR", help="base LLM checkpoint (default: the benchmark's demo LLM)")
-    p.add_argument("--llm-1b", action="store_true",
-                   help="instead, a 1.1B LLaMA (TinyLlama's shape) with random weights and the base LLM's tokenizer: "
-                        "for timing and memory on a GPU, not for quality")
+    p.add_argument(
+        "--llm-1b",
+        action="store_true",
+        help="instead, a 1.1B LLaMA (TinyLlama's shape) with random weights and the base LLM's tokenizer: "
+        "for timing and memory on a GPU, not for quality",
+    )
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"a subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="SEED", help="default: the preset's")
-    p.add_argument("--name", help="results name (default: the preset, plus the config unless demo, the "
-                                  "partition unless style, and 1b with --llm-1b)")
+    p.add_argument(
+        "--name",
+        help="results name (default: the preset, plus the config unless demo, the "
+        "partition unless style, and 1b with --llm-1b)",
+    )
     p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
     p.add_argument("--work", metavar="DIR", help="run folders (default: $FEDMRG_DATA_DIR/bench/NAME)")
-    p.add_argument("--results-page", metavar="PAGE",
-                   help="markdown page whose results section (between <!-- bench:begin --> and <!-- bench:end -->) "
-                        "is rewritten, its plot links relative to the page (default: docs/benchmark.md; 'none' to "
-                        "skip; with --llm-1b, whose quality numbers mean nothing, none unless given)")
+    p.add_argument(
+        "--results-page",
+        metavar="PAGE",
+        help="markdown page whose results section (between <!-- bench:begin --> and <!-- bench:end -->) "
+        "is rewritten, its plot links relative to the page (default: docs/benchmark.md; 'none' to "
+        "skip; with --llm-1b, whose quality numbers mean nothing, none unless given)",
+    )
     p.add_argument("--jobs", default="jobs", metavar="DIR", help="the jobs folder (default: jobs)")
     p.add_argument("--device", help="override train.device (cpu, cuda, cuda:N)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -564,17 +717,27 @@ def _bench_parser(sub) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fedmrg.data.iuxray import data_dir
-    from fedmrg.experiments.report import image_links, markdown, refresh_results_page, write_outputs
-    from fedmrg.experiments.runner import (PRESETS, BenchRequest, bench_results, prepare_inputs, random_llama_1b,
-                                         run_benchmark)
     from fedmrg.experiments.methods import select_methods
+    from fedmrg.experiments.report import image_links, markdown, refresh_results_page, write_outputs
+    from fedmrg.experiments.runner import (
+        PRESETS,
+        BenchRequest,
+        bench_results,
+        prepare_inputs,
+        random_llama_1b,
+        run_benchmark,
+    )
 
     methods = select_methods(args.methods)
     if args.data and args.partition:
         raise FedMRGError("--partition applies when the benchmark is built here; --data's partition is its own")
     partition = args.partition or "style"
-    parts = (args.preset, None if args.config == "demo" else Path(args.config).stem,
-             None if partition == "style" else partition, "1b" if args.llm_1b else None)
+    parts = (
+        args.preset,
+        None if args.config == "demo" else Path(args.config).stem,
+        None if partition == "style" else partition,
+        "1b" if args.llm_1b else None,
+    )
     name = args.name or "-".join(part for part in parts if part)
     if args.data:
         data, base_llm = Path(args.data), args.base_llm
@@ -586,11 +749,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     work = Path(args.work) if args.work else data_dir() / "bench" / name
     if args.llm_1b:
         base_llm = random_llama_1b(Path(base_llm), work / "llama-1b")
-    request = BenchRequest(preset=PRESETS[args.preset], methods=methods, data=data.resolve(),
-                           base_llm=Path(base_llm).resolve(), config=args.config,
-                           seeds=tuple(dict.fromkeys(args.seeds or ())), work=work,
-                           jobs_dir=Path(args.jobs), progress=not args.quiet,
-                           extra_overrides={"train.device": args.device} if args.device else {})
+    request = BenchRequest(
+        preset=PRESETS[args.preset],
+        methods=methods,
+        data=data.resolve(),
+        base_llm=Path(base_llm).resolve(),
+        config=args.config,
+        seeds=tuple(dict.fromkeys(args.seeds or ())),
+        work=work,
+        jobs_dir=Path(args.jobs),
+        progress=not args.quiet,
+        extra_overrides={"train.device": args.device} if args.device else {},
+    )
     records = run_benchmark(request)
     results = bench_results(name, request, records)
     paths = write_outputs(results, args.out)
@@ -605,21 +775,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedmrg", description="Federated chest X-ray report generation on NVIDIA FLARE")
+    parser = argparse.ArgumentParser(
+        prog="fedmrg", description="Federated chest X-ray report generation on NVIDIA FLARE"
+    )
     parser.add_argument("--version", action="version", version=f"fedmrg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_prepare_data_parser, _show_data_parser, _config_parser, _label_parser, _score_parser,
-                _report_parser, _make_base_llm_parser, _train_parser, _generate_parser, _evaluate_parser,
-                _retrieve_parser, _fl_report_parser, _site_check_parser, _poc_parser, _bench_parser):
+    for add in (
+        _prepare_data_parser,
+        _show_data_parser,
+        _config_parser,
+        _label_parser,
+        _score_parser,
+        _report_parser,
+        _make_base_llm_parser,
+        _train_parser,
+        _generate_parser,
+        _evaluate_parser,
+        _retrieve_parser,
+        _fl_report_parser,
+        _site_check_parser,
+        _poc_parser,
+        _bench_parser,
+    ):
         add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return args.handler(args)
     except FedMRGError as exc:

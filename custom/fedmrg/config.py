@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -49,8 +49,8 @@ class BenchmarkConfig:
     """What ``fedmrg prepare-data`` builds (every field has a CLI flag of the same name)."""
 
     source: SourceKind = "iu-xray"
-    reports: Optional[str] = None  # path or URL of NLMCXR_reports.tgz; None = offline default
-    studies: Optional[int] = None  # None = every usable study of the source
+    reports: str | None = None  # path or URL of NLMCXR_reports.tgz; None = offline default
+    studies: int | None = None  # None = every usable study of the source
     sites: int = 3
     partition: PartitionKind = "style"
     image_size: int = 256  # rendered resolution before each site's acquisition profile
@@ -95,7 +95,7 @@ class EncoderConfig:
     layers: int = 4
     heads: int = 4
     dropout: float = 0.0
-    pretrained: Optional[str] = None  # local file of ViT weights (.safetensors, .pt, .pth); never a hub id
+    pretrained: str | None = None  # local file of ViT weights (.safetensors, .pt, .pth); never a hub id
 
     def check(self, where: str) -> None:
         for key in ("patch_size", "hidden_size", "mlp_dim", "layers", "heads"):
@@ -108,7 +108,7 @@ class EncoderConfig:
 class ModelConfig:
     """The report generator: frozen LLM + encoder, prompts, projector, diagnosis head, adapters."""
 
-    base_llm: Optional[str] = None  # local Hugging Face checkpoint directory (`--base-llm` overrides)
+    base_llm: str | None = None  # local Hugging Face checkpoint directory (`--base-llm` overrides)
     load_in_4bit: bool = True  # NF4 with double quantization (bitsandbytes); false = plain weights in `dtype`
     dtype: DType = "auto"  # compute / unquantized weight dtype; auto = bfloat16 on CUDA, float32 on CPU
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -127,24 +127,39 @@ class ModelConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    target_modules: Optional[list[str]] = None  # None = PEFT's default for the model family
+    target_modules: list[str] | None = None  # None = PEFT's default for the model family
     mutual_boosting: float = 0.5  # mu, weight of the symmetric KL between the two paths; 0 = off
     instruction: str = "Write the findings section of the chest X-ray report."
     max_report_tokens: int = 128  # target reports are truncated to this many tokens in training
 
     def check(self, where: str) -> None:
         _require(self.visual_tokens >= 0, where, "visual_tokens", "must be >= 0")
-        _require(self.visual_tokens == 0 or round(self.visual_tokens ** 0.5) ** 2 == self.visual_tokens, where,
-                 "visual_tokens", "must be a square number (a g x g grid per view) or 0")
-        for key in ("num_prompts", "num_books", "customizer_hidden", "contrastive_dim", "lora_rank", "lora_alpha",
-                    "max_report_tokens"):
+        _require(
+            self.visual_tokens == 0 or round(self.visual_tokens**0.5) ** 2 == self.visual_tokens,
+            where,
+            "visual_tokens",
+            "must be a square number (a g x g grid per view) or 0",
+        )
+        for key in (
+            "num_prompts",
+            "num_books",
+            "customizer_hidden",
+            "contrastive_dim",
+            "lora_rank",
+            "lora_alpha",
+            "max_report_tokens",
+        ):
             _require(getattr(self, key) >= 1, where, key, "must be at least 1")
         _require(0 <= self.predicted_prompt_mix <= 1, where, "predicted_prompt_mix", "must be in [0, 1]")
         _require(self.temperature > 0, where, "temperature", "must be > 0")
         _require(0 <= self.lora_dropout < 1, where, "lora_dropout", "must be in [0, 1)")
         _require(self.mutual_boosting >= 0, where, "mutual_boosting", "must be >= 0")
-        _require(self.target_modules is None or len(self.target_modules) > 0, where, "target_modules",
-                 "must name at least one module, or be null for the family default")
+        _require(
+            self.target_modules is None or len(self.target_modules) > 0,
+            where,
+            "target_modules",
+            "must name at least one module, or be null for the family default",
+        )
 
 
 @dataclass
@@ -152,7 +167,7 @@ class TrainConfig:
     """Optimisation, shared by centralized training and each site's local rounds."""
 
     epochs: int = 10
-    max_steps: Optional[int] = None  # optimizer steps; stops early when reached
+    max_steps: int | None = None  # optimizer steps; stops early when reached
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-4
@@ -177,8 +192,12 @@ class TrainConfig:
         for key in ("grad_clip", "diagnosis_weight", "contrastive_weight"):
             _require(getattr(self, key) >= 0, where, key, "must be >= 0")
         _require(self.num_workers >= 0, where, "num_workers", "must be >= 0")
-        _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), where, "device",
-                 "must be auto, cpu, cuda, cuda:N or mps")
+        _require(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            where,
+            "device",
+            "must be auto, cpu, cuda, cuda:N or mps",
+        )
 
 
 @dataclass
@@ -196,8 +215,9 @@ class GenerateConfig:
     def check(self, where: str) -> None:
         for key in ("num_beams", "max_new_tokens", "batch_size"):
             _require(getattr(self, key) >= 1, where, key, "must be at least 1")
-        _require(0 <= self.min_new_tokens <= self.max_new_tokens, where, "min_new_tokens",
-                 "must be in [0, max_new_tokens]")
+        _require(
+            0 <= self.min_new_tokens <= self.max_new_tokens, where, "min_new_tokens", "must be in [0, max_new_tokens]"
+        )
         _require(self.repetition_penalty >= 1, where, "repetition_penalty", "must be >= 1")
         _require(self.no_repeat_ngram_size >= 0, where, "no_repeat_ngram_size", "must be >= 0")
 
@@ -213,10 +233,10 @@ class FLConfig:
 
     rounds: int = 5
     local_epochs: int = 1  # passes over the site's training studies per round
-    local_steps: Optional[int] = None  # optimizer steps per round instead of whole epochs
+    local_steps: int | None = None  # optimizer steps per round instead of whole epochs
     update: UpdateKind = "lowrank"  # lowrank: SVD factors + error feedback; dense: fp32 FedAvg (FedIT)
     rank: int = 4  # singular values kept per matrix of a round's delta
-    energy: Optional[float] = None  # or fewer: the smallest rank keeping this share of the energy
+    energy: float | None = None  # or fewer: the smallest rank keeping this share of the energy
     precision: Precision = "fp16"  # of the sent factors (int8: one scale per row)
     dense_below: int = 4096  # 2-D tensors with fewer values are sent dense (fp16)
     error_feedback: bool = True  # sites keep what truncation dropped and add it to the next delta
@@ -227,18 +247,18 @@ class FLConfig:
     # coordinate-wise median / trimmed mean (trim sites cut at each end) of the reconstructed dense
     # updates, sites counting equally.
     aggregation: AggregationRule = "mean"
-    clip_norm: Optional[float] = None
+    clip_norm: float | None = None
     trim: int = 1
     # Differential privacy of each site's shared update (fedmrg.fl.dp): clipped to dp_clip, Gaussian
     # noise of dp_noise_multiplier * dp_clip per coordinate; None = off. Epsilon at dp_delta per round.
-    dp_noise_multiplier: Optional[float] = None
+    dp_noise_multiplier: float | None = None
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
     # A round ends when every site has answered; with min_sites, once that many have answered it waits
     # wait_after_min_sites seconds more for the others, then goes on without them (a site that failed
     # or disconnected does not stop the job while min_sites remain). With fewer than min_sites accepted
     # updates the global model stays as it was that round. None = every site of the job, every round.
-    min_sites: Optional[int] = None
+    min_sites: int | None = None
     wait_after_min_sites: int = 600
     # A site sends the prototype sums of a finding only when at least this many of the round's
     # studies have it (a sum over one study is that study's feature); rarer findings stay at the site.
@@ -253,8 +273,12 @@ class FLConfig:
         _require(self.max_update_norm > 0, where, "max_update_norm", "must be > 0")
         _require(self.clip_norm is None or self.clip_norm > 0, where, "clip_norm", "must be > 0")
         _require(self.trim >= 1, where, "trim", "must be at least 1")
-        _require(self.dp_noise_multiplier is None or self.dp_noise_multiplier > 0, where, "dp_noise_multiplier",
-                 "must be > 0 (or null: no differential privacy)")
+        _require(
+            self.dp_noise_multiplier is None or self.dp_noise_multiplier > 0,
+            where,
+            "dp_noise_multiplier",
+            "must be > 0 (or null: no differential privacy)",
+        )
         _require(self.dp_clip > 0, where, "dp_clip", "must be > 0")
         _require(0 < self.dp_delta < 1, where, "dp_delta", "must be in (0, 1)")
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
@@ -321,9 +345,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                    list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def parse_config(raw: dict[str, Any], where: str = "config") -> Config:

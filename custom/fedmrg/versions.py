@@ -30,13 +30,17 @@ def installed_versions() -> dict[str, str]:
 def version_mismatches(job_meta: dict) -> list[str]:
     """One line per version the job records that differs from this site's (none recorded: none differ)."""
     here = installed_versions()
-    return [f"{key}: the job was built with {job_meta[key]}, this site has {here[key]}"
-            for key in (FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY)
-            if job_meta.get(key) is not None and str(job_meta[key]) != here[key]]
+    return [
+        f"{key}: the job was built with {job_meta[key]}, this site has {here[key]}"
+        for key in (FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY)
+        if job_meta.get(key) is not None and str(job_meta[key]) != here[key]
+    ]
 
 
 def check_job_versions(job_meta: dict) -> None:
     mismatches = version_mismatches(job_meta)
     if mismatches:
-        raise ConfigError("version mismatch (" + "; ".join(mismatches) + "): install the job's versions at this "
-                          "site (or remove fedmrg here and let byoc jobs bring it with --ship-code)")
+        raise ConfigError(
+            "version mismatch (" + "; ".join(mismatches) + "): install the job's versions at this "
+            "site (or remove fedmrg here and let byoc jobs bring it with --ship-code)"
+        )

@@ -17,15 +17,15 @@ F1 is TP / (TP + (FP + FN) / 2), the harmonic mean of P and R. A ratio whose den
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from fedmrg.errors import DataError
-from fedmrg.io import some
 from fedmrg.eval.nlg import prepare_text
-from fedmrg.labels.observations import MICRO5, OBSERVATIONS, POSITIVE, label_array
+from fedmrg.io import some
 from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.observations import MICRO5, OBSERVATIONS, POSITIVE, label_array
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ def ce_scores(pred_labels: np.ndarray, ref_labels: np.ndarray) -> dict:
     return scores
 
 
-def ce_from_texts(
-    predictions: Mapping[str, str], references: Mapping[str, str], dataset: str | None = None
-) -> dict:
+def ce_from_texts(predictions: Mapping[str, str], references: Mapping[str, str], dataset: str | None = None) -> dict:
     """Label both sides with the rule-based labeler and compute :func:`ce_scores` on their common ids.
 
     With ``dataset`` (``iu_xray`` or ``mimic_cxr``), both sides are first cleaned like the training

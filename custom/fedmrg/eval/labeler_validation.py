@@ -11,8 +11,9 @@ The labeler was developed and calibrated only on the odd-numbered reports (``1.x
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -25,12 +26,24 @@ from fedmrg.labels.observations import OBSERVATIONS, POSITIVE, UNCERTAIN
 # "No Finding" follows CheXpert's rule on the mapped terms: present when no other observation
 # (Support Devices aside) is.
 MESH_REFERENCE: dict[str, tuple[str, ...]] = {
-    "Enlarged Cardiomediastinum": ("mediastinum/prominent", "mediastinum/widened", "mediastinum/enlarged",
-                                   "mediastinum/lymph nodes/enlarged"),
+    "Enlarged Cardiomediastinum": (
+        "mediastinum/prominent",
+        "mediastinum/widened",
+        "mediastinum/enlarged",
+        "mediastinum/lymph nodes/enlarged",
+    ),
     "Cardiomegaly": ("cardiomegaly", "cardiac shadow/enlarged", "heart/enlarged"),
     "Lung Lesion": ("nodule", "mass", "cavitation"),
-    "Lung Opacity": ("opacity", "airspace disease", "density", "infiltrate", "cicatrix/lung", "pulmonary fibrosis",
-                     "lung diseases, interstitial", "markings/lung/interstitial"),
+    "Lung Opacity": (
+        "opacity",
+        "airspace disease",
+        "density",
+        "infiltrate",
+        "cicatrix/lung",
+        "pulmonary fibrosis",
+        "lung diseases, interstitial",
+        "markings/lung/interstitial",
+    ),
     "Edema": ("pulmonary edema", "pulmonary congestion", "heart failure"),
     "Consolidation": ("consolidation",),
     "Pneumonia": ("pneumonia",),
@@ -39,8 +52,13 @@ MESH_REFERENCE: dict[str, tuple[str, ...]] = {
     "Pleural Effusion": ("pleural effusion", "hydropneumothorax", "hemothorax"),
     "Pleural Other": ("thickening/pleura", "pleura"),
     "Fracture": ("fractures, bone",),
-    "Support Devices": ("catheters, indwelling", "implanted medical device", "tube, inserted", "stents",
-                        "medical device"),
+    "Support Devices": (
+        "catheters, indwelling",
+        "implanted medical device",
+        "tube, inserted",
+        "stents",
+        "medical device",
+    ),
 }
 
 
@@ -84,9 +102,7 @@ class Agreement:
     f1: float
 
 
-def agreement(
-    texts: Sequence[str], references: Sequence[set[str]], count_uncertain: bool = True
-) -> list[Agreement]:
+def agreement(texts: Sequence[str], references: Sequence[set[str]], count_uncertain: bool = True) -> list[Agreement]:
     """Per observation: the labeler's present calls (1, and -1 if ``count_uncertain``) vs MeSH."""
     labels = label_matrix(texts)
     present = (labels == POSITIVE) | ((labels == UNCERTAIN) & count_uncertain)
@@ -105,5 +121,7 @@ def agreement(
 def format_agreement(rows: Sequence[Agreement]) -> str:
     lines = [f"{'observation':<28}{'MeSH':>6}{'called':>8}{'prec':>7}{'recall':>8}{'F1':>7}"]
     for r in rows:
-        lines.append(f"{r.observation:<28}{r.support:>6}{r.predicted:>8}{r.precision:>7.3f}{r.recall:>8.3f}{r.f1:>7.3f}")
+        lines.append(
+            f"{r.observation:<28}{r.support:>6}{r.predicted:>8}{r.precision:>7.3f}{r.recall:>8.3f}{r.f1:>7.3f}"
+        )
     return "\n".join(lines)

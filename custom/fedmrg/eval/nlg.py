@@ -15,10 +15,11 @@ scores dozens of splits) and is stopped at exit, or at once after an error.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -42,7 +43,9 @@ def prepare_text(text: str, dataset: str = "iu_xray") -> str:
 
 
 def nlg_scores(
-    predictions: Mapping[str, str], references: Mapping[str, str], dataset: str = "iu_xray",
+    predictions: Mapping[str, str],
+    references: Mapping[str, str],
+    dataset: str = "iu_xray",
     per_study: bool = False,
 ) -> dict:
     """Corpus-level BLEU-1..4, METEOR, ROUGE-L and CIDEr of ``predictions`` against ``references``.
@@ -145,10 +148,8 @@ def _stop(scorer: Meteor) -> None:
 
 
 def _close_quietly(stream) -> None:
-    try:
+    with contextlib.suppress(OSError):  # unflushed bytes for a process that is gone
         stream.close()
-    except OSError:  # unflushed bytes for a process that is gone
-        pass
 
 
 def _last_line(data: bytes) -> str:

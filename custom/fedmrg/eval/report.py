@@ -9,17 +9,20 @@ bar plot (PNG) beside it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fedmrg.errors import DataError
 from fedmrg.eval.ce import VARIANTS, ce_from_texts
-from fedmrg.io import load_json, write_json
 from fedmrg.eval.nlg import METRICS, nlg_scores
+from fedmrg.io import load_json, write_json
 
 
 def score_reports(
-    predictions: Mapping[str, str], references: Mapping[str, str], dataset: str = "iu_xray",
+    predictions: Mapping[str, str],
+    references: Mapping[str, str],
+    dataset: str = "iu_xray",
     per_study: bool = False,
 ) -> dict[str, Any]:
     """NLG and CE scores of ``predictions`` against ``references`` (same ids), as written to scores.json."""
@@ -74,11 +77,13 @@ def _scores_problem(data: Any) -> str | None:
     if not _is_number(data.get("n")):
         return "no 'n'"
     nlg, ce = data.get("nlg"), data.get("ce")
-    if not isinstance(nlg, dict) or not all(_is_number(nlg.get(m)) or (m == "METEOR" and nlg.get(m) is None)
-                                            for m in METRICS):
+    if not isinstance(nlg, dict) or not all(
+        _is_number(nlg.get(m)) or (m == "METEOR" and nlg.get(m) is None) for m in METRICS
+    ):
         return f"'nlg' must hold {', '.join(METRICS)}"
-    if not isinstance(ce, dict) or not all(isinstance(ce.get(v), dict) and _is_number(ce[v].get("f1"))
-                                           for v in VARIANTS):
+    if not isinstance(ce, dict) or not all(
+        isinstance(ce.get(v), dict) and _is_number(ce[v].get("f1")) for v in VARIANTS
+    ):
         return f"'ce' must hold {', '.join(VARIANTS)} with an 'f1'"
     return None
 

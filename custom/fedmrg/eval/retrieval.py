@@ -41,8 +41,10 @@ def retrieve(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Index of the best-matching candidate for every query row (the first one among equals)."""
     if len(candidates) == 0:
         raise ValueError("no candidate reports to retrieve from")
-    chunks = [np.argmax(match_scores(query[start: start + _QUERY_CHUNK], candidates), axis=1)
-              for start in range(0, len(query), _QUERY_CHUNK)]
+    chunks = [
+        np.argmax(match_scores(query[start : start + _QUERY_CHUNK], candidates), axis=1)
+        for start in range(0, len(query), _QUERY_CHUNK)
+    ]
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
 
@@ -56,5 +58,7 @@ def normal_query(count: int) -> np.ndarray:
 def copied_reports(ids: list[str], query_states: np.ndarray, candidates: list[dict]) -> tuple[dict, dict]:
     """For each study id, the report (and the id) of the candidate whose findings best match its query row."""
     chosen = retrieve(labels_from_states(query_states), labels_from_states(np.stack([c["states"] for c in candidates])))
-    return ({key: candidates[index]["report"] for key, index in zip(ids, chosen)},
-            {key: str(candidates[index]["id"]) for key, index in zip(ids, chosen)})
+    return (
+        {key: candidates[index]["report"] for key, index in zip(ids, chosen)},
+        {key: str(candidates[index]["id"]) for key, index in zip(ids, chosen)},
+    )

@@ -11,15 +11,17 @@ import csv
 import io
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fedmrg.data.annotation import SPLITS, read_annotation
-from fedmrg.io import load_json, read_utf8, some
 from fedmrg.errors import DataError
+from fedmrg.io import load_json, read_utf8, some
 from fedmrg.labels.observations import OBSERVATIONS
+
 
 def read_id_texts(path: str | os.PathLike) -> dict[str, str]:
     """A JSON object mapping id -> report text."""
@@ -48,15 +50,19 @@ def read_references(path: str | os.PathLike, split: str = "test") -> dict[str, s
 
 
 def check_same_ids(
-    predictions: Mapping[str, str], references: Mapping[str, str],
-    pred_name: str = "predictions", ref_name: str = "references",
+    predictions: Mapping[str, str],
+    references: Mapping[str, str],
+    pred_name: str = "predictions",
+    ref_name: str = "references",
 ) -> None:
     """Both sides must hold the same ids; the message lists some missing on each side, and counts."""
     only_pred = predictions.keys() - references.keys()
     only_ref = references.keys() - predictions.keys()
     if only_pred or only_ref:
-        parts = [f"{len(ids)} only in {name}" + (f" ({some(ids)})" if ids else "")
-                 for ids, name in ((only_pred, pred_name), (only_ref, ref_name))]
+        parts = [
+            f"{len(ids)} only in {name}" + (f" ({some(ids)})" if ids else "")
+            for ids, name in ((only_pred, pred_name), (only_ref, ref_name))
+        ]
         raise DataError(f"{pred_name} and {ref_name} have different ids: {'; '.join(parts)}")
     if not predictions:
         raise DataError(f"{pred_name} and {ref_name} hold no reports")
@@ -81,8 +87,10 @@ def read_reports_csv(path: str | os.PathLike) -> dict[str, str]:
     columns = [name.strip() for name in header]
     missing = [name for name in ("id", "report") if name not in columns]
     if missing:
-        raise DataError(f"{path}: no column {' or '.join(repr(m) for m in missing)} in the header "
-                        f"(found: {', '.join(repr(c) for c in columns) or 'nothing'})")
+        raise DataError(
+            f"{path}: no column {' or '.join(repr(m) for m in missing)} in the header "
+            f"(found: {', '.join(repr(c) for c in columns) or 'nothing'})"
+        )
     return _rows_by_id(path, reader, columns.index("id"), columns.index("report"))
 
 

@@ -13,14 +13,16 @@ ablations switch off one FedMRG mechanism each and keep everything else as in ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from fedmrg.config import Config
 from fedmrg.errors import ConfigError
 
 Setting = Literal["local", "centralized", "federated"]
+
 
 @dataclass(frozen=True)
 class Method:
@@ -33,8 +35,10 @@ class Method:
     def budget_overrides(self, cfg: Config, sites: int) -> dict[str, Any]:
         """The overrides that give this method the benchmark's budget (see the module docstring)."""
         if cfg.train.max_steps is not None:  # it would cap local and centralized runs, not the federation
-            raise ConfigError(f"config {cfg.name!r}: train.max_steps: the benchmark's budget is fl.rounds x "
-                              f"fl.local_epochs (or fl.local_steps); leave train.max_steps unset")
+            raise ConfigError(
+                f"config {cfg.name!r}: train.max_steps: the benchmark's budget is fl.rounds x "
+                f"fl.local_epochs (or fl.local_steps); leave train.max_steps unset"
+            )
         if self.setting == "federated":
             return dict(self.overrides)
         rounds = cfg.fl.rounds
@@ -44,23 +48,54 @@ class Method:
         # epochs is only an upper bound here (an epoch has at least one step): max_steps decides.
         return {**self.overrides, "train.epochs": steps, "train.max_steps": steps}
 
+
 METHODS: tuple[Method, ...] = (
     Method("local", "local", "each site trains alone on its own data"),
     Method("centralized", "centralized", "one model on the pooled training data of every site (not private)"),
     Method("fedavg_lora", "federated", "FedIT: dense fp32 FedAvg, one LoRA adapter", {}, "fedavg_lora"),
     Method("fedmrg", "federated", "FedMRG, every mechanism on", {}, "fedmrg"),
-    Method("fedmrg-no-compression", "federated", "FedMRG sending dense fp32 updates",
-           {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False}, "fedmrg"),
-    Method("fedmrg-single-adapter", "federated", "FedMRG with the generic adapter only (no specialized one)",
-           {"model.adapters": "single", "model.mutual_boosting": 0.0}, "fedmrg"),
-    Method("fedmrg-no-contrastive", "federated", "FedMRG without client-aware contrastive learning",
-           {"model.contrastive": False}, "fedmrg"),
-    Method("fedmrg-no-diagnosis", "federated", "FedMRG without the diagnosis head and its prompt",
-           {"model.diagnosis": False}, "fedmrg"),
-    Method("fedmrg-prompt-none", "federated", "FedMRG without instance-specific prompts",
-           {"model.prompt_mode": "none"}, "fedmrg"),
-    Method("fedmrg-prompt", "federated", "FedMRG with prompt-wise (not promptbook-wise) prompts",
-           {"model.prompt_mode": "prompt"}, "fedmrg"),
+    Method(
+        "fedmrg-no-compression",
+        "federated",
+        "FedMRG sending dense fp32 updates",
+        {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
+        "fedmrg",
+    ),
+    Method(
+        "fedmrg-single-adapter",
+        "federated",
+        "FedMRG with the generic adapter only (no specialized one)",
+        {"model.adapters": "single", "model.mutual_boosting": 0.0},
+        "fedmrg",
+    ),
+    Method(
+        "fedmrg-no-contrastive",
+        "federated",
+        "FedMRG without client-aware contrastive learning",
+        {"model.contrastive": False},
+        "fedmrg",
+    ),
+    Method(
+        "fedmrg-no-diagnosis",
+        "federated",
+        "FedMRG without the diagnosis head and its prompt",
+        {"model.diagnosis": False},
+        "fedmrg",
+    ),
+    Method(
+        "fedmrg-prompt-none",
+        "federated",
+        "FedMRG without instance-specific prompts",
+        {"model.prompt_mode": "none"},
+        "fedmrg",
+    ),
+    Method(
+        "fedmrg-prompt",
+        "federated",
+        "FedMRG with prompt-wise (not promptbook-wise) prompts",
+        {"model.prompt_mode": "prompt"},
+        "fedmrg",
+    ),
 )
 BY_NAME = MappingProxyType({method.name: method for method in METHODS})
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from fedmrg.errors import ConfigError
-from fedmrg.io import write_json
-from fedmrg.experiments.methods import BY_NAME
 from fedmrg.eval.report import COLUMNS, row_values
+from fedmrg.experiments.methods import BY_NAME
+from fedmrg.io import write_json
 
 METRICS = tuple(column.replace(" ", "-") for column in COLUMNS)  # "CE-F1-example", "BLEU-4", ...
 KEY_METRICS = ("CE-F1-example", "BLEU-4", "CIDEr")
@@ -85,7 +85,8 @@ COSTS: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
     "bytes_down_per_round": lambda record: _traffic(record, "bytes_down"),
     "bytes_up_total": lambda record: _traffic(record, "up_total"),
     "bytes_down_total": lambda record: _traffic(record, "down_total"),
-    "seconds_per_round": seconds_per_round, "peak_memory_mib": peak_memory_mib,
+    "seconds_per_round": seconds_per_round,
+    "peak_memory_mib": peak_memory_mib,
     "wall_s": lambda record: record["wall_s"],
 }
 
@@ -113,9 +114,15 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         for key, values in per_seed.items():
             entry[key], entry[f"{key}_sd"] = _mean(values), _sd(values)
         sites = sorted({site for run in runs for site in run["sites"]})
-        entry["per_site"] = {site: {metric: _mean([metric_values(deployed_scores(run)[site])[metric]
-                                                   for run in runs if site in run["sites"]])
-                                    for metric in KEY_METRICS} for site in sites}
+        entry["per_site"] = {
+            site: {
+                metric: _mean(
+                    [metric_values(deployed_scores(run)[site])[metric] for run in runs if site in run["sites"]]
+                )
+                for metric in KEY_METRICS
+            }
+            for site in sites
+        }
         entry["curves"] = _mean_curves([run["curves"] for run in runs if run.get("curves")])
         summary[method] = entry
     return summary
@@ -146,36 +153,63 @@ def _beats(summary: Mapping, other: str) -> dict[str, Any]:
     metrics = ("CE-F1-example", "BLEU-4")
     differences = {metric: _difference(summary, metric, "fedmrg", other) for metric in metrics}
     known = all(delta is not None for delta, _ in differences.values())
-    detail = "; ".join(f"{metric} {_fmt(_value(summary, 'fedmrg', metric))} vs {_fmt(_value(summary, other, metric))}"
-                       for metric in metrics)
+    detail = "; ".join(
+        f"{metric} {_fmt(_value(summary, 'fedmrg', metric))} vs {_fmt(_value(summary, other, metric))}"
+        for metric in metrics
+    )
     unclear = [metric for metric, (delta, clear) in differences.items() if delta is not None and clear is False]
     if unclear:
         detail += f"; within the seed spread on {', '.join(unclear)}"
-    return {"claim": f"fedmrg beats {other} on the site mean of CE-F1 (example) and BLEU-4",
-            "holds": all(delta > 0 for delta, _ in differences.values()) if known else None, "detail": detail}
+    return {
+        "claim": f"fedmrg beats {other} on the site mean of CE-F1 (example) and BLEU-4",
+        "holds": all(delta > 0 for delta, _ in differences.values()) if known else None,
+        "detail": detail,
+    }
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _ratio_claim(summary: Mapping, claim: str, top: tuple[str, str], bottom: tuple[str, str], threshold: float,
-                 show: Callable[[float | None], str], show_ratio: Callable[[float | None], str]) -> dict[str, Any]:
+def _ratio_claim(
+    summary: Mapping,
+    claim: str,
+    top: tuple[str, str],
+    bottom: tuple[str, str],
+    threshold: float,
+    show: Callable[[float | None], str],
+    show_ratio: Callable[[float | None], str],
+) -> dict[str, Any]:
     """``top / bottom >= threshold``, each a (method, summary key)."""
     a, b = _value(summary, *top), _value(summary, *bottom)
     ratio = _ratio(a, b)
-    return {"claim": claim, "holds": None if ratio is None else ratio >= threshold,
-            "detail": f"{show(a)} / {show(b)} = {show_ratio(ratio)}"}
+    return {
+        "claim": claim,
+        "holds": None if ratio is None else ratio >= threshold,
+        "detail": f"{show(a)} / {show(b)} = {show_ratio(ratio)}",
+    }
 
 
 def claims(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The benchmark's headline claims, each with ``holds`` (None where a method needed was not run)."""
-    share = _ratio_claim(summary, f"fedmrg reaches >= {CENTRALIZED_SHARE:.0%} of centralized CE-F1 (example)",
-                         ("fedmrg", "CE-F1-example"), ("centralized", "CE-F1-example"), CENTRALIZED_SHARE,
-                         _fmt, lambda r: _fmt(r, ".1%"))
-    upload = _ratio_claim(summary, f"fedmrg uploads >= {UPLOAD_RATIO:g}x fewer bytes per round than fedavg_lora",
-                          ("fedavg_lora", "bytes_up_per_round"), ("fedmrg", "bytes_up_per_round"), UPLOAD_RATIO,
-                          _bytes, _times)
+    share = _ratio_claim(
+        summary,
+        f"fedmrg reaches >= {CENTRALIZED_SHARE:.0%} of centralized CE-F1 (example)",
+        ("fedmrg", "CE-F1-example"),
+        ("centralized", "CE-F1-example"),
+        CENTRALIZED_SHARE,
+        _fmt,
+        lambda r: _fmt(r, ".1%"),
+    )
+    upload = _ratio_claim(
+        summary,
+        f"fedmrg uploads >= {UPLOAD_RATIO:g}x fewer bytes per round than fedavg_lora",
+        ("fedavg_lora", "bytes_up_per_round"),
+        ("fedmrg", "bytes_up_per_round"),
+        UPLOAD_RATIO,
+        _bytes,
+        _times,
+    )
     return [_beats(summary, "fedavg_lora"), _beats(summary, "local"), share, upload]
 
 
@@ -241,55 +275,84 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
     plain = [m for m in METRICS if m not in KEY_METRICS and m != "CE-F1-micro5"]
     header = ["method", "setting", *KEY_METRICS, *plain, "test-global CE-F1-example", "test-global BLEU-4"]
     preset = "" if results["name"] == settings["preset"] else f" (`--{settings['preset']}`)"
-    lines = [f"### FL-MRG benchmark `{results['name']}`{preset}", "",
-             _settings_line(settings), "",
-             "Site means of each site's deployed model, mean ± sd over seeds. `normal-report` is no model: "
-             "every study gets the site's best-matching normal training report (the floor).", "",
-             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    lines = [
+        f"### FL-MRG benchmark `{results['name']}`{preset}",
+        "",
+        _settings_line(settings),
+        "",
+        "Site means of each site's deployed model, mean ± sd over seeds. `normal-report` is no model: "
+        "every study gets the site's best-matching normal training report (the floor).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|---|" + "---:|" * (len(header) - 2),
+    ]
     for method, entry in summary.items():
-        cells = [method, entry["setting"], *(_with_sd(entry, m) for m in KEY_METRICS),
-                 *(_fmt(entry[m]) for m in plain), _with_sd(entry, "test-global-CE-F1-example"),
-                 _with_sd(entry, "test-global-BLEU-4")]
+        cells = [
+            method,
+            entry["setting"],
+            *(_with_sd(entry, m) for m in KEY_METRICS),
+            *(_fmt(entry[m]) for m in plain),
+            _with_sd(entry, "test-global-CE-F1-example"),
+            _with_sd(entry, "test-global-BLEU-4"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Costs (means over seeds; a round's seconds are the server's: send, train at every site, merge; "
-                  "peak memory is the largest site process's: GPU memory allocated on a GPU, resident memory on a "
-                  "CPU; simulated sites run one thread each, local and centralized training the bench process's "
-                  "threads).",
-              "", "| method | upload / site / round | download / site / round | upload, all sites, whole run "
-                  "| download, all sites, whole run | s / round | peak memory / site | wall (s) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Costs (means over seeds; a round's seconds are the server's: send, train at every site, merge; "
+        "peak memory is the largest site process's: GPU memory allocated on a GPU, resident memory on a "
+        "CPU; simulated sites run one thread each, local and centralized training the bench process's "
+        "threads).",
+        "",
+        "| method | upload / site / round | download / site / round | upload, all sites, whole run "
+        "| download, all sites, whole run | s / round | peak memory / site | wall (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for method, entry in summary.items():
-        lines.append(f"| {method} | {_bytes(entry['bytes_up_per_round'])} | {_bytes(entry['bytes_down_per_round'])} | "
-                     f"{_bytes(entry['bytes_up_total'])} | {_bytes(entry['bytes_down_total'])} | "
-                     f"{_fmt(entry['seconds_per_round'], '.1f')} | "
-                     f"{_bytes(None if entry['peak_memory_mib'] is None else entry['peak_memory_mib'] * 2**20)} | "
-                     f"{_fmt(entry['wall_s'], '.0f')} |")
+        lines.append(
+            f"| {method} | {_bytes(entry['bytes_up_per_round'])} | {_bytes(entry['bytes_down_per_round'])} | "
+            f"{_bytes(entry['bytes_up_total'])} | {_bytes(entry['bytes_down_total'])} | "
+            f"{_fmt(entry['seconds_per_round'], '.1f')} | "
+            f"{_bytes(None if entry['peak_memory_mib'] is None else entry['peak_memory_mib'] * 2**20)} | "
+            f"{_fmt(entry['wall_s'], '.0f')} |"
+        )
     lines += ["", "What the numbers show:", ""]
     for claim in results["claims"]:
         verdict = {True: "**yes**", False: "**no**", None: "not measured"}[claim["holds"]]
         lines.append(f"- {claim['claim']}: {verdict} ({claim['detail']})")
     effects = results["ablations"]
     if effects:
-        lines += ["", "Ablations: fedmrg minus the ablation (> 0: the mechanism it removes helps).", "",
-                  "| ablation | removes | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict | upload vs fedmrg |",
-                  "|---|---|---:|---:|---:|---|---:|"]
+        lines += [
+            "",
+            "Ablations: fedmrg minus the ablation (> 0: the mechanism it removes helps).",
+            "",
+            "| ablation | removes | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict | upload vs fedmrg |",
+            "|---|---|---:|---:|---:|---|---:|",
+        ]
         for row in effects:
-            lines.append(f"| {row['ablation']} | {row['removes']} | " + " | ".join(
-                _fmt(row[m], "+.3f") for m in KEY_METRICS) + f" | {row['verdict']} | {_times(row['bytes_up_ratio'])} |")
+            lines.append(
+                f"| {row['ablation']} | {row['removes']} | "
+                + " | ".join(_fmt(row[m], "+.3f") for m in KEY_METRICS)
+                + f" | {row['verdict']} | {_times(row['bytes_up_ratio'])} |"
+            )
     lines += [""] + [f"![{title}]({image_dir}{Path(path).name})" for title, path in results.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
 
 
 def _settings_line(settings: Mapping[str, Any]) -> str:
     bench = settings["benchmark"]
-    budget = (f"{settings['rounds']} rounds x {settings['local_steps']} local steps" if settings.get("local_steps")
-              else f"{settings['rounds']} rounds x {settings['local_epochs']} local epoch(s)")
+    budget = (
+        f"{settings['rounds']} rounds x {settings['local_steps']} local steps"
+        if settings.get("local_steps")
+        else f"{settings['rounds']} rounds x {settings['local_epochs']} local epoch(s)"
+    )
     limit = settings["test_limit"] or "all"
-    return (f"Benchmark: {bench['source']} reports, {bench['sites']} sites, `{bench['partition']}` partition "
-            f"({bench['train_studies']} training studies); config `{settings['config']}`; budget {budget} "
-            f"(local-only and centralized: as many studies seen); seeds {settings['seeds']}; "
-            f"{limit} test studies per site, {settings['global_limit'] or 'all'} of test-global; "
-            f"decoding: {settings['decoding']}; {settings['machine']}.")
+    return (
+        f"Benchmark: {bench['source']} reports, {bench['sites']} sites, `{bench['partition']}` partition "
+        f"({bench['train_studies']} training studies); config `{settings['config']}`; budget {budget} "
+        f"(local-only and centralized: as many studies seen); seeds {settings['seeds']}; "
+        f"{limit} test studies per site, {settings['global_limit'] or 'all'} of test-global; "
+        f"decoding: {settings['decoding']}; {settings['machine']}."
+    )
 
 
 # --------------------------------------------------------------------------------------------- plots
@@ -321,8 +384,15 @@ def plot_quality_vs_bytes(summary: Mapping[str, Mapping[str, Any]], path: Path) 
                 style = {"local": "--", "centralized": ":"}.get(entry["setting"], "-.")
                 ax.axhline(value, linestyle=style, color=colors[method], label=f"{method} (no federated upload)")
             elif upload:
-                ax.errorbar(upload, value, yerr=entry[f"{metric}_sd"] or 0.0, marker="o", capsize=3,
-                            color=colors[method], label=method)
+                ax.errorbar(
+                    upload,
+                    value,
+                    yerr=entry[f"{metric}_sd"] or 0.0,
+                    marker="o",
+                    capsize=3,
+                    color=colors[method],
+                    label=method,
+                )
         ax.set_xscale("log")
         ax.set(xlabel="bytes uploaded per site per round (log)", ylabel=f"{metric}, site mean")
         ax.grid(alpha=0.3)
@@ -339,16 +409,20 @@ def plot_per_site(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """Grouped bars: one group per site, one bar per method, for CE-F1 (example) and BLEU-4."""
     import numpy as np
 
-    sites = sorted({site for entry in summary.values() for site in entry["per_site"]},
-                   key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    sites = sorted(
+        {site for entry in summary.values() for site in entry["per_site"]},
+        key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)],
+    )
     fig, axes = _figure(width=max(9.0, 1.2 * len(sites) * len(summary) * 0.35 + 4), height=4.2, ncols=2)
     width = 0.8 / len(summary)
     x = np.arange(len(sites))
     for ax, metric in zip(axes, ("CE-F1-example", "BLEU-4")):
         colors = _colors(summary)
         for k, (method, entry) in enumerate(summary.items()):
-            heights = [np.nan if entry["per_site"].get(s, {}).get(metric) is None else entry["per_site"][s][metric]
-                       for s in sites]
+            heights = [
+                np.nan if entry["per_site"].get(s, {}).get(metric) is None else entry["per_site"][s][metric]
+                for s in sites
+            ]
             ax.bar(x - 0.4 + (k + 0.5) * width, heights, width, label=method, color=colors[method])
         ax.set_xticks(x, sites)
         ax.set(ylabel=metric, title=f"{metric} per site (mean over seeds)")
@@ -366,14 +440,23 @@ def plot_round_curves(summary: Mapping[str, Mapping[str, Any]], path: Path) -> P
     for k, (method, entry) in enumerate(summary.items()):
         series = (entry.get("curves") or {}).get("val_lm_generic")
         if series:  # distinct markers: methods whose curves coincide stay visible
-            ax.plot(range(len(series)), series, marker=markers[k % len(markers)], color=colors[method], label=method,
-                    alpha=0.85)
+            ax.plot(
+                range(len(series)),
+                series,
+                marker=markers[k % len(markers)],
+                color=colors[method],
+                label=method,
+                alpha=0.85,
+            )
     if not ax.lines:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    ax.set(xlabel="round (global model received)", ylabel="validation LM loss (generic adapter)",
-           title="federated training")
+    ax.set(
+        xlabel="round (global model received)",
+        ylabel="validation LM loss (generic adapter)",
+        title="federated training",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")

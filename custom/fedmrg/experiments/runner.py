@@ -29,34 +29,32 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
 from fedmrg.config import Config, config_to_dict, load_config
-from fedmrg.data.benchmark import TEST_GLOBAL
-from fedmrg.io import load_json
+from fedmrg.data.benchmark import TEST_GLOBAL, build_benchmark, load_benchmark
+from fedmrg.data.iuxray import data_dir
+from fedmrg.data.loaders import loader_records, split_records, study_loader
 from fedmrg.errors import ConfigError, FedMRGError
-from fedmrg.experiments.methods import Method
-from fedmrg.fl.job_cli import job_overrides
-from fedmrg.fl.results import RESULTS_FILE, read_results
-from fedmrg.io import write_json
-from fedmrg.data.benchmark import load_benchmark
-from fedmrg.model.inference import adapter_scores
-from fedmrg.model.mrg import MRGModel
-from fedmrg.model.training import train_centralized
 from fedmrg.eval.report import score_reports
 from fedmrg.eval.retrieval import copied_reports, normal_query
-from fedmrg.data.loaders import loader_records, split_records, study_loader
-from fedmrg.data.benchmark import build_benchmark
-from fedmrg.data.iuxray import data_dir
-from fedmrg.model.base_llm import make_base_llm
-from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
+from fedmrg.experiments.methods import Method
 from fedmrg.experiments.report import ablation_effects, claims, summarize
+from fedmrg.fl.job_cli import job_overrides
+from fedmrg.fl.results import RESULTS_FILE, read_results
+from fedmrg.io import load_json, write_json
+from fedmrg.model.base_llm import make_base_llm
+from fedmrg.model.inference import adapter_scores
+from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
+from fedmrg.model.mrg import MRGModel
+from fedmrg.model.training import train_centralized
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +75,18 @@ class Preset:
     seeds: tuple[int, ...]
 
 
-PRESETS = MappingProxyType({
-    "quick": Preset("quick", MappingProxyType({"fl.local_steps": 10, "generate.num_beams": 1,
-                                               "generate.max_new_tokens": 60}), 50, 100, (0, 1)),
-    "full": Preset("full", MappingProxyType({}), None, None, (0, 1, 2)),
-})
+PRESETS = MappingProxyType(
+    {
+        "quick": Preset(
+            "quick",
+            MappingProxyType({"fl.local_steps": 10, "generate.num_beams": 1, "generate.max_new_tokens": 60}),
+            50,
+            100,
+            (0, 1),
+        ),
+        "full": Preset("full", MappingProxyType({}), None, None, (0, 1, 2)),
+    }
+)
 
 
 @dataclass
@@ -109,17 +114,23 @@ def benchmark_sites(data: Path) -> list[str]:
     sites = [group for group in counts if group.startswith("site-")]
     missing = [group for group in (*sites, TEST_GLOBAL) if not (data / group).is_dir()]
     if not sites or missing:
-        raise ConfigError(f"{data}: benchmark.json lists {', '.join(counts)}, but "
-                          + (f"there is no folder for {', '.join(missing)}" if missing else "no site"))
+        raise ConfigError(
+            f"{data}: benchmark.json lists {', '.join(counts)}, but "
+            + (f"there is no folder for {', '.join(missing)}" if missing else "no site")
+        )
     return sites
 
 
 def run_inputs(request: BenchRequest) -> dict[str, Any]:
     """What a run depends on besides its config: the benchmark built, the base LLM, how much is scored."""
 
-    return {"data": str(request.data), "benchmark": load_benchmark(request.data)["request"],
-            "base_llm": str(request.base_llm), "test_limit": request.preset.test_limit,
-            "global_limit": request.preset.global_limit}
+    return {
+        "data": str(request.data),
+        "benchmark": load_benchmark(request.data)["request"],
+        "base_llm": str(request.base_llm),
+        "test_limit": request.preset.test_limit,
+        "global_limit": request.preset.global_limit,
+    }
 
 
 def run_config(request: BenchRequest, method: Method, seed: int, sites: int) -> Config:
@@ -127,8 +138,13 @@ def run_config(request: BenchRequest, method: Method, seed: int, sites: int) -> 
     method and its budget, the seed."""
     base = load_config(request.config, {**request.preset.overrides, **request.extra_overrides})
     job = job_overrides(request.jobs_dir / method.job) if method.job else {}
-    overrides = {**request.preset.overrides, **request.extra_overrides, **job, **method.budget_overrides(base, sites),
-                 "train.seed": seed}
+    overrides = {
+        **request.preset.overrides,
+        **request.extra_overrides,
+        **job,
+        **method.budget_overrides(base, sites),
+        "train.seed": seed,
+    }
     return load_config(request.config, overrides)
 
 
@@ -159,8 +175,9 @@ def _check_runnable(request: BenchRequest) -> None:
         raise ConfigError(f"{request.base_llm}: not a Hugging Face checkpoint folder (no config.json)")
     for job in sorted({method.job for method in request.methods if method.job}):
         if not (request.jobs_dir / job / "job.py").is_file():
-            raise ConfigError(f"{request.jobs_dir / job / 'job.py'}: job not found "
-                              f"(run from the repository root, or pass --jobs DIR)")
+            raise ConfigError(
+                f"{request.jobs_dir / job / 'job.py'}: job not found (run from the repository root, or pass --jobs DIR)"
+            )
 
 
 def _finished_record(run_dir: Path, cfg: Config, inputs: Mapping[str, Any]) -> dict | None:
@@ -172,11 +189,16 @@ def _finished_record(run_dir: Path, cfg: Config, inputs: Mapping[str, Any]) -> d
         except FedMRGError as exc:
             record = None
             log.warning("%s", exc)
-        if (isinstance(record, dict) and record.get("format") == RUN_FORMAT
-                and record.get("config") == config_to_dict(cfg) and record.get("inputs") == inputs):
+        if (
+            isinstance(record, dict)
+            and record.get("format") == RUN_FORMAT
+            and record.get("config") == config_to_dict(cfg)
+            and record.get("inputs") == inputs
+        ):
             return record
-        log.info("%s: settings, data or LLM changed since it ran (or its record is unreadable); running it again",
-                 run_dir)
+        log.info(
+            "%s: settings, data or LLM changed since it ran (or its record is unreadable); running it again", run_dir
+        )
     if run_dir.exists():
         shutil.rmtree(run_dir)
     return None
@@ -192,8 +214,15 @@ def _run(request: BenchRequest, method: Method, seed: int, cfg: Config, sites: l
         measured = _run_trained(request, cfg, {site: [site] for site in sites}, run_dir)
     else:
         measured = _run_trained(request, cfg, {"pooled": sites}, run_dir)
-    return {"format": RUN_FORMAT, "method": method.name, "setting": method.setting, "seed": seed,
-            "config": config, "wall_s": round(time.perf_counter() - started, 1), **measured}
+    return {
+        "format": RUN_FORMAT,
+        "method": method.name,
+        "setting": method.setting,
+        "seed": seed,
+        "config": config,
+        "wall_s": round(time.perf_counter() - started, 1),
+        **measured,
+    }
 
 
 def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: list[str], run_dir: Path) -> dict:
@@ -203,9 +232,22 @@ def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: li
     config_file = run_dir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
     workspace = run_dir / "workspace"
-    command = [sys.executable, str(job), "--data", str(request.data), "--sites", str(len(sites)),
-               "--config", str(config_file), "--base-llm", str(request.base_llm), "--workspace", str(workspace),
-               "--threads", "1"]
+    command = [
+        sys.executable,
+        str(job),
+        "--data",
+        str(request.data),
+        "--sites",
+        str(len(sites)),
+        "--config",
+        str(config_file),
+        "--base-llm",
+        str(request.base_llm),
+        "--workspace",
+        str(workspace),
+        "--threads",
+        "1",
+    ]
     if request.preset.test_limit:
         command += ["--test-limit", str(request.preset.test_limit)]
     log_file = run_dir / "job.log"
@@ -217,11 +259,16 @@ def _run_federated(request: BenchRequest, method: Method, cfg: Config, sites: li
     if results["config"] != config_to_dict(cfg):  # the job must have run exactly the method's settings
         raise BenchError(f"{workspace / RESULTS_FILE}: the job ran another config than {config_file}")
     model = MRGModel.load(results["global_model"], base_llm=request.base_llm)
-    test_global = adapter_scores(model, request.data / TEST_GLOBAL, limit=request.preset.global_limit,
-                                 generic_only=True)["generic"]
-    return {"sites": results["final"], "test_global": {"global": test_global},
-            "traffic": round_traffic(results["rounds"]), "curves": round_curves(results["rounds"]),
-            "timing": round_timing(results["rounds"])}
+    test_global = adapter_scores(
+        model, request.data / TEST_GLOBAL, limit=request.preset.global_limit, generic_only=True
+    )["generic"]
+    return {
+        "sites": results["final"],
+        "test_global": {"global": test_global},
+        "traffic": round_traffic(results["rounds"]),
+        "curves": round_curves(results["rounds"]),
+        "timing": round_timing(results["rounds"]),
+    }
 
 
 def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]], run_dir: Path) -> dict:
@@ -230,13 +277,19 @@ def _run_trained(request: BenchRequest, cfg: Config, models: dict[str, list[str]
     sites, test_global = {}, {}
     for name, own_sites in models.items():
         out = run_dir / name
-        train_centralized(copy.deepcopy(cfg), [request.data / site for site in own_sites], out,
-                          base_llm=request.base_llm, progress=False)
+        train_centralized(
+            copy.deepcopy(cfg),
+            [request.data / site for site in own_sites],
+            out,
+            base_llm=request.base_llm,
+            progress=False,
+        )
         model = MRGModel.load(out, base_llm=request.base_llm)
         for site in own_sites:
             sites[site] = adapter_scores(model, request.data / site, limit=request.preset.test_limit)
-        test_global[name] = adapter_scores(model, request.data / TEST_GLOBAL, limit=request.preset.global_limit,
-                                           generic_only=True)["generic"]
+        test_global[name] = adapter_scores(
+            model, request.data / TEST_GLOBAL, limit=request.preset.global_limit, generic_only=True
+        )["generic"]
     return {"sites": sites, "test_global": test_global, "traffic": None, "curves": None, "timing": None}
 
 
@@ -255,28 +308,42 @@ def normal_report_floor(request: BenchRequest, sites: list[str]) -> dict:
 
     def scores(folder: Path, train_sites: list[str], limit: int | None) -> dict:
         records = loader_records(study_loader(cfg, [folder], "test", train=False, limit=limit))
-        candidates = [row for site in train_sites
-                      for row in split_records(request.data / site, "train", cfg.data.dataset)[0]]
+        candidates = [
+            row for site in train_sites for row in split_records(request.data / site, "train", cfg.data.dataset)[0]
+        ]
         predictions, _ = copied_reports([str(r["id"]) for r in records], normal_query(len(records)), candidates)
         references = {str(r["id"]): r["report"] for r in records}
         return score_reports(predictions, references, dataset=cfg.data.dataset)
 
-    site_scores = {site: {"generic": scores(request.data / site, [site], request.preset.test_limit)}
-                   for site in sites}
+    site_scores = {site: {"generic": scores(request.data / site, [site], request.preset.test_limit)} for site in sites}
     pooled = scores(request.data / TEST_GLOBAL, sites, request.preset.global_limit)
-    return {"format": RUN_FORMAT, "method": FLOOR, "setting": "reference", "seed": None, "config": config_to_dict(cfg),
-            "wall_s": round(time.perf_counter() - started, 1), "sites": site_scores, "test_global": {"pooled": pooled},
-            "traffic": None, "curves": None, "timing": None}
+    return {
+        "format": RUN_FORMAT,
+        "method": FLOOR,
+        "setting": "reference",
+        "seed": None,
+        "config": config_to_dict(cfg),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "sites": site_scores,
+        "test_global": {"pooled": pooled},
+        "traffic": None,
+        "curves": None,
+        "timing": None,
+    }
 
 
 def round_traffic(rounds: list[dict]) -> dict:
     """Bytes each site sent and received in each round (lists in round order, None where it took no part)
     and the totals."""
     sites = sorted({site for record in rounds for site in record.get("bytes_up", {})})
-    per_round = {key: {site: [record.get(key, {}).get(site) for record in rounds] for site in sites}
-                 for key in ("bytes_up", "bytes_down")}  # None: the site sent nothing that round
-    totals = {f"{key.split('_')[1]}_total": sum(n for series in per_round[key].values() for n in series if n)
-              for key in per_round}
+    per_round = {
+        key: {site: [record.get(key, {}).get(site) for record in rounds] for site in sites}
+        for key in ("bytes_up", "bytes_down")
+    }  # None: the site sent nothing that round
+    totals = {
+        f"{key.split('_')[1]}_total": sum(n for series in per_round[key].values() for n in series if n)
+        for key in per_round
+    }
     return {**per_round, **totals, "rounds": len(rounds)}
 
 
@@ -287,14 +354,20 @@ def round_timing(rounds: list[dict]) -> dict:
         for site, metrics in record["metrics"].items():
             if "peak_memory_mib" in metrics:
                 peaks[site] = max(peaks.get(site, 0.0), metrics["peak_memory_mib"])
-    return {"round_seconds": [record["seconds"] for record in rounds if "seconds" in record],
-            "peak_memory_mib": peaks}
+    return {"round_seconds": [record["seconds"] for record in rounds if "seconds" in record], "peak_memory_mib": peaks}
 
 
 def round_curves(rounds: list[dict]) -> dict[str, list[float | None]]:
     """The mean over sites of each validation metric after each round (None where no site reported it)."""
-    names = sorted({name for record in rounds for metrics in record["metrics"].values() for name in metrics
-                    if name.startswith("val_")})
+    names = sorted(
+        {
+            name
+            for record in rounds
+            for metrics in record["metrics"].values()
+            for name in metrics
+            if name.startswith("val_")
+        }
+    )
     curves = {}
     for name in names:
         series = []
@@ -315,8 +388,7 @@ def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[
     cfg = load_config(config, {"benchmark.partition": partition})
     root = data_dir() / (cfg.name if partition == "style" else f"{cfg.name}-{partition}")
     bench, base_llm = root / "bench", root / "base-llm"
-    build_benchmark(cfg.benchmark, bench, include_impression=cfg.data.include_impression, reuse=True,
-                    progress=progress)
+    build_benchmark(cfg.benchmark, bench, include_impression=cfg.data.include_impression, reuse=True, progress=progress)
     if not (base_llm / "config.json").is_file():
         make_base_llm(bench / "public", base_llm, dataset=cfg.data.dataset, progress=progress)
     return bench, base_llm
@@ -325,7 +397,6 @@ def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[
 def random_llama_1b(tokenizer_dir: Path, out: Path) -> Path:
     """A 1.1B-parameter LLaMA checkpoint with random bf16 weights (made once in ``out``): timing, not quality."""
     import torch
-
 
     if not (out / "config.json").is_file():
         log.info("writing a 1.1B LLaMA with random weights to %s", out)
@@ -348,17 +419,24 @@ def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict
         "name": name,
         "created": time.strftime("%Y-%m-%d %H:%M"),
         "settings": {
-            "preset": request.preset.name, "config": request.config, "seeds": list(request.run_seeds),
+            "preset": request.preset.name,
+            "config": request.config,
+            "seeds": list(request.run_seeds),
             "methods": [method.name for method in request.methods],
-            "rounds": first["fl"]["rounds"], "local_steps": first["fl"]["local_steps"],
+            "rounds": first["fl"]["rounds"],
+            "local_steps": first["fl"]["local_steps"],
             "local_epochs": first["fl"]["local_epochs"],
-            "test_limit": request.preset.test_limit, "global_limit": request.preset.global_limit,
+            "test_limit": request.preset.test_limit,
+            "global_limit": request.preset.global_limit,
             "decoding": ("greedy" if decoding["num_beams"] == 1 else f"beam {decoding['num_beams']}")
-                        + f", at most {decoding['max_new_tokens']} new tokens",
+            + f", at most {decoding['max_new_tokens']} new tokens",
             "machine": machine(),
-            "benchmark": {**{key: meta["request"][key] for key in ("source", "sites", "partition", "seed")},
-                          "train_studies": sum(meta["counts"][site]["train"] for site in meta["counts"]
-                                               if site.startswith("site-"))},
+            "benchmark": {
+                **{key: meta["request"][key] for key in ("source", "sites", "partition", "seed")},
+                "train_studies": sum(
+                    meta["counts"][site]["train"] for site in meta["counts"] if site.startswith("site-")
+                ),
+            },
             "base_llm": str(request.base_llm),
         },
         "summary": summary,

@@ -139,8 +139,11 @@ class UpdateAggregator(ModelAggregator):
             reason = str(exc)
         else:
             local = local_parameters(delta)
-            reason = (f"site-local parameters sent ({len(local)}): {', '.join(local[:3])}" if local
-                      else update_problem(delta, self._expected, self.max_rank, self.max_norm))
+            reason = (
+                f"site-local parameters sent ({len(local)}): {', '.join(local[:3])}"
+                if local
+                else update_problem(delta, self._expected, self.max_rank, self.max_norm)
+            )
         if reason is not None:
             self.refused[site] = reason
             self.warning(f"round {self.round}: update of {site} refused: {reason}")
@@ -160,14 +163,19 @@ class UpdateAggregator(ModelAggregator):
             raise RuntimeError("start_round() must give the global state before aggregation")
         meta = {"accepted": list(self.accepted), "refused": dict(self.refused), "merged": False}
         if len(self.deltas) < max(self.min_updates, 1):
-            self.warning(f"round {self.round}: {len(self.deltas)} acceptable update(s), {max(self.min_updates, 1)} "
-                         "needed; the global model stays as it was")
+            self.warning(
+                f"round {self.round}: {len(self.deltas)} acceptable update(s), {max(self.min_updates, 1)} "
+                "needed; the global model stays as it was"
+            )
             self.reset_stats()
             return FLModel(params_type=ParamsType.FULL, params=self.global_state, meta=meta)
         meta["merged"] = True
         deltas = [clip_update(delta, self.clip_norm) for delta in self.deltas] if self.clip_norm else self.deltas
-        mean = (weighted_mean(deltas, self.weights) if self.aggregation == "mean"
-                else robust_mean(deltas, self.aggregation, self.trim))
+        mean = (
+            weighted_mean(deltas, self.weights)
+            if self.aggregation == "mean"
+            else robust_mean(deltas, self.aggregation, self.trim)
+        )
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.round)
         state = self.apply_mean(mean, generator)
         if self.banks:
@@ -185,11 +193,15 @@ class UpdateAggregator(ModelAggregator):
         delta = self.decode_params(model.params or {})
         bank = None
         if msg.PROTOTYPE_SUMS in meta or msg.PROTOTYPE_COUNTS in meta:
-            bank = PrototypeBank.from_state({"sums": meta.get(msg.PROTOTYPE_SUMS), "counts": meta.get(msg.PROTOTYPE_COUNTS)})
+            bank = PrototypeBank.from_state(
+                {"sums": meta.get(msg.PROTOTYPE_SUMS), "counts": meta.get(msg.PROTOTYPE_COUNTS)}
+            )
             expected = (len(OBSERVATIONS), self.prototype_dim)
             if self.prototype_dim is None or tuple(bank.sums.shape) != expected:
-                raise ValueError(f"prototype sums of shape {list(bank.sums.shape)}, expected "
-                                 f"{list(expected) if self.prototype_dim else 'none (contrastive learning is off)'}")
+                raise ValueError(
+                    f"prototype sums of shape {list(bank.sums.shape)}, expected "
+                    f"{list(expected) if self.prototype_dim else 'none (contrastive learning is off)'}"
+                )
         return float(weight), delta, bank
 
 

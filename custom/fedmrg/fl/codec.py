@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from safetensors.torch import load as load_bytes
@@ -55,7 +55,7 @@ class Factored:
         product = self.left @ self.right
         return product.reshape(self.view) if self.view else product
 
-    def __add__(self, other: "Factored") -> "Factored":
+    def __add__(self, other: Factored) -> Factored:
         return Factored(torch.cat([self.left, other.left], 1), torch.cat([self.right, other.right], 0), self.view)
 
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,7 +66,7 @@ class Factored:
         return q_left @ u, s, vh @ q_right.T
 
 
-Delta = Union[torch.Tensor, Factored]
+Delta = torch.Tensor | Factored
 
 
 def as_dense(value: Delta) -> torch.Tensor:
@@ -124,11 +124,13 @@ def round_delta(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
         raise ValueError("before and after must hold the same parameters")
     pairs = lora_modules(set(before))
     paired = {key for a, b in pairs.values() for key in (a, b)}
-    delta: dict[str, Delta] = {name: after[name].float() - before[name].float() for name in before
-                               if name not in paired}
+    delta: dict[str, Delta] = {
+        name: after[name].float() - before[name].float() for name in before if name not in paired
+    }
     for product, (a, b) in pairs.items():
-        delta[product] = Factored(torch.cat([after[b].float(), -before[b].float()], 1),
-                                  torch.cat([after[a].float(), before[a].float()], 0))
+        delta[product] = Factored(
+            torch.cat([after[b].float(), -before[b].float()], 1), torch.cat([after[a].float(), before[a].float()], 0)
+        )
     return delta
 
 
@@ -220,8 +222,12 @@ def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, D
         for part, factor, component_dim in (("u", kept.left, 1), ("v", kept.right, 0)):
             for suffix, tensor in _quantize(factor, spec.precision, component_dim).items():
                 tensors[f"{name}:{part}{suffix}"] = tensor
-        header[name] = {"kind": "lowrank", "shape": list(value.shape), "rank": rank,
-                        "factored": isinstance(value, Factored)}
+        header[name] = {
+            "kind": "lowrank",
+            "shape": list(value.shape),
+            "rank": rank,
+            "factored": isinstance(value, Factored),
+        }
         sent = Factored(_dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"), _view(value.shape))
         if isinstance(value, Factored):
             left_out[name] = value + Factored(-sent.left, sent.right)
@@ -240,8 +246,9 @@ def decode(payload: bytes) -> dict[str, Delta]:
         if entry["kind"] == "dense":
             out[name] = tensors[f"{name}:dense"].float()
         else:
-            out[name] = Factored(_dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"),
-                                 _view(entry["shape"]))
+            out[name] = Factored(
+                _dequantize(tensors, f"{name}:u"), _dequantize(tensors, f"{name}:v"), _view(entry["shape"])
+            )
     return out
 
 
@@ -253,7 +260,7 @@ def _view(shape) -> tuple[int, ...] | None:
 def payload_header(payload: bytes) -> dict[str, dict]:
     """The per-entry description (kind, shape, rank) from a payload's safetensors header."""
     size = int.from_bytes(payload[:8], "little")
-    metadata = json.loads(payload[8: 8 + size]).get("__metadata__", {})
+    metadata = json.loads(payload[8 : 8 + size]).get("__metadata__", {})
     if metadata.get("format") != _FORMAT:
         raise ValueError(f"not a FedMRG low-rank payload (format {metadata.get('format')!r})")
     return json.loads(metadata["entries"])
@@ -314,7 +321,7 @@ class ErrorFeedback:
         save_file(tensors, str(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ErrorFeedback":
+    def load(cls, path: str | os.PathLike) -> ErrorFeedback:
         feedback = cls()
         if Path(path).is_file():
             tensors = load_file(str(path))

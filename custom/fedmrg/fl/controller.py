@@ -36,8 +36,8 @@ from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import RoundAggregator
 from fedmrg.fl.codec import payload_header
 from fedmrg.fl.results import RESULTS_FILE, plot_rounds
-from fedmrg.model.layout import save_shared_model
 from fedmrg.io import recover_directory, replace_directory, write_json
+from fedmrg.model.layout import save_shared_model
 
 STATE_DIR, STATE_FILE = "server_state", "state.json"
 GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors", "residual.safetensors"
@@ -61,9 +61,18 @@ class FedMRGController(ModelController):
         wait_after_min_sites: seconds to wait for the other sites once ``min_sites`` have answered.
     """
 
-    def __init__(self, config: dict, rounds: int, job_name: str = "fedmrg", min_sites: int | None = None,
-                 key_metric: str = "val_loss", aggregator_id: str = "aggregator", results_dir: str | None = None,
-                 final_validation: bool = True, wait_after_min_sites: int = 600) -> None:
+    def __init__(
+        self,
+        config: dict,
+        rounds: int,
+        job_name: str = "fedmrg",
+        min_sites: int | None = None,
+        key_metric: str = "val_loss",
+        aggregator_id: str = "aggregator",
+        results_dir: str | None = None,
+        final_validation: bool = True,
+        wait_after_min_sites: int = 600,
+    ) -> None:
         super().__init__(persistor_id="")  # the controller keeps its own checkpoint (global model + residual)
         self.config, self.rounds, self.job_name = config, rounds, job_name
         self.min_sites, self.wait_after_min_sites, self.key_metric = min_sites, wait_after_min_sites, key_metric
@@ -100,14 +109,22 @@ class FedMRGController(ModelController):
         started = time.perf_counter()
         sent = self._global_message(state, round_number)
         bytes_down = msg.state_bytes(sent.params) + msg.state_bytes(
-            {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)})
+            {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)}
+        )
         results = self._send_to_sites(msg.TRAIN, sent)
         if self.abort_signal.triggered:
             self.warning(f"round {round_number + 1} aborted; resubmitted, the job resumes at this round")
             return False
         self.aggregator.start_round(state["global"], round_number)
-        record = {"round": round_number, "bytes_up": {}, "bytes_down": {}, "dense_bytes_up": {}, "metrics": {},
-                  "accepted": [], "refused": {}}
+        record = {
+            "round": round_number,
+            "bytes_up": {},
+            "bytes_down": {},
+            "dense_bytes_up": {},
+            "metrics": {},
+            "accepted": [],
+            "refused": {},
+        }
         audit = {}
         dense = msg.state_bytes(state["global"])
         for result in results:
@@ -128,9 +145,11 @@ class FedMRGController(ModelController):
         state["rounds"].append(record)
         state["next_round"] = round_number + 1
         write_json(self.out / "audit" / f"round-{round_number:03d}.json", audit)
-        self.info(f"round {round_number + 1}/{self.rounds}: answered {sorted(record['metrics'])}, accepted "
-                  f"{record['accepted']}, refused {list(record['refused'])}, "
-                  f"{'merged' if record['merged'] else 'not merged'}, bytes up {sum(record['bytes_up'].values())}")
+        self.info(
+            f"round {round_number + 1}/{self.rounds}: answered {sorted(record['metrics'])}, accepted "
+            f"{record['accepted']}, refused {list(record['refused'])}, "
+            f"{'merged' if record['merged'] else 'not merged'}, bytes up {sum(record['bytes_up'].values())}"
+        )
         return True
 
     def _send_to_sites(self, task: str, data: FLModel) -> list[FLModel]:
@@ -139,15 +158,24 @@ class FedMRGController(ModelController):
         wait early once only disconnected sites are missing)."""
         if self.min_sites is None:
             return self.send_model_and_wait(task, data=data)
-        return self.broadcast_model(data=data, task_name=task, min_responses=self.min_sites,
-                                    wait_time_after_min_received=self.wait_after_min_sites)
+        return self.broadcast_model(
+            data=data,
+            task_name=task,
+            min_responses=self.min_sites,
+            wait_time_after_min_received=self.wait_after_min_sites,
+        )
 
     def _global_message(self, state: dict, round_number: int) -> FLModel:
         meta = {}
         if state.get("prototypes") is not None:
             meta = {k: v.numpy() for k, v in state["prototypes"].items()}
-        return FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(state["global"]), current_round=round_number,
-                       total_rounds=self.rounds, meta=meta)
+        return FLModel(
+            params_type=ParamsType.FULL,
+            params=msg.to_numpy(state["global"]),
+            current_round=round_number,
+            total_rounds=self.rounds,
+            meta=meta,
+        )
 
     def _initial_state(self) -> dict | None:
         """The starting global model, from the first site that answers ``submit_model``."""
@@ -156,8 +184,14 @@ class FedMRGController(ModelController):
             replies = self.send_model_and_wait(msg.SUBMIT_MODEL, data=FLModel(params={}), targets=[site])
             if replies and replies[0].params:
                 self.info(f"initial global model from {site}")
-                return {"next_round": 0, "global": msg.to_torch(replies[0].params), "prototypes": None,
-                        "model_meta": replies[0].meta[msg.MODEL_META], "rounds": [], "best": None}
+                return {
+                    "next_round": 0,
+                    "global": msg.to_torch(replies[0].params),
+                    "prototypes": None,
+                    "model_meta": replies[0].meta[msg.MODEL_META],
+                    "rounds": [],
+                    "best": None,
+                }
         self.system_panic("no site could provide the initial model", self.fl_ctx)
         return None
 
@@ -199,11 +233,20 @@ class FedMRGController(ModelController):
         if state.get("best_global") is not None:
             models["best_model"] = state["best_global"]
         for folder, shared in models.items():
-            replace_directory(self.out / folder, lambda staging, shared=shared: save_shared_model(
-                staging, state["model_meta"], shared, prototypes.get(msg.PROTOTYPES), prototypes.get(msg.AVAILABLE)))
-        results = {"job": self.job_name, "config": self.config, "rounds": state["rounds"],
-                   "final": state.get("final", {}), "global_model": str((self.out / "global_model").resolve()),
-                   "best_model": dict(state["best"] or {}, path=str((self.out / "best_model").resolve()))}
+            replace_directory(
+                self.out / folder,
+                lambda staging, shared=shared: save_shared_model(
+                    staging, state["model_meta"], shared, prototypes.get(msg.PROTOTYPES), prototypes.get(msg.AVAILABLE)
+                ),
+            )
+        results = {
+            "job": self.job_name,
+            "config": self.config,
+            "rounds": state["rounds"],
+            "final": state.get("final", {}),
+            "global_model": str((self.out / "global_model").resolve()),
+            "best_model": dict(state["best"] or {}, path=str((self.out / "best_model").resolve())),
+        }
         write_json(self.out / RESULTS_FILE, results)
         plot_rounds(results, self.out / "rounds.png")
         self.info(f"results in {self.out / RESULTS_FILE}, global model in {self.out / 'global_model'}")
@@ -222,8 +265,17 @@ class FedMRGController(ModelController):
             write_json(folder / STATE_FILE, {**info, "config": self.config, "job": self.job_name})
 
         replace_directory(self.state_dir, write)
-        write_json(self.out / RESULTS_FILE, {"job": self.job_name, "config": self.config, "rounds": state["rounds"],
-                                              "final": {}, "global_model": None, "in_progress": True})
+        write_json(
+            self.out / RESULTS_FILE,
+            {
+                "job": self.job_name,
+                "config": self.config,
+                "rounds": state["rounds"],
+                "final": {},
+                "global_model": None,
+                "in_progress": True,
+            },
+        )
 
     def _load_state(self) -> dict | None:
         folder = self.state_dir
@@ -232,8 +284,11 @@ class FedMRGController(ModelController):
             return None
         info = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         if _without_rounds(info["config"]) != _without_rounds(self.config) or info.get("job") != self.job_name:
-            self.system_panic(f"{folder}: a checkpoint of another job or config; remove it, or give the job "
-                              "another name (job.py --name) or results folder (--workspace)", self.fl_ctx)
+            self.system_panic(
+                f"{folder}: a checkpoint of another job or config; remove it, or give the job "
+                "another name (job.py --name) or results folder (--workspace)",
+                self.fl_ctx,
+            )
             return None
         extra = load_file(str(folder / RESIDUAL_FILE))
         prototypes = {k.split(":", 1)[1]: v for k, v in extra.items() if k.startswith(f"{msg.PROTOTYPES}:")}
@@ -262,12 +317,14 @@ def _received_bytes(result: FLModel) -> int:
 def _audit_entry(result: FLModel) -> dict:
     """Names of everything a site sent: parameters, payload entries, metadata and metric keys."""
     params = result.params or {}
-    entry = {"params": sorted(map(str, params)), "meta": sorted(map(str, result.meta or {})),
-             "metrics": sorted(map(str, result.metrics or {}))}
+    entry = {
+        "params": sorted(map(str, params)),
+        "meta": sorted(map(str, result.meta or {})),
+        "metrics": sorted(map(str, result.metrics or {})),
+    }
     if msg.UPDATE in params:
         try:
             entry["payload_entries"] = sorted(payload_header(msg.array_to_payload(params[msg.UPDATE])))
         except Exception as exc:  # an unreadable payload is refused by the aggregator; record it here
             entry["payload_entries"] = f"unreadable: {exc.__class__.__name__}"
     return entry
-

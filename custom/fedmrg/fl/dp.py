@@ -35,8 +35,9 @@ def noise_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
-def privatize(delta: dict[str, Delta], clip: float, noise_multiplier: float,
-              generator: torch.Generator) -> dict[str, Delta]:
+def privatize(
+    delta: dict[str, Delta], clip: float, noise_multiplier: float, generator: torch.Generator
+) -> dict[str, Delta]:
     """The update clipped to a whole norm of ``clip`` plus N(0, (noise_multiplier * clip)^2) per coordinate.
 
     Factored entries (LoRA products) are reconstructed dense to be noised, and come back as an exact
@@ -44,8 +45,10 @@ def privatize(delta: dict[str, Delta], clip: float, noise_multiplier: float,
     """
     clipped = clip_update(delta, clip)
     std = noise_multiplier * clip
-    return {name: like(as_dense(value) + std * torch.randn(value.shape, generator=generator), delta[name])
-            for name, value in clipped.items()}
+    return {
+        name: like(as_dense(value) + std * torch.randn(value.shape, generator=generator), delta[name])
+        for name, value in clipped.items()
+    }
 
 
 def epsilon(rounds: int, noise_multiplier: float, delta: float) -> float:

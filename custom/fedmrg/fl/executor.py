@@ -24,8 +24,8 @@ import fedmrg
 from fedmrg.config import parse_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
-from fedmrg.versions import check_job_versions
 from fedmrg.fl.site import SiteTrainer, load_site_settings, site_run_config, site_state_root
+from fedmrg.versions import check_job_versions
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,20 @@ class MRGExecutor(Executor):
             trainer = self._trainer()
             request = FLModelUtils.from_shareable(shareable)
             if task_name == msg.SUBMIT_MODEL:
-                reply = FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(trainer.model.shared_state_dict()),
-                                meta={msg.MODEL_META: trainer.model.model_meta()})
+                reply = FLModel(
+                    params_type=ParamsType.FULL,
+                    params=msg.to_numpy(trainer.model.shared_state_dict()),
+                    meta={msg.MODEL_META: trainer.model.model_meta()},
+                )
             else:
                 self._load_global(trainer, request)
                 if abort_signal.triggered:
                     return make_reply(ReturnCode.TASK_ABORTED)
-                reply = (self._train(trainer, request, abort_signal) if task_name == msg.TRAIN
-                         else self._validate(trainer, request))
+                reply = (
+                    self._train(trainer, request, abort_signal)
+                    if task_name == msg.TRAIN
+                    else self._validate(trainer, request)
+                )
         except InterruptedError:
             self.log_info(fl_ctx, f"{task_name} aborted")
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -125,16 +131,24 @@ class MRGExecutor(Executor):
         metrics = trainer.validation_losses()  # of the global model just received
         update = trainer.train_round(round_number, abort=lambda: abort_signal.triggered)
         metrics.update(update.metrics)
-        meta = {msg.TRAIN_STUDIES: update.train_studies, msg.BYTES_UP: update.bytes_up,
-                msg.DENSE_BYTES_UP: update.dense_bytes_up, msg.STEPS: update.steps}
+        meta = {
+            msg.TRAIN_STUDIES: update.train_studies,
+            msg.BYTES_UP: update.bytes_up,
+            msg.DENSE_BYTES_UP: update.dense_bytes_up,
+            msg.STEPS: update.steps,
+        }
         if update.prototypes is not None:
             meta[msg.PROTOTYPE_SUMS] = update.prototypes["sums"].numpy()
             meta[msg.PROTOTYPE_COUNTS] = update.prototypes["counts"].numpy()
         if update.dense is not None:
             reply = FLModel(params_type=ParamsType.FULL, params=msg.to_numpy(update.dense), metrics=metrics, meta=meta)
         else:
-            reply = FLModel(params_type=ParamsType.DIFF, params={msg.UPDATE: msg.payload_to_array(update.payload)},
-                            metrics=metrics, meta=meta)
+            reply = FLModel(
+                params_type=ParamsType.DIFF,
+                params={msg.UPDATE: msg.payload_to_array(update.payload)},
+                metrics=metrics,
+                meta=meta,
+            )
         self._track(metrics, round_number)
         return reply
 
@@ -145,7 +159,9 @@ class MRGExecutor(Executor):
         scores = trainer.test_scores(out_dir=reports, limit=self.test_limit)
         metrics = trainer.validation_losses()
         for label, values in scores.items():
-            metrics.update({f"test_{label}_{name}": value for name, value in values["nlg"].items() if value is not None})
+            metrics.update(
+                {f"test_{label}_{name}": value for name, value in values["nlg"].items() if value is not None}
+            )
             metrics[f"test_{label}_CE-F1_micro"] = values["ce"]["micro"]["f1"]
         self._track(metrics, int(request.current_round or 0))
         return FLModel(params_type=ParamsType.FULL, params={}, metrics=metrics, meta={msg.SCORES: scores})
@@ -155,4 +171,3 @@ class MRGExecutor(Executor):
             return
         for name, value in metrics.items():
             self.writer.add_scalar(f"{self.site}/{name}", float(value), global_step=step)
-

@@ -42,8 +42,9 @@ def _finite(value: Delta) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def update_problem(delta: dict[str, Delta], expected: dict[str, tuple[int, ...]], max_rank: int,
-                   max_norm: float) -> str | None:
+def update_problem(
+    delta: dict[str, Delta], expected: dict[str, tuple[int, ...]], max_rank: int, max_norm: float
+) -> str | None:
     """Why a site's decoded delta must not be used, or None when it is acceptable.
 
     Only the expected (shared) entries; each with its shape, a rank of at most ``max_rank``,
@@ -78,8 +79,11 @@ def weighted_mean(deltas: Sequence[dict[str, Delta]], weights: Sequence[float]) 
     for name in deltas[0]:
         values = [delta[name] for delta in deltas]
         if isinstance(values[0], Factored):
-            mean[name] = Factored(torch.cat([share * v.left for share, v in zip(shares, values)], 1),
-                                  torch.cat([v.right for v in values], 0), values[0].view)
+            mean[name] = Factored(
+                torch.cat([share * v.left for share, v in zip(shares, values)], 1),
+                torch.cat([v.right for v in values], 0),
+                values[0].view,
+            )
         else:
             mean[name] = sum(share * v.float() for share, v in zip(shares, values))
     return mean
@@ -95,8 +99,10 @@ def clip_update(delta: dict[str, Delta], clip_norm: float) -> dict[str, Delta]:
     scale = min(1.0, clip_norm / max(update_norm(delta), 1e-30))
     if scale == 1.0:
         return delta
-    return {name: Factored(scale * v.left, v.right, v.view) if isinstance(v, Factored) else scale * v
-            for name, v in delta.items()}
+    return {
+        name: Factored(scale * v.left, v.right, v.view) if isinstance(v, Factored) else scale * v
+        for name, v in delta.items()
+    }
 
 
 def robust_mean(deltas: Sequence[dict[str, Delta]], rule: str, trim: int = 1) -> dict[str, Delta]:
@@ -116,15 +122,16 @@ def robust_mean(deltas: Sequence[dict[str, Delta]], rule: str, trim: int = 1) ->
         ordered = values.sort(dim=0).values
         n = len(deltas)
         if rule == "trimmed_mean" and n > 2 * trim:
-            result = ordered[trim: n - trim].mean(dim=0)
+            result = ordered[trim : n - trim].mean(dim=0)
         else:  # the median: the middle value, or the mean of the middle two
-            result = ordered[(n - 1) // 2: n // 2 + 1].mean(dim=0)
+            result = ordered[(n - 1) // 2 : n // 2 + 1].mean(dim=0)
         combined[name] = like(result, first)
     return combined
 
 
-def refactorize(product: Factored, rank: int, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, Factored]:
+def refactorize(
+    product: Factored, rank: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Factored]:
     """``B [d, rank]``, ``A [rank, k]`` of the best rank-``rank`` approximation, and the rest.
 
     Singular values are split evenly (``B = U sqrt(S)``, ``A = sqrt(S) V^T``). Directions with a
@@ -147,9 +154,12 @@ def refactorize(product: Factored, rank: int, generator: torch.Generator | None 
     return b.float(), a.float(), rest
 
 
-def apply_mean_delta(global_state: dict[str, torch.Tensor], mean: dict[str, Delta],
-                     residual: dict[str, Factored] | None = None, generator: torch.Generator | None = None,
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, Factored]]:
+def apply_mean_delta(
+    global_state: dict[str, torch.Tensor],
+    mean: dict[str, Delta],
+    residual: dict[str, Factored] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Factored]]:
     """The next global state, and what the LoRA re-factorization left out (the server's residual)."""
     residual = residual or {}
     pairs = lora_modules(set(global_state))

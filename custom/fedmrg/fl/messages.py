@@ -52,5 +52,9 @@ def array_to_payload(value) -> bytes:
 
 def state_bytes(state: dict) -> int:
     """Bytes of the values of a dict of arrays or tensors (what a dense message carries)."""
-    return int(sum(np.asarray(value).nbytes if not isinstance(value, torch.Tensor)
-                   else value.numel() * value.element_size() for value in state.values()))
+    return int(
+        sum(
+            np.asarray(value).nbytes if not isinstance(value, torch.Tensor) else value.numel() * value.element_size()
+            for value in state.values()
+        )
+    )

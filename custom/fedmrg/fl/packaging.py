@@ -21,7 +21,8 @@ from fedmrg.io import load_json, write_json
 
 # What a site's (and the server's) class_allow_list must admit for a FedMRG job that brings no code.
 COMPONENT_CLASSES = tuple(
-    f"{cls.__module__}.{cls.__qualname__}" for cls in (FedMRGController, LowRankAggregator, DenseAggregator, MRGExecutor)
+    f"{cls.__module__}.{cls.__qualname__}"
+    for cls in (FedMRGController, LowRankAggregator, DenseAggregator, MRGExecutor)
 )
 
 

@@ -63,12 +63,13 @@ from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import payload_header
 from fedmrg.model.parameters import local_parameters
 
-
 # --------------------------------------------------------------------------- what FedMRG sends
 _FLARE_META = frozenset({FLMetaKey.INITIAL_METRICS, FLMetaKey.FILTER_HISTORY})
 RESULT_META: dict[str, frozenset[str]] = {
-    msg.TRAIN: frozenset({msg.TRAIN_STUDIES, msg.BYTES_UP, msg.DENSE_BYTES_UP, msg.STEPS,
-                          msg.PROTOTYPE_SUMS, msg.PROTOTYPE_COUNTS}) | _FLARE_META,
+    msg.TRAIN: frozenset(
+        {msg.TRAIN_STUDIES, msg.BYTES_UP, msg.DENSE_BYTES_UP, msg.STEPS, msg.PROTOTYPE_SUMS, msg.PROTOTYPE_COUNTS}
+    )
+    | _FLARE_META,
     msg.VALIDATE: frozenset({msg.SCORES}) | _FLARE_META,
     msg.SUBMIT_MODEL: frozenset({msg.MODEL_META}) | _FLARE_META,
 }
@@ -129,8 +130,9 @@ class ResultGuard(Filter):
                 them unchanged.
         """
         super().__init__()
-        if max_result_mib is not None and not (_is_number(max_result_mib) and not isinstance(max_result_mib, bool)
-                                               and max_result_mib > 0):
+        if max_result_mib is not None and not (
+            _is_number(max_result_mib) and not isinstance(max_result_mib, bool) and max_result_mib > 0
+        ):
             raise ValueError(f"max_result_mib must be a positive number or null, got {max_result_mib!r}")
         extra = list(extra_meta_keys or [])
         if not all(isinstance(key, str) for key in extra):
@@ -163,8 +165,9 @@ class ResultGuard(Filter):
 
 
 # ---------------------------------------------------------------------------------- checks
-def result_problems(shareable: Shareable, task: str | None, max_result_mib: float | None = None,
-                    extra_meta_keys: Iterable[str] = ()) -> list[str]:
+def result_problems(
+    shareable: Shareable, task: str | None, max_result_mib: float | None = None, extra_meta_keys: Iterable[str] = ()
+) -> list[str]:
     """Why a FedMRG task's result must not leave the site (empty: it may)."""
     extra_keys = sorted(set(map(str, shareable)) - _SHAREABLE_KEYS)
     if extra_keys:
@@ -187,8 +190,11 @@ def header_problems(headers) -> list[str]:
     if not isinstance(headers, Mapping):
         return [f"headers of type {type(headers).__name__}, expected a mapping"]
     unexpected = sorted(str(key) for key in headers if key not in RESULT_HEADERS)
-    bad = sorted(f"{key} ({type(value).__name__})" for key, value in headers.items()
-                 if key in RESULT_HEADERS and not RESULT_HEADERS[key](value))
+    bad = sorted(
+        f"{key} ({type(value).__name__})"
+        for key, value in headers.items()
+        if key in RESULT_HEADERS and not RESULT_HEADERS[key](value)
+    )
     problems = []
     if unexpected:
         problems.append(f"unexpected headers: {_names(unexpected)}")

@@ -44,7 +44,6 @@ def resource_spec(gpus: int = 0, gpu_mem_gib: float | None = None) -> dict:
     return spec
 
 
-
 class FedMRGRecipe(Recipe):
     """A federated FedMRG run (or its FedAvg baseline when ``cfg.fl.update`` is ``dense``).
 
@@ -79,20 +78,35 @@ class FedMRGRecipe(Recipe):
         job = FedJob(name=name, min_clients=fl.min_sites or sites, meta_props=installed_versions())
         job.job.add_resource_spec(ALL_SITES_SPEC, resource_spec(gpus_per_site, gpu_mem_gib))
         job.set_app_packages(["fedmrg"])
-        controller = FedMRGController(config=config, rounds=fl.rounds, job_name=name, min_sites=fl.min_sites,
-                                      wait_after_min_sites=fl.wait_after_min_sites, key_metric=fl.key_metric,
-                                      results_dir=results_dir, final_validation=final_validation)
+        controller = FedMRGController(
+            config=config,
+            rounds=fl.rounds,
+            job_name=name,
+            min_sites=fl.min_sites,
+            wait_after_min_sites=fl.wait_after_min_sites,
+            key_metric=fl.key_metric,
+            results_dir=results_dir,
+            final_validation=final_validation,
+        )
         prototype_dim = cfg.model.contrastive_dim if cfg.model.contrastive else None
-        checks = dict(max_norm=fl.max_update_norm, prototype_dim=prototype_dim, seed=cfg.train.seed,
-                      aggregation=fl.aggregation, clip_norm=fl.clip_norm, trim=fl.trim, min_updates=fl.min_sites or 1)
+        checks = dict(
+            max_norm=fl.max_update_norm,
+            prototype_dim=prototype_dim,
+            seed=cfg.train.seed,
+            aggregation=fl.aggregation,
+            clip_norm=fl.clip_norm,
+            trim=fl.trim,
+            min_updates=fl.min_sites or 1,
+        )
         if fl.update == "dense":
             aggregator = DenseAggregator(**checks)
         else:
             aggregator = LowRankAggregator(max_rank=fl.rank, server_residual=fl.server_residual, **checks)
         job.to_server(controller, id="controller")
         job.to_server(aggregator, id="aggregator")
-        executor = MRGExecutor(config=config, run_name=name, base_llm=base_llm, writer_id="log_writer",
-                               test_limit=test_limit)
+        executor = MRGExecutor(
+            config=config, run_name=name, base_llm=base_llm, writer_id="log_writer", test_limit=test_limit
+        )
         job.to_clients(executor, tasks=[msg.TRAIN, msg.VALIDATE, msg.SUBMIT_MODEL])
         job.to_clients(TBWriter(), id="log_writer")
         job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")

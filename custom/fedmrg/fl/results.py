@@ -18,10 +18,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedmrg.io import load_json
 from fedmrg.errors import DataError
 from fedmrg.eval.report import COLUMNS, row_values
 from fedmrg.eval.texts import read_references
+from fedmrg.io import load_json
 
 RESULTS_FILE = "results.json"
 
@@ -56,8 +56,9 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
     sites = sorted({site for record in rounds for site in record["metrics"]})
     fig, (loss_ax, bytes_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     for site in sites:
-        points = [(r["round"], r["metrics"][site]["val_loss"]) for r in rounds
-                  if "val_loss" in r["metrics"].get(site, {})]
+        points = [
+            (r["round"], r["metrics"][site]["val_loss"]) for r in rounds if "val_loss" in r["metrics"].get(site, {})
+        ]
         if points:
             loss_ax.plot(*zip(*points), marker="o", label=site)
     loss_ax.set(xlabel="round (model received)", ylabel="validation loss", title="global model at each site")
@@ -95,8 +96,11 @@ def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, st
                 lines.append(f"| {site} | {label} | " + " | ".join(values) + " |")
     totals = traffic(results)
     ratio = totals["dense_bytes_up"] / totals["bytes_up"] if totals["bytes_up"] else float("nan")
-    lines += ["", f"Uploaded {_mib(totals['bytes_up'])} (dense fp32 FedAvg of the same parameters: "
-              f"{_mib(totals['dense_bytes_up'])}, {ratio:.1f}x more); downloaded {_mib(totals['bytes_down'])}."]
+    lines += [
+        "",
+        f"Uploaded {_mib(totals['bytes_up'])} (dense fp32 FedAvg of the same parameters: "
+        f"{_mib(totals['dense_bytes_up'])}, {ratio:.1f}x more); downloaded {_mib(totals['bytes_down'])}.",
+    ]
     for site, pairs in sorted((examples or {}).items()):
         lines += ["", f"### {site}: generated (personalized) and reference reports", ""]
         for generated, reference in pairs:
@@ -112,7 +116,6 @@ def site_examples(workspace: str | os.PathLike, job: str, count: int) -> dict[st
     """
     import yaml
 
-
     settings = Path(workspace) / "sites.yaml"
     if count <= 0 or not settings.is_file():
         return {}
@@ -124,8 +127,9 @@ def site_examples(workspace: str | os.PathLike, job: str, count: int) -> dict[st
             continue
         predictions = load_json(generated)
         references = read_references(Path(entry["data_dir"]) / "annotation.json", "test")
-        examples[site] = [(predictions[key], references[key]) for key in sorted(predictions)[:count]
-                          if key in references]
+        examples[site] = [
+            (predictions[key], references[key]) for key in sorted(predictions)[:count] if key in references
+        ]
     return examples
 
 

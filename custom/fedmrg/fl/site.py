@@ -25,24 +25,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 from fedmrg.config import Config, config_to_dict
+from fedmrg.data.loaders import study_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, dense_bytes, encode, round_delta
 from fedmrg.fl.dp import epsilon, noise_generator, privatize
-from fedmrg.model.adapters import adapter_names
-from fedmrg.model.layout import save_peft_adapter
-from fedmrg.model.parameters import SPECIALIZED
-from fedmrg.data.loaders import study_loader
-from fedmrg.model.mrg import MRGModel
 from fedmrg.io import recover_directory, replace_directory
-from fedmrg.model.training import Trainer, peak_memory_mib, seed_everything
+from fedmrg.model.adapters import adapter_names
 from fedmrg.model.inference import adapter_scores
+from fedmrg.model.layout import save_peft_adapter
+from fedmrg.model.mrg import MRGModel
+from fedmrg.model.parameters import SPECIALIZED
+from fedmrg.model.training import Trainer, peak_memory_mib, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,17 @@ class SiteSettings:
     """What a hospital decides for itself."""
 
     data_dir: str  # the site's benchmark-layout folder (annotation.json + images)
-    base_llm: Optional[str] = None  # local copy of the base LLM; None = the path the job names
-    device: Optional[str] = None  # cpu, cuda, cuda:N; None = the config's train.device
-    batch_size: Optional[int] = None
-    num_workers: Optional[int] = None
-    state_dir: Optional[str] = None  # where local state persists; None = <site workspace>/fedmrg-state
-    threads: Optional[int] = None  # torch CPU threads; several sites on one machine want 1 each
+    base_llm: str | None = None  # local copy of the base LLM; None = the path the job names
+    device: str | None = None  # cpu, cuda, cuda:N; None = the config's train.device
+    batch_size: int | None = None
+    num_workers: int | None = None
+    state_dir: str | None = None  # where local state persists; None = <site workspace>/fedmrg-state
+    threads: int | None = None  # torch CPU threads; several sites on one machine want 1 each
 
 
-def settings_candidates(local_dir: str | os.PathLike | None,
-                        settings_file: str | os.PathLike | None = None) -> list[Path]:
+def settings_candidates(
+    local_dir: str | os.PathLike | None, settings_file: str | os.PathLike | None = None
+) -> list[Path]:
     """The files the loader reads a site's settings from, in order: ``settings_file`` alone when given,
     else ``<local_dir>/fedmrg_site.yaml`` and the file ``$FEDMRG_SITE_SETTINGS`` names."""
     if settings_file is not None:
@@ -82,8 +83,9 @@ def settings_candidates(local_dir: str | os.PathLike | None,
     return candidates
 
 
-def load_site_settings(site: str, local_dir: str | os.PathLike | None,
-                       settings_file: str | os.PathLike | None = None) -> tuple[SiteSettings, str]:
+def load_site_settings(
+    site: str, local_dir: str | os.PathLike | None, settings_file: str | os.PathLike | None = None
+) -> tuple[SiteSettings, str]:
     """The site's settings and where they came from: the first of :func:`settings_candidates` that exists."""
     candidates = settings_candidates(local_dir, settings_file)
     for path in candidates:
@@ -91,8 +93,10 @@ def load_site_settings(site: str, local_dir: str | os.PathLike | None,
             return _parse_settings(path, site), str(path)
     where = " or ".join(str(p) for p in candidates) or f"${SETTINGS_ENV}"
     to_write = settings_file if settings_file is not None else f"{SETTINGS_FILE} into the site's local/ folder"
-    raise ConfigError(f"site {site}: no FedMRG site settings found ({where}); write {to_write} with at least "
-                      f"'data_dir: /path/to/site/data'")
+    raise ConfigError(
+        f"site {site}: no FedMRG site settings found ({where}); write {to_write} with at least "
+        f"'data_dir: /path/to/site/data'"
+    )
 
 
 def _parse_settings(path: Path, site: str) -> SiteSettings:
@@ -138,8 +142,9 @@ def apply_site_settings(cfg: Config, settings: SiteSettings) -> Config:
     return cfg
 
 
-def site_run_config(cfg: Config, settings: SiteSettings, job_base_llm: str | None = None,
-                    set_threads: bool = True) -> Config:
+def site_run_config(
+    cfg: Config, settings: SiteSettings, job_base_llm: str | None = None, set_threads: bool = True
+) -> Config:
     """The config a site's trainer runs: a copy of the job's, with the base LLM the job's executor
     names when the config names none, then the site's settings (:func:`apply_site_settings`; without
     ``set_threads``, this process's thread count is left as it is)."""
@@ -175,8 +180,9 @@ class SiteTrainer:
     def __init__(self, cfg: Config, site: str, data_dir: str | os.PathLike, state_dir: str | os.PathLike) -> None:
         self.cfg, self.site, self.data_dir = cfg, site, Path(data_dir)
         self.state_dir = Path(state_dir)
-        self.spec = CodecSpec(rank=cfg.fl.rank, energy=cfg.fl.energy, precision=cfg.fl.precision,
-                              dense_below=cfg.fl.dense_below)
+        self.spec = CodecSpec(
+            rank=cfg.fl.rank, energy=cfg.fl.energy, precision=cfg.fl.precision, dense_below=cfg.fl.dense_below
+        )
         seed_everything(cfg.train.seed)
         self.model = MRGModel.build(cfg)
         self.train_loader = study_loader(cfg, [self.data_dir], "train", train=True, seed=cfg.train.seed)
@@ -232,23 +238,34 @@ class SiteTrainer:
         bank = self.trainer.prototype_bank if self.cfg.model.contrastive and not private else None
         prototypes = bank.state(self.cfg.fl.prototype_min_studies) if bank is not None else None
         payload, dense = self._encode(before, after)
-        privacy = {"dp_epsilon": epsilon(round_number + 1, self.cfg.fl.dp_noise_multiplier, self.cfg.fl.dp_delta)
-                   } if private else {}
-        update = RoundUpdate(payload=payload, dense=dense, prototypes=prototypes,
-                             train_studies=1 if private else len(self.train_loader.dataset),
-                             steps=self.trainer.state.step,
-                             bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
-                             dense_bytes_up=dense_bytes(after),
-                             metrics={**_mean_losses(self.trainer.state.history[history_start:]),
-                                      "train_seconds": time.perf_counter() - started,
-                                      "peak_memory_mib": peak_memory_mib(self.model.info.device),
-                                      "skipped_studies": float(len(self.trainer.skipped)), **privacy})
+        privacy = (
+            {"dp_epsilon": epsilon(round_number + 1, self.cfg.fl.dp_noise_multiplier, self.cfg.fl.dp_delta)}
+            if private
+            else {}
+        )
+        update = RoundUpdate(
+            payload=payload,
+            dense=dense,
+            prototypes=prototypes,
+            train_studies=1 if private else len(self.train_loader.dataset),
+            steps=self.trainer.state.step,
+            bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
+            dense_bytes_up=dense_bytes(after),
+            metrics={
+                **_mean_losses(self.trainer.state.history[history_start:]),
+                "train_seconds": time.perf_counter() - started,
+                "peak_memory_mib": peak_memory_mib(self.model.info.device),
+                "skipped_studies": float(len(self.trainer.skipped)),
+                **privacy,
+            },
+        )
         self.rounds_done = round_number + 1
         self.save_state()
         return update
 
-    def _encode(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
-                ) -> tuple[bytes, dict[str, torch.Tensor] | None]:
+    def _encode(
+        self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
+    ) -> tuple[bytes, dict[str, torch.Tensor] | None]:
         """The codec payload of the round's change (its left-out part kept for the next round),
         or the parameters themselves for the dense FedAvg baseline."""
         if self.cfg.fl.update == "dense":
@@ -279,11 +296,13 @@ class SiteTrainer:
             self.feedback.save(folder / FEEDBACK_FILE)
             torch.save(self.trainer.state_dict(), folder / TRAINER_FILE)
             if SPECIALIZED in adapter_names(self.cfg.model):
-                specialized = {k[len("llm."):]: v for k, v in local.items() if k.startswith("llm.")}
-                save_peft_adapter(folder / SPECIALIZED_DIR, specialized, SPECIALIZED, self.cfg.model,
-                                  self.model.info.path)
-            (folder / STATE_FILE).write_text(json.dumps(self._identity() | {"rounds_done": self.rounds_done},
-                                                        indent=2), encoding="utf-8")
+                specialized = {k[len("llm.") :]: v for k, v in local.items() if k.startswith("llm.")}
+                save_peft_adapter(
+                    folder / SPECIALIZED_DIR, specialized, SPECIALIZED, self.cfg.model, self.model.info.path
+                )
+            (folder / STATE_FILE).write_text(
+                json.dumps(self._identity() | {"rounds_done": self.rounds_done}, indent=2), encoding="utf-8"
+            )
 
         replace_directory(self.state_dir, write, keep_previous=self.previous_dir)
 
@@ -297,8 +316,12 @@ class SiteTrainer:
         """What must not change for saved local state to be reused: the model and the round plan
         (more rounds may be added to a finished or stopped job)."""
         config = config_to_dict(self.cfg)
-        return {"site": self.site, "model": config["model"] | {"base_llm": None},
-                "fl": config["fl"] | {"rounds": None}, "steps_per_round": self.steps_per_round()}
+        return {
+            "site": self.site,
+            "model": config["model"] | {"base_llm": None},
+            "fl": config["fl"] | {"rounds": None},
+            "steps_per_round": self.steps_per_round(),
+        }
 
     def _resume(self) -> None:
         recover_directory(self.state_dir, STATE_FILE)
@@ -306,8 +329,12 @@ class SiteTrainer:
             return
         if not self._load_state(self.state_dir):
             stale = self.state_dir.with_name(f"{self.state_dir.name}.stale-{os.getpid()}")
-            log.warning("site %s: local state in %s was written for another model or plan; moved to %s, "
-                        "starting afresh", self.site, self.state_dir, stale)
+            log.warning(
+                "site %s: local state in %s was written for another model or plan; moved to %s, starting afresh",
+                self.site,
+                self.state_dir,
+                stale,
+            )
             self.state_dir.rename(stale)
             shutil.rmtree(self.previous_dir, ignore_errors=True)
             return
@@ -337,16 +364,30 @@ class SiteTrainer:
         """
         if self.rounds_done > round_number:
             if (self.previous_dir / STATE_FILE).is_file() and self._load_state(self.previous_dir, round_number):
-                log.warning("site %s: the server is at round %d, this site's state after round %d was never merged; "
-                            "went back to its state after round %d", self.site, round_number + 1,
-                            round_number + 1, round_number)
+                log.warning(
+                    "site %s: the server is at round %d, this site's state after round %d was never merged; "
+                    "went back to its state after round %d",
+                    self.site,
+                    round_number + 1,
+                    round_number + 1,
+                    round_number,
+                )
                 return
-            log.warning("site %s: the server is at round %d but this site's state is after round %d and no state "
-                        "of round %d is kept; training on from it", self.site, round_number + 1, self.rounds_done,
-                        round_number)
+            log.warning(
+                "site %s: the server is at round %d but this site's state is after round %d and no state "
+                "of round %d is kept; training on from it",
+                self.site,
+                round_number + 1,
+                self.rounds_done,
+                round_number,
+            )
         elif self.rounds_done < round_number:
-            log.warning("site %s: rejoining at round %d; its last round was round %d", self.site, round_number + 1,
-                        self.rounds_done)
+            log.warning(
+                "site %s: rejoining at round %d; its last round was round %d",
+                self.site,
+                round_number + 1,
+                self.rounds_done,
+            )
 
     def _optional_loader(self, split: str):
         try:
@@ -363,6 +404,7 @@ class SiteTrainer:
         """
 
         return adapter_scores(self.model, self.data_dir, limit=limit, out_dir=out_dir)
+
 
 def _mean_losses(history: list[dict]) -> dict[str, float]:
     """Mean of each loss over this round's passes (``Trainer.state.history`` rows)."""

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -64,87 +64,205 @@ _BE = r"(?:\s+(?:is|are|appears?|remains?|seems?|looks?))?"
 
 _RULES: tuple[_Rule, ...] = (
     # --- heart and mediastinum -------------------------------------------------------------
-    _Rule("Cardiomegaly", _rx(
-        r"cardiomegaly", r"(?:cardiac|heart) enlargement", r"enlarge\w* (?:of )?(?:the )?(?:heart|cardiac)",
-        r"(?:enlarged|large|prominent|increased) (?:heart|cardiac (?:silhouette|shadow|size)|heart size)",
-        rf"(?:heart|cardiac (?:silhouette|shadow|size)|heart size){_BE}(?: size)? {_ADVERB}(?:enlarged|increased|large|prominent)",
-        r"(?:heart|cardiac) size (?:is )?(?:mildly |moderately |markedly )?(?:increased|enlarged)",
-    )),
-    _Rule("Cardiomegaly", _rx(
-        r"borderline (?:cardiomegaly|enlarge\w*|heart size|cardiac)", r"(?:heart|cardiac) size[^.;]{0,30}?(?:upper limits? (?:of )?normal|borderline|top normal|top-normal)",
-        r"(?:heart|cardiac silhouette)(?: size)?(?: is| appears)? (?:\w+ )?(?:borderline|top normal|top-normal)",
-        r"(?:top normal|top-normal|upper normal) (?:heart|cardiac) size",
-    ), status=UNCERTAIN),
-    _Rule("Cardiomegaly", _rx(
-        rf"(?:heart|cardiac (?:silhouette|size|shadow)|heart size)(?: and [\w ]{{1,40}}?)?{_BE}(?: \w+){{0,2}} {_NORMAL}",
-        rf"(?:cardiomediastinal|cardiac and mediastinal) (?:silhouette|contours?|size)[^.;]{{0,30}}?{_NORMAL}",
-        r"normal (?:heart|cardiac|cardiomediastinal)(?: and mediastinal)? (?:size|silhouette|contours?|shadow)",
-        r"normal (?:heart|cardiac) size", r"heart is normal", r"normal-sized heart", r"no cardiomegaly",
-    ), status=NEGATIVE),
-    _Rule("Enlarged Cardiomediastinum", _rx(
-        r"(?:widened|widening of the|wide|enlarged|prominent) (?:cardio)?mediastin\w*",
-        rf"(?:cardio)?mediastin\w*(?: (?:silhouette|contours?|width))?{_BE} {_ADVERB}(?:widened|enlarged|prominent|wide)",
-        r"mediastinal (?:widening|enlargement|prominence|adenopathy|lymphadenopathy)",
-        r"prominence of the (?:\w+ )?mediastin\w*",
-    )),
-    _Rule("Enlarged Cardiomediastinum", _rx(
-        rf"(?:cardio)?mediastin\w*(?: (?:silhouette|contours?|size|width))?(?: and [\w ]{{1,40}}?)?{_BE}(?: \w+){{0,2}} {_NORMAL}",
-        r"normal (?:cardio)?mediastinal (?:silhouette|contours?|size|width)", r"normal (?:heart|cardiac) and mediastinal",
-        r"mediastinum is normal",
-    ), status=NEGATIVE),
+    _Rule(
+        "Cardiomegaly",
+        _rx(
+            r"cardiomegaly",
+            r"(?:cardiac|heart) enlargement",
+            r"enlarge\w* (?:of )?(?:the )?(?:heart|cardiac)",
+            r"(?:enlarged|large|prominent|increased) (?:heart|cardiac (?:silhouette|shadow|size)|heart size)",
+            rf"(?:heart|cardiac (?:silhouette|shadow|size)|heart size){_BE}(?: size)? {_ADVERB}(?:enlarged|increased|large|prominent)",
+            r"(?:heart|cardiac) size (?:is )?(?:mildly |moderately |markedly )?(?:increased|enlarged)",
+        ),
+    ),
+    _Rule(
+        "Cardiomegaly",
+        _rx(
+            r"borderline (?:cardiomegaly|enlarge\w*|heart size|cardiac)",
+            r"(?:heart|cardiac) size[^.;]{0,30}?(?:upper limits? (?:of )?normal|borderline|top normal|top-normal)",
+            r"(?:heart|cardiac silhouette)(?: size)?(?: is| appears)? (?:\w+ )?(?:borderline|top normal|top-normal)",
+            r"(?:top normal|top-normal|upper normal) (?:heart|cardiac) size",
+        ),
+        status=UNCERTAIN,
+    ),
+    _Rule(
+        "Cardiomegaly",
+        _rx(
+            rf"(?:heart|cardiac (?:silhouette|size|shadow)|heart size)(?: and [\w ]{{1,40}}?)?{_BE}(?: \w+){{0,2}} {_NORMAL}",
+            rf"(?:cardiomediastinal|cardiac and mediastinal) (?:silhouette|contours?|size)[^.;]{{0,30}}?{_NORMAL}",
+            r"normal (?:heart|cardiac|cardiomediastinal)(?: and mediastinal)? (?:size|silhouette|contours?|shadow)",
+            r"normal (?:heart|cardiac) size",
+            r"heart is normal",
+            r"normal-sized heart",
+            r"no cardiomegaly",
+        ),
+        status=NEGATIVE,
+    ),
+    _Rule(
+        "Enlarged Cardiomediastinum",
+        _rx(
+            r"(?:widened|widening of the|wide|enlarged|prominent) (?:cardio)?mediastin\w*",
+            rf"(?:cardio)?mediastin\w*(?: (?:silhouette|contours?|width))?{_BE} {_ADVERB}(?:widened|enlarged|prominent|wide)",
+            r"mediastinal (?:widening|enlargement|prominence|adenopathy|lymphadenopathy)",
+            r"prominence of the (?:\w+ )?mediastin\w*",
+        ),
+    ),
+    _Rule(
+        "Enlarged Cardiomediastinum",
+        _rx(
+            rf"(?:cardio)?mediastin\w*(?: (?:silhouette|contours?|size|width))?(?: and [\w ]{{1,40}}?)?{_BE}(?: \w+){{0,2}} {_NORMAL}",
+            r"normal (?:cardio)?mediastinal (?:silhouette|contours?|size|width)",
+            r"normal (?:heart|cardiac) and mediastinal",
+            r"mediastinum is normal",
+        ),
+        status=NEGATIVE,
+    ),
     # --- lungs -----------------------------------------------------------------------------
-    _Rule("Lung Lesion", _rx(
-        r"nodul\w*", r"mass(?:es)?\b", r"lesions?\b", r"tumou?r", r"neoplas\w*", r"carcinoma", r"malignan\w*",
-        r"metasta\w*", r"cavitary", r"cavitation",
-    ), exclude=re.compile(
-        r"mass effect|soft tissue mass|breast|thyroid|(?:bony|bone|osseous|lytic|sclerotic|blastic|skin|rib|vertebral|"
-        r"spinal|liver|hepatic|renal|adrenal) (?:lesion|mass|nodul)|(?:lesion|mass)\w* (?:of|in) the (?:bone|rib|spine)|"
-        r"nipple|granuloma|(?:mediastinal|pericardial|pleural|chest wall) mass", re.IGNORECASE)),
-    _Rule("Lung Opacity", _rx(
-        r"opaci\w*", r"infiltrat\w*", r"air[- ]?space (?:disease|process|opaci\w*)", r"densit(?:y|ies)",
-        r"haz(?:y|iness)", r"interstitial (?:marking|prominence|opaci|pattern|disease|lung disease|changes?|thickening)\w*",
-        r"reticula\w*", r"scar(?:ring|s)?\b", r"fibros\w*", r"fibrotic",
-    ), exclude=re.compile(
-        r"(?:bone|bony|osseous|breast|soft tissue|nipple|calcified|granuloma\w*) (?:densit|opaci)|"
-        r"(?:nodular|round|rounded) (?:opaci|densit)|pleural (?:scar|fibros)|pleural[- ]parenchymal|"
-        r"densit\w* of the (?:bone|spine)|mineralization|osteopenia", re.IGNORECASE)),
-    _Rule("Edema", _rx(
-        r"edema", r"oedema", r"(?:vascular|venous|pulmonary) congestion", r"congestive heart failure", r"\bchf\b",
-        r"heart failure", r"kerley", r"cephalization", r"congestion", r"vascular (?:prominence|redistribution|engorgement|"
-        r"indistinct\w*|congestion)", r"prominen\w* (?:of the )?(?:central )?(?:pulmonary )?vascula\w*",
-        r"(?:pulmonary )?vascula(?:r|ture|rity)(?: markings)?(?: is| are| appears?)? (?:\w+ly )?(?:prominent|engorged|indistinct)",
-    ), exclude=re.compile(r"soft tissue edema|subcutaneous edema|(?:arm|extremit|chest wall) edema", re.IGNORECASE)),
+    _Rule(
+        "Lung Lesion",
+        _rx(
+            r"nodul\w*",
+            r"mass(?:es)?\b",
+            r"lesions?\b",
+            r"tumou?r",
+            r"neoplas\w*",
+            r"carcinoma",
+            r"malignan\w*",
+            r"metasta\w*",
+            r"cavitary",
+            r"cavitation",
+        ),
+        exclude=re.compile(
+            r"mass effect|soft tissue mass|breast|thyroid|(?:bony|bone|osseous|lytic|sclerotic|blastic|skin|rib|vertebral|"
+            r"spinal|liver|hepatic|renal|adrenal) (?:lesion|mass|nodul)|(?:lesion|mass)\w* (?:of|in) the (?:bone|rib|spine)|"
+            r"nipple|granuloma|(?:mediastinal|pericardial|pleural|chest wall) mass",
+            re.IGNORECASE,
+        ),
+    ),
+    _Rule(
+        "Lung Opacity",
+        _rx(
+            r"opaci\w*",
+            r"infiltrat\w*",
+            r"air[- ]?space (?:disease|process|opaci\w*)",
+            r"densit(?:y|ies)",
+            r"haz(?:y|iness)",
+            r"interstitial (?:marking|prominence|opaci|pattern|disease|lung disease|changes?|thickening)\w*",
+            r"reticula\w*",
+            r"scar(?:ring|s)?\b",
+            r"fibros\w*",
+            r"fibrotic",
+        ),
+        exclude=re.compile(
+            r"(?:bone|bony|osseous|breast|soft tissue|nipple|calcified|granuloma\w*) (?:densit|opaci)|"
+            r"(?:nodular|round|rounded) (?:opaci|densit)|pleural (?:scar|fibros)|pleural[- ]parenchymal|"
+            r"densit\w* of the (?:bone|spine)|mineralization|osteopenia",
+            re.IGNORECASE,
+        ),
+    ),
+    _Rule(
+        "Edema",
+        _rx(
+            r"edema",
+            r"oedema",
+            r"(?:vascular|venous|pulmonary) congestion",
+            r"congestive heart failure",
+            r"\bchf\b",
+            r"heart failure",
+            r"kerley",
+            r"cephalization",
+            r"congestion",
+            r"vascular (?:prominence|redistribution|engorgement|"
+            r"indistinct\w*|congestion)",
+            r"prominen\w* (?:of the )?(?:central )?(?:pulmonary )?vascula\w*",
+            r"(?:pulmonary )?vascula(?:r|ture|rity)(?: markings)?(?: is| are| appears?)? (?:\w+ly )?(?:prominent|engorged|indistinct)",
+        ),
+        exclude=re.compile(r"soft tissue edema|subcutaneous edema|(?:arm|extremit|chest wall) edema", re.IGNORECASE),
+    ),
     _Rule("Consolidation", _rx(r"consolidat\w*")),
-    _Rule("Pneumonia", _rx(r"pneumoni\w*", r"infection", r"infectious", r"bronchopneumonia"),
-          exclude=re.compile(r"granulomatous|(?:old|prior|previous|remote|healed|chronic) (?:\w+ )?infect|sequela",
-                             re.IGNORECASE)),
-    _Rule("Atelectasis", _rx(r"atelecta\w*", r"collapse[sd]?\b", r"volume loss"),
-          exclude=re.compile(r"vertebra\w* (?:body )?collapse|compression|collapse of (?:the )?(?:t|l)\d|"
-                             r"(?:vertebral|spine|spinal) (?:body )?height", re.IGNORECASE)),
+    _Rule(
+        "Pneumonia",
+        _rx(r"pneumoni\w*", r"infection", r"infectious", r"bronchopneumonia"),
+        exclude=re.compile(
+            r"granulomatous|(?:old|prior|previous|remote|healed|chronic) (?:\w+ )?infect|sequela", re.IGNORECASE
+        ),
+    ),
+    _Rule(
+        "Atelectasis",
+        _rx(r"atelecta\w*", r"collapse[sd]?\b", r"volume loss"),
+        exclude=re.compile(
+            r"vertebra\w* (?:body )?collapse|compression|collapse of (?:the )?(?:t|l)\d|"
+            r"(?:vertebral|spine|spinal) (?:body )?height",
+            re.IGNORECASE,
+        ),
+    ),
     _Rule("Pneumothorax", _rx(r"pneumothora\w*", r"pneumothoraces", r"hydropneumothora\w*")),
     # --- pleura ----------------------------------------------------------------------------
-    _Rule("Pleural Effusion", _rx(r"effusions?\b", r"pleural fluid", r"hydrothorax", r"hemothorax", r"hydropneumothora\w*",
-                                  r"fluid (?:in|within) the (?:pleural|fissure)"),
-          exclude=re.compile(r"pericardial|joint|knee|shoulder|subpulmonic pericard", re.IGNORECASE)),
-    _Rule("Pleural Effusion", _rx(r"blunt\w*"), status=UNCERTAIN,
-          exclude=re.compile(r"effusion", re.IGNORECASE)),
-    _Rule("Pleural Other", _rx(r"pleural (?:thickening|plaque|calcification|scar\w*|reaction|fibrosis)",
-                               r"pleural[- ]parenchymal scar\w*", r"pleuroparenchymal", r"fibrothorax",
-                               r"apical (?:pleural )?(?:cap|capping|thickening)", r"fissur\w* thickening",
-                               r"thickening (?:of|in|along) the (?:\w+ )?(?:fissure|pleura)")),
+    _Rule(
+        "Pleural Effusion",
+        _rx(
+            r"effusions?\b",
+            r"pleural fluid",
+            r"hydrothorax",
+            r"hemothorax",
+            r"hydropneumothora\w*",
+            r"fluid (?:in|within) the (?:pleural|fissure)",
+        ),
+        exclude=re.compile(r"pericardial|joint|knee|shoulder|subpulmonic pericard", re.IGNORECASE),
+    ),
+    _Rule("Pleural Effusion", _rx(r"blunt\w*"), status=UNCERTAIN, exclude=re.compile(r"effusion", re.IGNORECASE)),
+    _Rule(
+        "Pleural Other",
+        _rx(
+            r"pleural (?:thickening|plaque|calcification|scar\w*|reaction|fibrosis)",
+            r"pleural[- ]parenchymal scar\w*",
+            r"pleuroparenchymal",
+            r"fibrothorax",
+            r"apical (?:pleural )?(?:cap|capping|thickening)",
+            r"fissur\w* thickening",
+            r"thickening (?:of|in|along) the (?:\w+ )?(?:fissure|pleura)",
+        ),
+    ),
     # --- bones and devices -------------------------------------------------------------------
     _Rule("Fracture", _rx(r"fracture\w*", r"\bfx\b")),
-    _Rule("Support Devices", _rx(
-        r"pacemaker", r"pacer", r"pacing (?:leads?|wires?|device)", r"aicd", r"\bicd\b", r"defibrillator",
-        r"(?:cardiac|transvenous) leads?", r"catheters?", r"picc", r"central (?:venous )?line", r"(?:venous|port|dialysis|"
-        r"subclavian|jugular|swan-ganz|swan ganz) (?:line|catheter)", r"port-?a-?cath", r"porta?cath", r"power ?port",
-        r"(?:chest|central|infusion|venous) port", r"(?:endotracheal|tracheostomy|nasogastric|orogastric|feeding|enteric|chest|"
-        r"gastric|et|ng|og) tubes?", r"tracheostomy", r"stents?\b", r"drains?\b", r"(?:medical|support|cardiac) devices?",
-        r"loop recorder", r"(?:valve|valvular) (?:replacement|prosthes\w*)", r"prosthetic valve", r"generator",
-        r"stimulator", r"occluder", r"(?:ekg|ecg|monitor\w*|telemetry) (?:leads?|wires?)", r"hardware", r"arthroplast\w*",
-        r"tip (?:is )?(?:in|at|over|projecting over|overlying|terminat\w* (?:in|at|over)) (?:the )?(?:\w+ ){0,2}"
-        r"(?:svc|superior vena cava|cavoatrial|caval|right atrium|atrial)",
-    )),
+    _Rule(
+        "Support Devices",
+        _rx(
+            r"pacemaker",
+            r"pacer",
+            r"pacing (?:leads?|wires?|device)",
+            r"aicd",
+            r"\bicd\b",
+            r"defibrillator",
+            r"(?:cardiac|transvenous) leads?",
+            r"catheters?",
+            r"picc",
+            r"central (?:venous )?line",
+            r"(?:venous|port|dialysis|"
+            r"subclavian|jugular|swan-ganz|swan ganz) (?:line|catheter)",
+            r"port-?a-?cath",
+            r"porta?cath",
+            r"power ?port",
+            r"(?:chest|central|infusion|venous) port",
+            r"(?:endotracheal|tracheostomy|nasogastric|orogastric|feeding|enteric|chest|"
+            r"gastric|et|ng|og) tubes?",
+            r"tracheostomy",
+            r"stents?\b",
+            r"drains?\b",
+            r"(?:medical|support|cardiac) devices?",
+            r"loop recorder",
+            r"(?:valve|valvular) (?:replacement|prosthes\w*)",
+            r"prosthetic valve",
+            r"generator",
+            r"stimulator",
+            r"occluder",
+            r"(?:ekg|ecg|monitor\w*|telemetry) (?:leads?|wires?)",
+            r"hardware",
+            r"arthroplast\w*",
+            r"tip (?:is )?(?:in|at|over|projecting over|overlying|terminat\w* (?:in|at|over)) (?:the )?(?:\w+ ){0,2}"
+            r"(?:svc|superior vena cava|cavoatrial|caval|right atrium|atrial)",
+        ),
+    ),
 )
 
 # Negation triggers that precede a mention. "no" is not a trigger in pseudo-negations such as
@@ -152,34 +270,46 @@ _RULES: tuple[_Rule, ...] = (
 _PSEUDO = r"(?!\s+(?:significant\s+|interval\s+|appreciable\s+|substantial\s+|definite\s+)*(?:change|increase|decrease|interval|progression|worsening|enlargement))"
 _PRE_NEGATION = re.compile(
     r"\b(?:no" + _PSEUDO + r"|not" + _PSEUDO + r"|without" + _PSEUDO + r"|free of|negative for|absence of|absent|"
-    r"resolution of|resolved|removal of|removed|clear of|neither|nor|ruled out|excluded)\b", re.IGNORECASE)
+    r"resolution of|resolved|removal of|removed|clear of|neither|nor|ruled out|excluded)\b",
+    re.IGNORECASE,
+)
 _POST_NEGATION = re.compile(
     r"^[^,]{0,40}?\b(?:(?:is|are|was|were|has been|have been)\s+)?(?:not (?:seen|identified|present|visualized|"
     r"demonstrated|evident|noted|appreciated|detected|visible|apparent|enlarged)|absent|(?:has |have )?resolved|"
     r"no longer (?:seen|present|visible|identified|evident|visualized)|(?:has |have )?(?:been )?removed|cleared)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # Hedges that contain a negation word: checked before negation.
 _NEGATED_HEDGE = re.compile(
     r"(?:cannot|can not|can't|could not|not) (?:be )?(?:entirely |completely |totally |definitely )?(?:excluded|exclude|"
     r"ruled out|rule out)|difficult to (?:exclude|rule out)|(?:to )?rule out|r/o|not (?:well )?(?:be )?(?:excluded)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _PRE_HEDGE = re.compile(
     r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|questionabl[ey]|question of|suspicious|suspect\w*|"
     r"suggest\w*|concerning for|concern for|worrisome for|cannot exclude|differential|versus|vs|equivocal|"
     r"indeterminate|uncertain|unclear|presum\w*|perhaps|maybe|borderline|atypical|favor\w*|evaluate for|"
-    r"consider\w*|represent\w*|vague\w*|ill-defined|poorly defined|either)\b", re.IGNORECASE)
+    r"consider\w*|represent\w*|vague\w*|ill-defined|poorly defined|either)\b",
+    re.IGNORECASE,
+)
 _POST_HEDGE = re.compile(
     r"^[^,]{0,30}?\b(?:is |are |was |were )?(?:(?:also )?(?:possible|suspected|questioned|likely|probable|"
     r"not excluded)|versus|vs|or (?:\w+ ){0,2}(?:atelecta|pneumoni|consolidat|infect|scar|effusion|edema|mass|"
-    r"nodul|infiltrat|fibros|opaci))\b", re.IGNORECASE)
+    r"nodul|infiltrat|fibros|opaci))\b",
+    re.IGNORECASE,
+)
 # Where a clause ends: a negation or hedge does not reach past these.
 _CLAUSE_END = re.compile(
     r"\b(?:but|however|although|though|whereas|except|aside from|apart from|otherwise|which|that may|"
-    r"with the exception of)\b", re.IGNORECASE)
+    r"with the exception of)\b",
+    re.IGNORECASE,
+)
 # After a comma, a new statement rather than the next item of a negated list.
 _NEW_STATEMENT = re.compile(
     r",\s*(?:and\s+)?(?:(?:there|the|this|these|it|a|an|persistent|stable|unchanged|increas\w*|decreas\w*|improv\w*|"
-    r"worsen\w*|again|healed|old|status post|s/p)\b|[a-z]+ (?:is|are|was|were|has|have)\b)", re.IGNORECASE)
+    r"worsen\w*|again|healed|old|status post|s/p)\b|[a-z]+ (?:is|are|was|were|has|have)\b)",
+    re.IGNORECASE,
+)
 _WORDS_IN_SCOPE = 14
 _SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|[;!?\n]")
 
@@ -209,14 +339,14 @@ def _reaches(trigger: re.Pattern, before: str) -> bool:
     triggers = list(trigger.finditer(before))
     if not triggers:
         return False
-    scope = before[triggers[-1].end():]
+    scope = before[triggers[-1].end() :]
     return not _NEW_STATEMENT.search(scope) and len(scope.split()) <= _WORDS_IN_SCOPE
 
 
 def _mention_status(sentence: str, start: int, end: int) -> int:
     left, right = _clause_bounds(sentence, start, end)
     before, mention, after = sentence[left:start], sentence[start:end], sentence[end:right]
-    near = sentence[max(left, start - 60): min(right, end + 60)]
+    near = sentence[max(left, start - 60) : min(right, end + 60)]
     if _NEGATED_HEDGE.search(near):
         return UNCERTAIN
     if re.search(r"\b(?:no|not)\b", mention) or _reaches(_PRE_NEGATION, before) or _POST_NEGATION.search(after):
@@ -227,7 +357,7 @@ def _mention_status(sentence: str, start: int, end: int) -> int:
 
 
 def _excluded(rule: _Rule, sentence: str, start: int, end: int) -> bool:
-    return rule.exclude is not None and bool(rule.exclude.search(sentence[max(0, start - 30): end + 30]))
+    return rule.exclude is not None and bool(rule.exclude.search(sentence[max(0, start - 30) : end + 30]))
 
 
 def _stronger(a: Label, b: Label) -> Label:

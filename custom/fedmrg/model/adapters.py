@@ -29,7 +29,6 @@ from fedmrg.model.layout import ADAPTER_WEIGHTS, adapter_dir, lora_settings
 from fedmrg.model.parameters import GENERIC, SPECIALIZED
 
 
-
 def adapter_names(cfg: ModelConfig) -> tuple[str, ...]:
     """The adapters a model of this config carries, generic first."""
     return (GENERIC, SPECIALIZED) if cfg.adapters == "dual" else (GENERIC,)
@@ -122,7 +121,9 @@ def load_adapter_weights(model: PeftModel, folder: str | os.PathLike, name: str)
     try:
         result = set_peft_model_state_dict(model, weights, adapter_name=name)
     except RuntimeError as exc:  # size mismatch: another rank or base LLM
-        raise ConfigError(f"{weights_file}: does not fit adapter '{name}': {str(exc).splitlines()[-1].strip()}") from None
+        raise ConfigError(
+            f"{weights_file}: does not fit adapter '{name}': {str(exc).splitlines()[-1].strip()}"
+        ) from None
     unexpected = [key for key in result.unexpected_keys if "lora_" in key]
     if unexpected:
         raise ConfigError(f"{weights_file}: weights for modules this model does not adapt: {unexpected[:3]}")

@@ -23,11 +23,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-from fedmrg.model.llm import resolve_device  # first: it quiets a bitsandbytes notice that importing transformers logs
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -36,8 +35,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from fedmrg import __version__
 from fedmrg.data.cleaning import CLEANERS, clean_report
-from fedmrg.io import read_utf8, replacing_directory, write_json
 from fedmrg.errors import ConfigError, DataError
+from fedmrg.io import read_utf8, replacing_directory, write_json
+from fedmrg.model.llm import resolve_device  # first: it quiets a bitsandbytes notice that importing transformers logs
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,30 @@ class BaseLLMSize:
 # tiny trains on one CPU thread: its small matrix products gain nothing from more, and when other
 # processes share the cores (an FL simulation, a test run) two spinning threads made it 30-100x slower.
 BASE_LLM_SIZES: dict[str, BaseLLMSize] = {
-    "tiny": BaseLLMSize(vocab_size=1024, hidden_size=128, layers=2, heads=4, intermediate_size=384,
-                        epochs=12, batch_size=16, lr=4e-3, max_tokens=128, cpu_threads=1),
-    "small": BaseLLMSize(vocab_size=4096, hidden_size=512, layers=6, heads=8, intermediate_size=1024,
-                         epochs=8, batch_size=16, lr=1e-3, max_tokens=160, cpu_threads=None),
+    "tiny": BaseLLMSize(
+        vocab_size=1024,
+        hidden_size=128,
+        layers=2,
+        heads=4,
+        intermediate_size=384,
+        epochs=12,
+        batch_size=16,
+        lr=4e-3,
+        max_tokens=128,
+        cpu_threads=1,
+    ),
+    "small": BaseLLMSize(
+        vocab_size=4096,
+        hidden_size=512,
+        layers=6,
+        heads=8,
+        intermediate_size=1024,
+        epochs=8,
+        batch_size=16,
+        lr=1e-3,
+        max_tokens=160,
+        cpu_threads=None,
+    ),
 }
 
 
@@ -86,8 +106,10 @@ def corpus_file(corpus: str | os.PathLike) -> Path:
         for candidate in (path / "reports.jsonl", path / "public" / "reports.jsonl"):
             if candidate.is_file():
                 return candidate
-        raise DataError(f"{path}: no reports.jsonl (expected a benchmark's public folder, a benchmark folder, "
-                        "or a reports.jsonl file)")
+        raise DataError(
+            f"{path}: no reports.jsonl (expected a benchmark's public folder, a benchmark folder, "
+            "or a reports.jsonl file)"
+        )
     if not path.exists():
         raise DataError(f"{path}: corpus not found")
     return path
@@ -136,7 +158,11 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int = MAX_POS
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bpe.token_to_id(BOS))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
         model_max_length=max_length,
     )
 
@@ -175,8 +201,8 @@ def _batches(rows: list[list[int]], batch_size: int, generator: torch.Generator)
     pool = batch_size * 8
     batches = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: len(rows[i]))
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + pool], key=lambda i: len(rows[i]))
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
@@ -192,8 +218,13 @@ def _collate(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[s
 
 
 def _train(
-    model: LlamaForCausalLM, rows: list[list[int]], size: BaseLLMSize, epochs: int, pad_id: int,
-    generator: torch.Generator, progress: bool,
+    model: LlamaForCausalLM,
+    rows: list[list[int]],
+    size: BaseLLMSize,
+    epochs: int,
+    pad_id: int,
+    generator: torch.Generator,
+    progress: bool,
 ) -> list[float]:
     """Train with AdamW (warm-up then cosine decay); the mean loss of each epoch."""
     device = model.device
@@ -226,8 +257,13 @@ def _train(
 def greedy_sample(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, max_new_tokens: int) -> str:
     """What the model writes from bos alone, greedily."""
     start = torch.tensor([[tokenizer.bos_token_id]], device=model.device)
-    out = model.generate(start, attention_mask=torch.ones_like(start), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(
+        start,
+        attention_mask=torch.ones_like(start),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
@@ -257,8 +293,10 @@ def _check_out(out: Path) -> None:
     if not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; refusing to replace it")
     if any(out.iterdir()) and not (out / SUMMARY).is_file():
-        raise DataError(f"{out}: exists, is not empty and holds no base LLM build ({SUMMARY}); "
-                        "refusing to replace it (choose another --out, or empty it)")
+        raise DataError(
+            f"{out}: exists, is not empty and holds no base LLM build ({SUMMARY}); "
+            "refusing to replace it (choose another --out, or empty it)"
+        )
 
 
 def make_base_llm(
@@ -299,8 +337,14 @@ def make_base_llm(
         torch.manual_seed(seed)
         model = _build_model(spec, tokenizer).to(target)
         generator = torch.Generator().manual_seed(seed)
-        log.info("training a %s base LLM (%.2fM parameters) on %d reports from %s for %d epochs", size,
-                 model.num_parameters() / 1e6, len(rows), source, epochs)
+        log.info(
+            "training a %s base LLM (%.2fM parameters) on %d reports from %s for %d epochs",
+            size,
+            model.num_parameters() / 1e6,
+            len(rows),
+            source,
+            epochs,
+        )
         losses = _train(model, rows, spec, epochs, tokenizer.pad_token_id, generator, progress)
         sample = greedy_sample(model, tokenizer, spec.max_tokens)
     model.cpu()
@@ -328,6 +372,12 @@ def make_base_llm(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / SUMMARY, summary)
-    log.info("base LLM saved to %s: loss %.3f -> %.3f in %.1f s; sample: %s", out, summary["first_loss"],
-             summary["final_loss"], summary["seconds"], summary["sample"])
+    log.info(
+        "base LLM saved to %s: loss %.3f -> %.3f in %.1f s; sample: %s",
+        out,
+        summary["first_loss"],
+        summary["final_loss"],
+        summary["seconds"],
+        summary["sample"],
+    )
     return summary

@@ -49,8 +49,9 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def prototype_nce(features: Tensor, positives: Tensor, prototypes: Tensor, available: Tensor,
-                  temperature: float) -> Tensor:
+def prototype_nce(
+    features: Tensor, positives: Tensor, prototypes: Tensor, available: Tensor, temperature: float
+) -> Tensor:
     """InfoNCE of features against class prototypes.
 
     For every (sample, class) pair where the class is positive for the sample and has a prototype,

@@ -33,8 +33,16 @@ class PromptCustomizer(nn.Module):
     parameters prompt-wise (1.1 M for the promptbook), which is why ``hidden`` is kept small.
     """
 
-    def __init__(self, mode: str, num_prompts: int, num_books: int, feature_dim: int, embed_dim: int,
-                 hidden: int, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        mode: str,
+        num_prompts: int,
+        num_books: int,
+        feature_dim: int,
+        embed_dim: int,
+        hidden: int,
+        init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"prompt mode must be one of {', '.join(MODES)}, got {mode!r}")

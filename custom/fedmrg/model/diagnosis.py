@@ -8,7 +8,7 @@ labeler run on the ground-truth reports.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

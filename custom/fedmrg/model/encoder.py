@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from monai.networks.nets import ViT
@@ -86,8 +86,9 @@ class StudyEncoder(nn.Module):
         if image.dim() != 5 or tuple(image.shape[2:]) != (1, size, size):
             raise ValueError(f"image must be [B, V, 1, {size}, {size}], got {list(image.shape)}")
         if view_mask.dtype != torch.bool or tuple(view_mask.shape) != tuple(image.shape[:2]):
-            raise ValueError(f"view_mask must be bool {list(image.shape[:2])}, got {view_mask.dtype} "
-                             f"{list(view_mask.shape)}")
+            raise ValueError(
+                f"view_mask must be bool {list(image.shape[:2])}, got {view_mask.dtype} {list(view_mask.shape)}"
+            )
         if view_mask.shape[1] > self.max_views:
             raise ValueError(f"{view_mask.shape[1]} view slots, but the encoder has {self.max_views}")
         if not bool(view_mask.any(dim=1).all()):
@@ -110,14 +111,22 @@ def load_encoder_weights(encoder: StudyEncoder, path: str | os.PathLike) -> None
         raise ConfigError(
             f"{path}: no key matches the encoder (file keys: {_names(state)}; expected e.g. {_names(target)})"
         )
-    mismatched = [f"{key} {list(state[key].shape)} vs {list(target[name].shape)}"
-                  for key, name in mapping.items() if state[key].shape != target[name].shape]
+    mismatched = [
+        f"{key} {list(state[key].shape)} vs {list(target[name].shape)}"
+        for key, name in mapping.items()
+        if state[key].shape != target[name].shape
+    ]
     if mismatched:
-        raise ConfigError(f"{path}: {len(mismatched)} weights have the wrong shape (file vs encoder): "
-                          f"{'; '.join(mismatched[:_SHOWN])} (check model.encoder and data.image_size)")
+        raise ConfigError(
+            f"{path}: {len(mismatched)} weights have the wrong shape (file vs encoder): "
+            f"{'; '.join(mismatched[:_SHOWN])} (check model.encoder and data.image_size)"
+        )
     loaded = set(mapping.values())
-    missing = [name for name in target if name.startswith("vit.") and name not in loaded
-               and not any(part in name for part in _UNUSED_VIT_KEYS)]
+    missing = [
+        name
+        for name in target
+        if name.startswith("vit.") and name not in loaded and not any(part in name for part in _UNUSED_VIT_KEYS)
+    ]
     if missing:
         raise ConfigError(f"{path}: {len(missing)} ViT weights are not in the file: {_names(missing)}")
     encoder.load_state_dict({name: state[key] for key, name in mapping.items()}, strict=False)
@@ -142,8 +151,10 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
         raise ConfigError(f"{path}: cannot read encoder weights ({exc.__class__.__name__}: {exc})") from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]  # a training checkpoint that wraps the weights
-    if not isinstance(state, Mapping) or not state or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())
     ):
         raise ConfigError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
     return state
@@ -155,8 +166,11 @@ def _align_keys(source: list[str], target: set[str]) -> dict[str, str]:
     best: dict[str, str] = {}
     for strip in sorted(prefixes):
         for add in ("", "vit."):
-            mapping = {key: add + key[len(strip):] for key in source
-                       if key.startswith(strip) and add + key[len(strip):] in target}
+            mapping = {
+                key: add + key[len(strip) :]
+                for key in source
+                if key.startswith(strip) and add + key[len(strip) :] in target
+            }
             if len(mapping) > len(best):
                 best = mapping
     return best

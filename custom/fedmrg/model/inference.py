@@ -10,16 +10,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fedmrg.data.dataset import StudyDataset, collate_studies
+from fedmrg.data.loaders import loader_records, study_loader
 from fedmrg.data.transforms import eval_transforms
 from fedmrg.errors import DataError
+from fedmrg.eval.report import score_reports
 from fedmrg.io import write_json
 from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.labels.states import STATES
+from fedmrg.model.adapters import adapter_names
 from fedmrg.model.mrg import MRGModel
 from fedmrg.model.parameters import SPECIALIZED
-from fedmrg.model.adapters import adapter_names
-from fedmrg.eval.report import score_reports
-from fedmrg.data.loaders import loader_records, study_loader
 
 
 def findings_of(states_row: Sequence[int]) -> dict[str, str]:
@@ -32,8 +32,10 @@ def study_batch(model: MRGModel, images: Sequence[str | os.PathLike]) -> dict:
     if not images:
         raise DataError("no images given: a study needs at least one view")
     if len(images) > model.cfg.data.max_views:
-        raise DataError(f"{len(images)} images given, but the model reads at most {model.cfg.data.max_views} views "
-                        "per study (data.max_views)")
+        raise DataError(
+            f"{len(images)} images given, but the model reads at most {model.cfg.data.max_views} views "
+            "per study (data.max_views)"
+        )
     missing = [str(path) for path in images if not Path(path).is_file()]
     if missing:
         raise DataError(f"{missing[0]}: image not found")
@@ -52,8 +54,9 @@ def generate_for(model: MRGModel, batch: dict, adapters: str = "auto") -> list[d
     return rows
 
 
-def generate_split(model: MRGModel, loader: DataLoader, *, adapters: str = "auto",
-                   progress: bool = True) -> dict[str, dict]:
+def generate_split(
+    model: MRGModel, loader: DataLoader, *, adapters: str = "auto", progress: bool = True
+) -> dict[str, dict]:
     """``{id: {"report", "findings"}}`` for every study of ``loader``."""
     results: dict[str, dict] = {}
     for batch in tqdm(loader, desc="generating", disable=not progress):
@@ -62,8 +65,15 @@ def generate_split(model: MRGModel, loader: DataLoader, *, adapters: str = "auto
     return results
 
 
-def adapter_scores(model: MRGModel, data_dir: str | os.PathLike, *, split: str = "test", limit: int | None = None,
-                   generic_only: bool = False, out_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+def adapter_scores(
+    model: MRGModel,
+    data_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    generic_only: bool = False,
+    out_dir: str | os.PathLike | None = None,
+) -> dict[str, dict]:
     """Scores of a site folder's split with the generic adapter alone and with both adapters.
 
     ``{"generic": scores, "personalized": scores}``; a model with one adapter has one model for
@@ -72,8 +82,9 @@ def adapter_scores(model: MRGModel, data_dir: str | os.PathLike, *, split: str =
     written to ``out_dir`` (``<label>.predictions.json``) when one is given.
     """
 
-    loader = study_loader(model.cfg, [data_dir], split, train=False, batch_size=model.cfg.generate.batch_size,
-                          limit=limit)
+    loader = study_loader(
+        model.cfg, [data_dir], split, train=False, batch_size=model.cfg.generate.batch_size, limit=limit
+    )
     references = {str(r["id"]): r["report"] for r in loader_records(loader)}
     modes = {"generic": "generic"}
     if not generic_only and SPECIALIZED in adapter_names(model.cfg.model):

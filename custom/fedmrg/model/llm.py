@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-
 import torch
 from transformers import (
     AutoConfig,
@@ -108,11 +107,14 @@ def check_checkpoint(path: str | os.PathLike) -> Path:
         raise ConfigError(f"LLM {folder}: not a directory. {_local_copy_hint('MODEL_ID')}")
     names = {p.name for p in folder.iterdir()}
     if "config.json" not in names:
-        raise ConfigError(f"LLM {folder}: no config.json, so not a Hugging Face checkpoint. "
-                          f"{_local_copy_hint('MODEL_ID')}")
+        raise ConfigError(
+            f"LLM {folder}: no config.json, so not a Hugging Face checkpoint. {_local_copy_hint('MODEL_ID')}"
+        )
     if not names & set(TOKENIZER_FILES):
-        raise ConfigError(f"LLM {folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the "
-                          "model's tokenizer into the same directory (tokenizer.save_pretrained(DIR))")
+        raise ConfigError(
+            f"LLM {folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the "
+            "model's tokenizer into the same directory (tokenizer.save_pretrained(DIR))"
+        )
     if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
         raise ConfigError(f"LLM {folder}: no weight files (*.safetensors or *.bin)")
     return folder.resolve()
@@ -133,8 +135,9 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 
 def _quantization_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
     if importlib.util.find_spec("bitsandbytes") is None:  # say so here, not deep inside transformers
-        raise ConfigError("load_in_4bit needs the bitsandbytes package: pip install bitsandbytes "
-                          "(or set model.load_in_4bit: false)")
+        raise ConfigError(
+            "load_in_4bit needs the bitsandbytes package: pip install bitsandbytes (or set model.load_in_4bit: false)"
+        )
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -188,8 +191,10 @@ def load_llm(
     model.eval()
     embeddings = model.get_input_embeddings()
     if len(tokenizer) > embeddings.num_embeddings:
-        raise ConfigError(f"LLM {folder}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
-                          f"{embeddings.num_embeddings}; the tokenizer does not belong to these weights")
+        raise ConfigError(
+            f"LLM {folder}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+            f"{embeddings.num_embeddings}; the tokenizer does not belong to these weights"
+        )
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     info = LLMInfo(
@@ -200,8 +205,14 @@ def load_llm(
         compute_dtype=compute_dtype,
         device=device,
     )
-    log.info("LLM %s (%s, embed dim %d) loaded %s on %s", folder, info.family, info.embed_dim,
-             "in 4-bit NF4" if load_in_4bit else f"in {compute_dtype}", device)
+    log.info(
+        "LLM %s (%s, embed dim %d) loaded %s on %s",
+        folder,
+        info.family,
+        info.embed_dim,
+        "in 4-bit NF4" if load_in_4bit else f"in {compute_dtype}",
+        device,
+    )
     return model, tokenizer, info
 
 
@@ -226,8 +237,9 @@ FAMILY_FIELDS = {  # family -> our size names -> the family's config fields
 
 # TinyLlama-1.1B's shape (LLaMA architecture, grouped-query attention, a 32,000-row vocabulary):
 # the "1B LLM" of the speed and memory benchmarks, built with random weights.
-LLAMA_1B_SHAPE = MappingProxyType(dict(hidden_size=2048, layers=22, heads=32, kv_heads=4, intermediate_size=5632,
-                                       vocab_size=32000))
+LLAMA_1B_SHAPE = MappingProxyType(
+    dict(hidden_size=2048, layers=22, heads=32, kv_heads=4, intermediate_size=5632, vocab_size=32000)
+)
 
 
 def random_llm(
@@ -259,8 +271,13 @@ def random_llm(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     if vocab_size is not None and vocab_size < len(tokenizer):
         raise ConfigError(f"vocab_size {vocab_size}: the tokenizer of {tokenizer_dir} has {len(tokenizer)} tokens")
-    sizes = {"hidden_size": hidden_size, "layers": layers, "heads": heads,
-             "intermediate_size": intermediate_size or 4 * hidden_size, "kv_heads": kv_heads or heads}
+    sizes = {
+        "hidden_size": hidden_size,
+        "layers": layers,
+        "heads": heads,
+        "intermediate_size": intermediate_size or 4 * hidden_size,
+        "kv_heads": kv_heads or heads,
+    }
     config = AutoConfig.for_model(
         family,
         vocab_size=vocab_size or len(tokenizer),

@@ -60,8 +60,8 @@ from fedmrg.model.layout import (
 )
 from fedmrg.model.llm import LLMInfo, load_llm
 from fedmrg.model.parameters import GENERIC, LOCAL_MODULES, SHARED_MODULES, SPECIALIZED
-from fedmrg.model.prototypes import PrototypeBank
 from fedmrg.model.projector import VisualProjector
+from fedmrg.model.prototypes import PrototypeBank
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,26 @@ class MRGModel(nn.Module):
             load_encoder_weights(self.encoder, m.encoder.pretrained)
         self.projector = VisualProjector(self.encoder.out_dim, embed_dim, self.encoder.grid, m.visual_tokens)
         init_std = float(self._embedding().weight[:8192].float().std())  # a sample: no fp32 copy of a big table
-        self.customizer = PromptCustomizer(m.prompt_mode, m.num_prompts, m.num_books, self.encoder.out_dim, embed_dim,
-                                           m.customizer_hidden, init_std=init_std)
+        self.customizer = PromptCustomizer(
+            m.prompt_mode,
+            m.num_prompts,
+            m.num_books,
+            self.encoder.out_dim,
+            embed_dim,
+            m.customizer_hidden,
+            init_std=init_std,
+        )
         self.diagnosis = DiagnosisHead(self.encoder.out_dim, m.diagnosis_loss) if m.diagnosis else None
-        self.contrastive = (ContrastiveHeads(self.encoder.out_dim, embed_dim, m.contrastive_dim)
-                            if m.contrastive else None)
+        self.contrastive = (
+            ContrastiveHeads(self.encoder.out_dim, embed_dim, m.contrastive_dim) if m.contrastive else None
+        )
         observations = len(OBSERVATIONS)
-        self.register_buffer("prototypes", torch.zeros(observations, m.contrastive_dim, device=info.device),
-                             persistent=False)
-        self.register_buffer("prototype_available", torch.zeros(observations, dtype=torch.bool, device=info.device),
-                             persistent=False)
+        self.register_buffer(
+            "prototypes", torch.zeros(observations, m.contrastive_dim, device=info.device), persistent=False
+        )
+        self.register_buffer(
+            "prototype_available", torch.zeros(observations, dtype=torch.bool, device=info.device), persistent=False
+        )
         self.prototype_collector: PrototypeBank | None = None
         self.predicted_prompt_prob = 0.0  # training only; the trainer ramps it to model.predicted_prompt_mix
         for name, module in self.named_children():  # the LLM is already in place (device_map)
@@ -105,14 +115,15 @@ class MRGModel(nn.Module):
 
     # ----------------------------------------------------------------------------------- building
     @classmethod
-    def build(cls, cfg: Config, base_llm: str | os.PathLike | None = None, device: str | None = None) -> "MRGModel":
+    def build(cls, cfg: Config, base_llm: str | os.PathLike | None = None, device: str | None = None) -> MRGModel:
         """Load the frozen LLM named by ``base_llm`` (or ``cfg.model.base_llm``) and attach everything."""
         path = base_llm or cfg.model.base_llm
         if not path:
             raise ConfigError("model.base_llm: no base LLM given (a local checkpoint folder; `--base-llm DIR`)")
         cfg.model.base_llm = str(Path(path).resolve()) if Path(path).exists() else str(path)
-        llm, tokenizer, info = load_llm(path, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype,
-                                        device=device or cfg.train.device)
+        llm, tokenizer, info = load_llm(
+            path, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype, device=device or cfg.train.device
+        )
         return cls(cfg, llm, tokenizer, info)
 
     # ---------------------------------------------------------------------------------- parameters
@@ -144,8 +155,10 @@ class MRGModel(nn.Module):
     def set_prototypes(self, prototypes: torch.Tensor, available: torch.Tensor) -> None:
         """Per-observation prototypes of generic-head features (the server's, or a centralized run's own)."""
         if tuple(prototypes.shape) != tuple(self.prototypes.shape) or tuple(available.shape) != (len(OBSERVATIONS),):
-            raise ValueError(f"prototypes must be {tuple(self.prototypes.shape)} with a [{len(OBSERVATIONS)}] mask, "
-                             f"got {tuple(prototypes.shape)} and {tuple(available.shape)}")
+            raise ValueError(
+                f"prototypes must be {tuple(self.prototypes.shape)} with a [{len(OBSERVATIONS)}] mask, "
+                f"got {tuple(prototypes.shape)} and {tuple(available.shape)}"
+            )
         self.prototypes.copy_(F.normalize(prototypes.float(), dim=-1))
         self.prototype_available.copy_(available.bool())
 
@@ -175,11 +188,18 @@ class MRGModel(nn.Module):
         return losses
 
     @staticmethod
-    def _total(losses: dict[str, torch.Tensor], mu: float, diagnosis_weight: float,
-               contrastive_weight: float) -> torch.Tensor:
-        weights = {"lm_generic": 1.0, "lm_dual": 1.0, "mutual_kl": mu, "diagnosis": diagnosis_weight,
-                   "contrastive_prototype": contrastive_weight, "contrastive_generic": contrastive_weight,
-                   "contrastive_client": contrastive_weight}
+    def _total(
+        losses: dict[str, torch.Tensor], mu: float, diagnosis_weight: float, contrastive_weight: float
+    ) -> torch.Tensor:
+        weights = {
+            "lm_generic": 1.0,
+            "lm_dual": 1.0,
+            "mutual_kl": mu,
+            "diagnosis": diagnosis_weight,
+            "contrastive_prototype": contrastive_weight,
+            "contrastive_generic": contrastive_weight,
+            "contrastive_client": contrastive_weight,
+        }
         return sum(weights[name] * value for name, value in losses.items())
 
     def _training_prompt_states(self, truth: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -193,7 +213,7 @@ class MRGModel(nn.Module):
 
     def _language_losses(self, embeds, mask, positions, labels) -> dict[str, torch.Tensor]:
         tail = int((labels != -100).sum(1).max()) + 1  # logits needed: the report positions and the one before
-        targets = labels[:, -tail + 1:]
+        targets = labels[:, -tail + 1 :]
         valid = targets != -100
         paths = {"lm_generic": (GENERIC,)}
         if SPECIALIZED in adapter_names(self.cfg.model):
@@ -216,8 +236,9 @@ class MRGModel(nn.Module):
         if self.training and self.prototype_collector is not None:
             self.prototype_collector.add(z["generic_image"].detach().cpu(), positives.cpu())
         return {
-            "contrastive_prototype": prototype_nce(z["generic_image"], positives, self.prototypes,
-                                                   self.prototype_available, tau),
+            "contrastive_prototype": prototype_nce(
+                z["generic_image"], positives, self.prototypes, self.prototype_available, tau
+            ),
             "contrastive_generic": info_nce(z["generic_image"], z["generic_text"], tau),
             "contrastive_client": info_nce(z["client_image"], z["client_text"], tau),
         }
@@ -236,8 +257,10 @@ class MRGModel(nn.Module):
         visual, visual_mask = self.projector(encoded.tokens, encoded.view_mask)
         head = self._embed(self._head_ids()).unsqueeze(0).expand(batch, -1, -1)
         fixed = torch.cat([head, prompts.to(head.dtype), visual.to(head.dtype)], dim=1)
-        fixed_mask = torch.cat([torch.ones(batch, head.shape[1] + prompts.shape[1], dtype=torch.bool,
-                                           device=fixed.device), visual_mask], dim=1)
+        fixed_mask = torch.cat(
+            [torch.ones(batch, head.shape[1] + prompts.shape[1], dtype=torch.bool, device=fixed.device), visual_mask],
+            dim=1,
+        )
         tails = [self._ids(self._diagnosis_text(states[i])) for i in range(batch)]
         reports = report_ids or [[] for _ in range(batch)]
         lengths = [len(a) + len(b) for a, b in zip(tails, reports)]
@@ -247,12 +270,12 @@ class MRGModel(nn.Module):
         labels = torch.full((batch, total), -100, dtype=torch.long, device=fixed.device)
         for i, (tail_ids, report) in enumerate(zip(tails, reports)):
             start = total - lengths[i] - fixed.shape[1]
-            embeds[i, start: start + fixed.shape[1]] = fixed[i]
-            mask[i, start: start + fixed.shape[1]] = fixed_mask[i]
-            embeds[i, total - lengths[i]:] = self._embed(tail_ids + report)
-            mask[i, total - lengths[i]:] = True
+            embeds[i, start : start + fixed.shape[1]] = fixed[i]
+            mask[i, start : start + fixed.shape[1]] = fixed_mask[i]
+            embeds[i, total - lengths[i] :] = self._embed(tail_ids + report)
+            mask[i, total - lengths[i] :] = True
             if report:
-                labels[i, total - len(report):] = torch.tensor(report, device=fixed.device)
+                labels[i, total - len(report) :] = torch.tensor(report, device=fixed.device)
         positions = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)
         return embeds, mask.long(), positions, labels
 
@@ -319,8 +342,12 @@ class MRGModel(nn.Module):
             with active_adapters(self.llm, self._generation_adapters(adapters)), warnings.catch_warnings():
                 # the prompt holds no token ids, so the penalty covers the generated text only: as intended
                 warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
-                out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                        **self._generation_kwargs(overrides))
+                out = self.llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    **self._generation_kwargs(overrides),
+                )
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def _generation_adapters(self, adapters: str) -> tuple[str, ...]:
@@ -338,10 +365,15 @@ class MRGModel(nn.Module):
     def _generation_kwargs(self, overrides: dict) -> dict:
         g = {**config_to_dict(self.cfg)["generate"], **overrides}
         return dict(
-            num_beams=g["num_beams"], max_new_tokens=g["max_new_tokens"], min_new_tokens=g["min_new_tokens"],
-            repetition_penalty=g["repetition_penalty"], no_repeat_ngram_size=g["no_repeat_ngram_size"],
-            length_penalty=g["length_penalty"], do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            num_beams=g["num_beams"],
+            max_new_tokens=g["max_new_tokens"],
+            min_new_tokens=g["min_new_tokens"],
+            repetition_penalty=g["repetition_penalty"],
+            no_repeat_ngram_size=g["no_repeat_ngram_size"],
+            length_penalty=g["length_penalty"],
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
         )
 
     # ------------------------------------------------------------------------------- save / load
@@ -349,21 +381,35 @@ class MRGModel(nn.Module):
         """Write the run folder: config and base LLM reference, small modules, PEFT adapters."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self._module_state().items()},
-                  str(directory / MODULES_FILE))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self._module_state().items()}, str(directory / MODULES_FILE)
+        )
         save_adapters(self.llm, directory / ADAPTERS_DIR, adapter_names(self.cfg.model))
         write_model_file(directory, self.model_meta())
         return directory
 
     def model_meta(self) -> dict:
         """What ``fedmrg_model.json`` records: the package version, the config and the base LLM."""
-        return {"fedmrg_version": __version__, "config": config_to_dict(self.cfg),
-                "llm": {"path": self.info.path, "family": self.info.family, "embed_dim": self.info.embed_dim,
-                        "fingerprint": self._llm_fingerprint}}
+        return {
+            "fedmrg_version": __version__,
+            "config": config_to_dict(self.cfg),
+            "llm": {
+                "path": self.info.path,
+                "family": self.info.family,
+                "embed_dim": self.info.embed_dim,
+                "fingerprint": self._llm_fingerprint,
+            },
+        }
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, base_llm: str | os.PathLike | None = None,
-             device: str | None = None, site_adapter: str | os.PathLike | None = None) -> "MRGModel":
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        base_llm: str | os.PathLike | None = None,
+        device: str | None = None,
+        site_adapter: str | os.PathLike | None = None,
+    ) -> MRGModel:
         """Rebuild a saved model (``base_llm`` overrides the recorded LLM path, e.g. on another host).
 
         ``site_adapter``: a folder holding a specialized adapter (PEFT format) to use instead of the
@@ -378,23 +424,32 @@ class MRGModel(nn.Module):
         llm_path = base_llm or meta["llm"]["path"]
         recorded = meta["llm"].get("fingerprint")
         if recorded and Path(llm_path).is_dir() and llm_fingerprint(llm_path) != recorded:
-            raise ConfigError(f"{llm_path}: not the base LLM this model was trained on (its files differ from "
-                              f"{meta['llm']['path']} at training time); pass that checkpoint with --base-llm")
+            raise ConfigError(
+                f"{llm_path}: not the base LLM this model was trained on (its files differ from "
+                f"{meta['llm']['path']} at training time); pass that checkpoint with --base-llm"
+            )
         shared_only = meta.get("scope") == SHARED_SCOPE
         if shared_only and site_adapter is None:
             cfg.model.adapters = "single"  # a site without its own adapter generates with the generic one
         model = cls.build(cfg, base_llm=llm_path, device=device)
         model._load_modules(directory / MODULES_FILE, shared_only)
         for name in adapter_names(cfg.model):
-            folder = Path(site_adapter) if (name == SPECIALIZED and site_adapter) else adapter_dir(
-                directory / ADAPTERS_DIR, name)
+            folder = (
+                Path(site_adapter)
+                if (name == SPECIALIZED and site_adapter)
+                else adapter_dir(directory / ADAPTERS_DIR, name)
+            )
             load_adapter_weights(model.llm, folder, name)
         return model
 
     def _module_state(self) -> dict[str, torch.Tensor]:
         """Everything but the LLM: the learnable modules with their buffers, and the prototypes."""
-        state = {f"{name}.{key}": value for name, module in self.named_children() if name != "llm"
-                 for key, value in module.state_dict().items()}
+        state = {
+            f"{name}.{key}": value
+            for name, module in self.named_children()
+            if name != "llm"
+            for key, value in module.state_dict().items()
+        }
         state["prototypes"], state["prototype_available"] = self.prototypes, self.prototype_available
         return state
 
@@ -411,8 +466,9 @@ class MRGModel(nn.Module):
             shared = self._shared_parameters()
             missing = [k for k in missing if k in shared]
         if missing or unexpected:
-            raise ConfigError(f"{path}: does not match the model config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
+            raise ConfigError(
+                f"{path}: does not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         if prototypes is not None and available is not None:
             self.set_prototypes(prototypes, available)
 
@@ -447,7 +503,9 @@ def _load_exactly(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor
         raise ValueError(f"{what}: keys do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for name, value in state.items():
         if tuple(value.shape) != tuple(params[name].shape):
-            raise ValueError(f"{what}: {name} has shape {tuple(value.shape)}, the model has {tuple(params[name].shape)}")
+            raise ValueError(
+                f"{what}: {name} has shape {tuple(value.shape)}, the model has {tuple(params[name].shape)}"
+            )
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))

@@ -24,8 +24,10 @@ class VisualProjector(nn.Module):
         if self.side * self.side != tokens_per_view:
             raise ConfigError(f"model.visual_tokens: {tokens_per_view} is not a square number (g x g per view)")
         if self.side > min(grid):
-            raise ConfigError(f"model.visual_tokens: {tokens_per_view} tokens per view need a {self.side} x "
-                              f"{self.side} grid, but the encoder's patch grid is only {grid[0]} x {grid[1]}")
+            raise ConfigError(
+                f"model.visual_tokens: {tokens_per_view} tokens per view need a {self.side} x "
+                f"{self.side} grid, but the encoder's patch grid is only {grid[0]} x {grid[1]}"
+            )
         self.tokens_per_view: int = tokens_per_view or grid[0] * grid[1]
         self.proj = nn.Linear(in_dim, out_dim)
         self.norm = nn.LayerNorm(out_dim)

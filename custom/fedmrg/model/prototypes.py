@@ -7,7 +7,7 @@ global prototypes. Torch only, so that the server can pool banks without the mod
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -33,16 +33,21 @@ class PrototypeBank:
 
     def add(self, features: Tensor, positives: Tensor) -> None:
         """Add features [B, d] to every class that is positive for them (``positives`` bool [B, C])."""
-        if features.shape[0] != positives.shape[0] or tuple(positives.shape[1:]) != (self.sums.shape[0],) \
-                or tuple(features.shape[1:]) != (self.sums.shape[1],):
-            raise ValueError(f"expected features [B, {self.sums.shape[1]}] and positives [B, {self.sums.shape[0]}], "
-                             f"got {list(features.shape)} and {list(positives.shape)}")
+        if (
+            features.shape[0] != positives.shape[0]
+            or tuple(positives.shape[1:]) != (self.sums.shape[0],)
+            or tuple(features.shape[1:]) != (self.sums.shape[1],)
+        ):
+            raise ValueError(
+                f"expected features [B, {self.sums.shape[1]}] and positives [B, {self.sums.shape[0]}], "
+                f"got {list(features.shape)} and {list(positives.shape)}"
+            )
         weights = positives.to(self.sums.device, torch.float32)
         unit = F.normalize(features.detach().to(self.sums.device, torch.float32), dim=-1)
         self.sums += weights.T @ unit
         self._counts += weights.sum(dim=0)
 
-    def merge(self, other: "PrototypeBank") -> None:
+    def merge(self, other: PrototypeBank) -> None:
         """Add another bank's sums and counts to this one."""
         if other.sums.shape != self.sums.shape:
             raise ValueError(f"cannot merge a bank of shape {list(other.sums.shape)} into {list(self.sums.shape)}")
@@ -63,15 +68,16 @@ class PrototypeBank:
         return {"sums": sums, "counts": counts}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Tensor | np.ndarray]) -> "PrototypeBank":
+    def from_state(cls, state: Mapping[str, Tensor | np.ndarray]) -> PrototypeBank:
         """Rebuild a bank from :meth:`state` (tensors or arrays), validating what a site sent."""
         if not isinstance(state, Mapping) or set(state) != {"sums", "counts"}:
             keys = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"prototype state must have exactly the keys 'counts' and 'sums', got {keys}")
         sums, counts = _as_float(state["sums"], "sums"), _as_float(state["counts"], "counts")
         if sums.dim() != 2 or counts.dim() != 1 or counts.shape[0] != sums.shape[0]:
-            raise ValueError(f"prototype sums must be [C, d] and counts [C], got {list(sums.shape)} "
-                             f"and {list(counts.shape)}")
+            raise ValueError(
+                f"prototype sums must be [C, d] and counts [C], got {list(sums.shape)} and {list(counts.shape)}"
+            )
         if not bool(torch.isfinite(sums).all() and torch.isfinite(counts).all()):
             raise ValueError("prototype sums and counts must be finite")
         if bool((counts < 0).any()):

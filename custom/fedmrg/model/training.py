@@ -27,15 +27,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fedmrg.config import Config, config_to_dict
-from fedmrg.errors import ConfigError, DataError
-from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.data.dataset import SKIPPED
 from fedmrg.data.loaders import loader_records, study_loader
-from fedmrg.model.prototypes import PrototypeBank
-from fedmrg.model.diagnosis import class_counts
+from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import recover_directory, replace_directory, write_json
+from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.model.diagnosis import class_counts
 from fedmrg.model.layout import MODEL_FILE
 from fedmrg.model.mrg import MRGModel
+from fedmrg.model.prototypes import PrototypeBank
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,14 @@ CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer.pt"
 SUMMARY_FILE = "train_summary.json"
 # Settings that may differ when a run resumes: how long, where, and how it logs or decodes.
-_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "device"), ("train", "num_workers"),
-                      ("train", "log_every"), ("model", "base_llm")}
+_RESUMABLE_CHANGES = {
+    ("train", "epochs"),
+    ("train", "max_steps"),
+    ("train", "device"),
+    ("train", "num_workers"),
+    ("train", "log_every"),
+    ("model", "base_llm"),
+}
 _RESUMABLE_SECTIONS = {"benchmark", "generate"}
 
 
@@ -176,8 +182,14 @@ class Trainer:
             self.state.epochs_done += 1
             self.state.batches_done = 0
         means = {name: value / max(1, batches) for name, value in sums.items()}
-        self.state.history.append({"epoch": self.state.epochs_done + (0 if finished else 1), "step": self.state.step,
-                                   "complete": finished, **means})
+        self.state.history.append(
+            {
+                "epoch": self.state.epochs_done + (0 if finished else 1),
+                "step": self.state.step,
+                "complete": finished,
+                **means,
+            }
+        )
         return means
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -227,9 +239,13 @@ class Trainer:
         return {name: total / max(1, batches) for name, total in sums.items()}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "loop": dataclasses.asdict(self.state), "total_steps": self.total_steps,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": dataclasses.asdict(self.state),
+            "total_steps": self.total_steps,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -241,8 +257,13 @@ class Trainer:
 
 
 def train_centralized(
-    cfg: Config, sites: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-    base_llm: str | os.PathLike | None = None, max_steps: int | None = None, progress: bool = True,
+    cfg: Config,
+    sites: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    base_llm: str | os.PathLike | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """``fedmrg train``: train on the train split of ``sites``, checkpoint each epoch, resume if stopped.
 
@@ -288,10 +309,17 @@ def train_centralized(
         _save_checkpoint(model, trainer, checkpoint)
     writer.close()
     model.save(out)
-    summary = {"steps": trainer.state.step, "epochs": trainer.state.epochs_done, "planned_steps": total,
-               "train_studies": len(train_loader.dataset), "seconds_this_run": round(time.perf_counter() - started, 1),
-               "resumed": resumed, "history": trainer.state.history, "skipped_studies": trainer.skipped,
-               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    summary = {
+        "steps": trainer.state.step,
+        "epochs": trainer.state.epochs_done,
+        "planned_steps": total,
+        "train_studies": len(train_loader.dataset),
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+        "resumed": resumed,
+        "history": trainer.state.history,
+        "skipped_studies": trainer.skipped,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     write_json(out / SUMMARY_FILE, summary)
     return summary
 
@@ -319,13 +347,20 @@ def _check_resumable(checkpoint: Path, cfg: Config) -> None:
     """A run resumes only under the config it started with (epochs and max_steps may change)."""
     saved = json.loads((checkpoint / MODEL_FILE).read_text(encoding="utf-8"))["config"]
     current = config_to_dict(cfg)
-    changed = [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
-               for key, value in values.items()
-               if (section, key) not in _RESUMABLE_CHANGES and section not in _RESUMABLE_SECTIONS
-               and saved.get(section, {}).get(key, value) != value]
+    changed = [
+        f"{section}.{key}"
+        for section, values in current.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if (section, key) not in _RESUMABLE_CHANGES
+        and section not in _RESUMABLE_SECTIONS
+        and saved.get(section, {}).get(key, value) != value
+    ]
     if changed:
-        raise ConfigError(f"{checkpoint}: the run was started with another config ({', '.join(changed[:5])} "
-                          "differ); resume with the same config or give a new --out")
+        raise ConfigError(
+            f"{checkpoint}: the run was started with another config ({', '.join(changed[:5])} "
+            "differ); resume with the same config or give a new --out"
+        )
 
 
 def _save_checkpoint(model: MRGModel, trainer: Trainer, checkpoint: Path) -> None:

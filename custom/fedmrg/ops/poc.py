@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,8 @@ import yaml
 
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.packaging import allow_fedmrg_components
-from fedmrg.fl.site import DEFAULT_STATE_DIR, SETTINGS_FILE
 from fedmrg.fl.results import RESULTS_FILE
+from fedmrg.fl.site import DEFAULT_STATE_DIR, SETTINGS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,29 @@ class PocSystem:
         home.mkdir(parents=True, exist_ok=True)
         tmp = self.workspace / "tmp"  # FLARE's server stages the sites' streamed logs in the temp folder
         tmp.mkdir(parents=True, exist_ok=True)
-        return {**os.environ, "NVFLARE_POC_WORKSPACE": str(self.poc_dir), "HOME": str(home), "TMPDIR": str(tmp),
-                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1"}
+        return {
+            **os.environ,
+            "NVFLARE_POC_WORKSPACE": str(self.poc_dir),
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
 
     # ------------------------------------------------------------------------------ commands
     def nvflare(self, *args: str, timeout: float | None = None) -> str:
         """Run ``nvflare ARGS`` in this workspace's environment; a failure raises with its output."""
         command = [self.python, "-m", "nvflare.cli", *args]
         try:
-            done = subprocess.run(command, env=self.env(), capture_output=True, text=True,
-                                  timeout=timeout or self.timeout, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                command,
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout or self.timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
             raise PocError(f"`nvflare {' '.join(args)}` did not finish in {timeout or self.timeout:.0f} s") from None
         output = done.stdout + done.stderr
@@ -111,8 +123,10 @@ class PocSystem:
     def prepare(self) -> None:
         busy = [port for port in SERVER_PORTS if not port_is_free(port)]
         if busy:
-            raise PocError(f"port {busy[0]} is in use (another POC or FLARE server?); stop it first "
-                           f"(`nvflare poc stop` in its workspace) and try again")
+            raise PocError(
+                f"port {busy[0]} is in use (another POC or FLARE server?); stop it first "
+                f"(`nvflare poc stop` in its workspace) and try again"
+            )
         self.nvflare("poc", "prepare", "-c", *self.sites, "--force")
         allow_fedmrg_components(self.kit("server") / "local")  # the server runs FedMRG's controller in every job
         log.info("POC prepared in %s (server, %s, admin kits)", self.prod_dir, ", ".join(self.sites))
@@ -138,8 +152,11 @@ class PocSystem:
         busy = [port for port in SERVER_PORTS if not port_is_free(port)]
         if busy:
             log.warning("port %d is still in use after the POC stopped", busy[0])
-        log.info("POC stopped%s; ports %s free", f" ({len(killed)} processes killed)" if killed else "",
-                 "/".join(map(str, SERVER_PORTS)) if not busy else "NOT")
+        log.info(
+            "POC stopped%s; ports %s free",
+            f" ({len(killed)} processes killed)" if killed else "",
+            "/".join(map(str, SERVER_PORTS)) if not busy else "NOT",
+        )
         return killed
 
     def processes(self) -> list[psutil.Process]:
@@ -193,8 +210,9 @@ def processes_under(folder: str | os.PathLike) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.pid != os.getpid() and any(part == root or part.startswith(inside)
-                                               for part in proc.info["cmdline"] or ()):
+            if proc.pid != os.getpid() and any(
+                part == root or part.startswith(inside) for part in proc.info["cmdline"] or ()
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -224,8 +242,11 @@ def end_processes(list_processes: Callable[[], list[psutil.Process]], grace: flo
         if not left:
             break
         for proc in left:
-            log.warning("still running after the POC stopped, terminating: %d %s", proc.pid,
-                        " ".join(proc.info.get("cmdline") or [])[:160])
+            log.warning(
+                "still running after the POC stopped, terminating: %d %s",
+                proc.pid,
+                " ".join(proc.info.get("cmdline") or [])[:160],
+            )
             _signal(proc, signal.SIGTERM)
         _, alive = psutil.wait_procs(left, timeout=5)
         for proc in alive:
@@ -245,6 +266,7 @@ def signals_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def note(signum, frame):
         log.warning("%s received: still stopping the federation", signal.Signals(signum).name)
 
@@ -257,10 +279,8 @@ def signals_deferred():
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:
-    try:
+    with suppress(psutil.NoSuchProcess):
         proc.send_signal(sig)
-    except psutil.NoSuchProcess:
-        pass
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -275,8 +295,9 @@ class JobOutcome:
         return self.status == FINISHED_OK
 
 
-def submit_and_follow(system: PocSystem, job_dir: Path, timeout: float, download_to: Path,
-                      echo: Callable[[str], None] = print) -> JobOutcome:
+def submit_and_follow(
+    system: PocSystem, job_dir: Path, timeout: float, download_to: Path, echo: Callable[[str], None] = print
+) -> JobOutcome:
     """Submit ``job_dir`` as the project admin, print the server's progress lines until the job ends
     (or ``timeout`` seconds pass: the job is then aborted), and download its result."""
     from nvflare.fuel.flare_api.flare_api import new_secure_session
@@ -287,16 +308,18 @@ def submit_and_follow(system: PocSystem, job_dir: Path, timeout: float, download
     try:
         session = new_secure_session(PROJECT_ADMIN, str(system.admin_kit), timeout=30)
     except Exception as exc:  # noqa: BLE001
-        raise PocError(f"cannot log in as {PROJECT_ADMIN} with {system.admin_kit}: {exc} (server log: {server_log})") \
-            from None
+        raise PocError(
+            f"cannot log in as {PROJECT_ADMIN} with {system.admin_kit}: {exc} (server log: {server_log})"
+        ) from None
     try:
         try:
             job_id = session.submit_job(str(job_dir))
         except Exception as exc:  # noqa: BLE001
             raise PocError(f"submit_job {job_dir} failed: {exc} (server log: {server_log})") from None
         echo(f"submitted job {job_id} ({job_dir.name}) through the FLARE API as {PROJECT_ADMIN}")
-        status = follow_job(session, job_id, LogFollower(system.kit("server") / job_id / "log.txt", echo),
-                            timeout, echo)
+        status = follow_job(
+            session, job_id, LogFollower(system.kit("server") / job_id / "log.txt", echo), timeout, echo
+        )
         return JobOutcome(job_id, status, download_result(session, job_id, download_to, echo))
     finally:
         session.close()
@@ -319,8 +342,10 @@ def follow_job(session, job_id: str, follower: LogFollower, timeout: float, echo
             session.abort_job(job_id)
             return poller.wait_finished(status, 60.0)
         if status == "SUBMITTED" and waited > SCHEDULING_NOTICE_S and not noticed:
-            echo(f"job {job_id}: not scheduled after {waited:.0f} s; the server starts it once min_clients sites "
-                 f"are connected and grant its resource_spec (meta.json)")
+            echo(
+                f"job {job_id}: not scheduled after {waited:.0f} s; the server starts it once min_clients sites "
+                f"are connected and grant its resource_spec (meta.json)"
+            )
             noticed = True
         follower.poll()
         time.sleep(2)
@@ -428,17 +453,24 @@ class PocRun:
     def _validate_job_meta(self) -> None:
         path = Path(self.job_dir) / "meta.json"
         if not path.is_file():
-            raise ConfigError(f"{self.job_dir}: not an exported job folder (no meta.json); "
-                              f"write one with `python jobs/fedmrg/job.py --export --export-dir DIR`")
+            raise ConfigError(
+                f"{self.job_dir}: not an exported job folder (no meta.json); "
+                f"write one with `python jobs/fedmrg/job.py --export --export-dir DIR`"
+            )
         meta = _read_json(path)
         if int(meta.get("min_clients", 1)) > self.sites:
-            raise ConfigError(f"{path}: min_clients: the job needs {meta['min_clients']} sites, the POC has "
-                              f"{self.sites} (export it with --sites {self.sites})")
-        gpus = [spec.get("num_of_gpus", 0) for spec in (meta.get("resource_spec") or {}).values()
-                if isinstance(spec, dict)]
+            raise ConfigError(
+                f"{path}: min_clients: the job needs {meta['min_clients']} sites, the POC has "
+                f"{self.sites} (export it with --sites {self.sites})"
+            )
+        gpus = [
+            spec.get("num_of_gpus", 0) for spec in (meta.get("resource_spec") or {}).values() if isinstance(spec, dict)
+        ]
         if any(gpus):
-            raise ConfigError(f"{path}: resource_spec: the job asks each site for {max(gpus)} GPU(s); POC sites "
-                              f"grant none (export it without --gpus-per-site)")
+            raise ConfigError(
+                f"{path}: resource_spec: the job asks each site for {max(gpus)} GPU(s); POC sites "
+                f"grant none (export it without --gpus-per-site)"
+            )
 
     def _validate_policies(self) -> None:
         for path in policy_files(self.policies):
@@ -463,14 +495,16 @@ def run_poc(plan: PocRun, echo: Callable[[str], None] = print) -> JobOutcome:
     with system:
         echo(f"preparing a POC federation with {plan.sites} sites in {system.poc_dir}")
         system.prepare()
-        sites = {site: system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies)
-                 for site in system.sites}
+        sites = {
+            site: system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies) for site in system.sites
+        }
         (system.workspace / "sites.yaml").write_text(yaml.safe_dump(sites), encoding="utf-8")
         if plan.policies:
             echo(f"site policies from {plan.policies} installed at every site")
         echo("starting the server and the sites (nvflare poc start)")
         system.start()
-        outcome = submit_and_follow(system, Path(plan.job_dir).resolve(), plan.timeout,
-                                    system.workspace / "results", echo)
+        outcome = submit_and_follow(
+            system, Path(plan.job_dir).resolve(), plan.timeout, system.workspace / "results", echo
+        )
         echo("stopping the POC federation")
     return outcome

@@ -35,8 +35,12 @@ import torch
 import fedmrg
 from fedmrg.config import Config, load_config, named_configs, parse_config
 from fedmrg.data.annotation import SPLITS, Annotation, read_annotation
-from fedmrg.io import load_json, write_json
+from fedmrg.data.cleaning import clean_report
+from fedmrg.data.dataset import StudyDataset
+from fedmrg.data.transforms import eval_transforms, train_transforms
 from fedmrg.errors import ConfigError, DataError
+from fedmrg.fl.executor import MRGExecutor
+from fedmrg.fl.packaging import COMPONENT_CLASSES, resources_file
 from fedmrg.fl.site import (
     SETTINGS_ENV,
     SETTINGS_FILE,
@@ -46,17 +50,11 @@ from fedmrg.fl.site import (
     site_run_config,
     site_state_root,
 )
-from fedmrg.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions, version_mismatches
-from fedmrg.fl.packaging import COMPONENT_CLASSES, resources_file
-from fedmrg.fl.executor import MRGExecutor
-from fedmrg.data.dataset import StudyDataset
-from fedmrg.data.transforms import eval_transforms, train_transforms
-from fedmrg.data.cleaning import clean_report
+from fedmrg.io import load_json, write_json
 from fedmrg.labels.labeler import label_matrix
 from fedmrg.labels.observations import OBSERVATIONS, POSITIVE
-from fedmrg.model.llm import WEIGHT_SUFFIXES, check_checkpoint, load_tokenizer
-from fedmrg.model.llm import resolve_device
-from fedmrg.model.llm import resolve_dtype
+from fedmrg.model.llm import WEIGHT_SUFFIXES, check_checkpoint, load_tokenizer, resolve_device, resolve_dtype
+from fedmrg.versions import FEDMRG_VERSION_KEY, NVFLARE_VERSION_KEY, installed_versions, version_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +118,13 @@ class SiteReport:
 
     def to_dict(self) -> dict[str, Any]:
         counts = {status: sum(r.status == status for r in self.results) for status in (PASS, WARN, FAIL, SKIP)}
-        return {"site": self.site, "config": self.config_source, "ok": not self.failed, "counts": counts,
-                "checks": [dataclasses.asdict(r) for r in self.results]}
+        return {
+            "site": self.site,
+            "config": self.config_source,
+            "ok": not self.failed,
+            "counts": counts,
+            "checks": [dataclasses.asdict(r) for r in self.results],
+        }
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -149,8 +152,18 @@ def run_site_check(request: CheckRequest) -> SiteReport:
     return SiteReport(site=site, config_source=config_source, results=results)
 
 
-_NEED_SETTINGS = ("data folder", "annotation", "splits", "image files", "images", "labels", "base LLM", "device",
-                  "4-bit", "disk")
+_NEED_SETTINGS = (
+    "data folder",
+    "annotation",
+    "splits",
+    "image files",
+    "images",
+    "labels",
+    "base LLM",
+    "device",
+    "4-bit",
+    "disk",
+)
 
 
 def _job_and_config(request: CheckRequest, site: str | None) -> tuple[JobInfo | None, Config, str]:
@@ -164,8 +177,14 @@ def _job_and_config(request: CheckRequest, site: str | None) -> tuple[JobInfo | 
     return None, load_config(name), f"config '{name}'" if name in named_configs() else name
 
 
-def _checks_with_settings(request: CheckRequest, settings: SiteSettings, settings_source: str, job: JobInfo | None,
-                          cfg: Config, config_source: str) -> list[CheckResult]:
+def _checks_with_settings(
+    request: CheckRequest,
+    settings: SiteSettings,
+    settings_source: str,
+    job: JobInfo | None,
+    cfg: Config,
+    config_source: str,
+) -> list[CheckResult]:
     """Data, base LLM, device, 4-bit and disk, with the config as this site's trainer would see it."""
     cfg = site_run_config(cfg, settings, job.base_llm if job else None, set_threads=False)
     results = check_data(Path(settings.data_dir), cfg, request.sample)
@@ -173,8 +192,11 @@ def _checks_with_settings(request: CheckRequest, settings: SiteSettings, setting
     device_where = f"{settings_source}: device" if settings.device else f"{config_source}: train.device"
     device_result, device = check_device(cfg.train.device, device_where)
     results.append(device_result)
-    results.append(check_4bit(cfg, device, config_source) if device is not None
-                   else CheckResult("4-bit", SKIP, "needs a usable device"))
+    results.append(
+        check_4bit(cfg, device, config_source)
+        if device is not None
+        else CheckResult("4-bit", SKIP, "needs a usable device")
+    )
     results.append(check_disk(*_state_folder(settings, request.kit), request.min_free_gib))
     return results
 
@@ -232,24 +254,33 @@ def check_kit(kit: Path, site: str | None) -> tuple[CheckResult, str | None]:
         return CheckResult("kit", FAIL, "no 'client' section: not a client kit", str(client_json)), None
     name, name_source = kit_site_name(kit)
     if name is None:
-        return CheckResult("kit", FAIL, "the site name is in neither client.fqsn nor sub_start.sh's uid=",
-                           str(client_json)), None
+        return CheckResult(
+            "kit", FAIL, "the site name is in neither client.fqsn nor sub_start.sh's uid=", str(client_json)
+        ), None
     if site is not None and site != name:
-        return CheckResult("kit", FAIL, f"the kit runs as site {name!r}, but --site says {site!r}",
-                           name_source), name
-    missing = [f"{key} {client[key]}" for key in ("ssl_cert", "ssl_private_key", "ssl_root_cert")
-               if isinstance(client.get(key), str) and not (startup / client[key]).is_file()]
+        return CheckResult("kit", FAIL, f"the kit runs as site {name!r}, but --site says {site!r}", name_source), name
+    missing = [
+        f"{key} {client[key]}"
+        for key in ("ssl_cert", "ssl_private_key", "ssl_root_cert")
+        if isinstance(client.get(key), str) and not (startup / client[key]).is_file()
+    ]
     if missing:
-        return CheckResult("kit", FAIL, f"site {name}: files named in fed_client.json are missing from startup/: "
-                           f"{', '.join(missing)}", str(client_json)), name
+        return CheckResult(
+            "kit",
+            FAIL,
+            f"site {name}: files named in fed_client.json are missing from startup/: {', '.join(missing)}",
+            str(client_json),
+        ), name
     servers_problem = _servers_problem(data.get("servers", []))
     if servers_problem:
         return CheckResult("kit", FAIL, f"site {name}: servers {servers_problem}", f"{client_json}: servers"), name
     if not (kit / "local").is_dir():
-        return CheckResult("kit", FAIL, f"site {name}: no local/ folder (site policies, {SETTINGS_FILE})",
-                           str(kit)), name
-    return CheckResult("kit", PASS, f"site {name}, server {_server_address(data)}, certificates present",
-                       name_source), name
+        return CheckResult(
+            "kit", FAIL, f"site {name}: no local/ folder (site policies, {SETTINGS_FILE})", str(kit)
+        ), name
+    return CheckResult(
+        "kit", PASS, f"site {name}, server {_server_address(data)}, certificates present", name_source
+    ), name
 
 
 def _servers_problem(servers: Any) -> str | None:
@@ -283,11 +314,14 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
         ComponentPathAuthorizer,
     )
 
-
     if job is not None and job.ships_code:
-        return CheckResult("allow list", PASS, "the job ships its own code (custom/): FLARE skips the allow list, "
-                           "but the submitter needs the byoc right in this site's authorization policy",
-                           str(local_dir))
+        return CheckResult(
+            "allow list",
+            PASS,
+            "the job ships its own code (custom/): FLARE skips the allow list, "
+            "but the submitter needs the byoc right in this site's authorization policy",
+            str(local_dir),
+        )
     source = resources_file(local_dir)
     try:
         resources = load_json(source, what="resources.json") if source else {}
@@ -302,22 +336,36 @@ def check_allow_list(local_dir: Path, job: JobInfo | None) -> CheckResult:
     required = job.component_paths if job is not None else list(COMPONENT_CLASSES)
     if ALLOW_ALL in allowed:
         return CheckResult("allow list", PASS, f"'{ALLOW_ALL}' admits every class", where)
-    refused = [path for path in required
-               if not any(ComponentPathAuthorizer._path_matches_prefix(path, str(entry)) for entry in allowed)]
+    refused = [
+        path
+        for path in required
+        if not any(ComponentPathAuthorizer._path_matches_prefix(path, str(entry)) for entry in allowed)
+    ]
     what = "the job's client classes" if job is not None else "the FedMRG classes"
     if not refused:
         return CheckResult("allow list", PASS, f"admits {what} ({len(required)})", where)
     listed = ", ".join(refused)
     if resources.get(CLASS_LIST_ENFORCEMENT_MODE) == "warn":
-        return CheckResult("allow list", PASS, f"does not list {listed}, but {CLASS_LIST_ENFORCEMENT_MODE} is 'warn': "
-                           "FLARE builds them with a warning", where)
-    remedy = ("add them to the list (as fedmrg.fl.packaging.allow_fedmrg_components does), or ship the code "
-              "(--ship-code) to a site that grants byoc")
+        return CheckResult(
+            "allow list",
+            PASS,
+            f"does not list {listed}, but {CLASS_LIST_ENFORCEMENT_MODE} is 'warn': FLARE builds them with a warning",
+            where,
+        )
+    remedy = (
+        "add them to the list (as fedmrg.fl.packaging.allow_fedmrg_components does), or ship the code "
+        "(--ship-code) to a site that grants byoc"
+    )
     if job is not None:
-        return CheckResult("allow list", FAIL, f"does not admit {listed}: FLARE refuses this job here, as it brings "
-                           f"no code; {remedy}", where)
-    return CheckResult("allow list", WARN, f"does not admit {listed}: jobs that bring no code will be refused here; "
-                       f"{remedy}", where)
+        return CheckResult(
+            "allow list",
+            FAIL,
+            f"does not admit {listed}: FLARE refuses this job here, as it brings no code; {remedy}",
+            where,
+        )
+    return CheckResult(
+        "allow list", WARN, f"does not admit {listed}: jobs that bring no code will be refused here; {remedy}", where
+    )
 
 
 # -------------------------------------------------------------------------------------- the job
@@ -357,9 +405,16 @@ def read_job(path: Path, site: str | None) -> JobInfo:
         raise ConfigError(f"{config_path}: {executor_path}: args.config must be the job's config mapping")
     config = parse_config(args["config"], f"{config_path}: {executor_path} config")
     custom = folder / app / "custom"
-    return JobInfo(folder=folder, meta_path=meta_path, meta=meta, client_config_path=config_path, config=config,
-                   base_llm=args.get("base_llm"), component_paths=[p for c in components if (p := _component_path(c))],
-                   ships_code=custom.is_dir() and any(custom.iterdir()))
+    return JobInfo(
+        folder=folder,
+        meta_path=meta_path,
+        meta=meta,
+        client_config_path=config_path,
+        config=config,
+        base_llm=args.get("base_llm"),
+        component_paths=[p for c in components if (p := _component_path(c))],
+        ships_code=custom.is_dir() and any(custom.iterdir()),
+    )
 
 
 def _client_app(folder: Path, meta: dict, site: str | None) -> str:
@@ -372,8 +427,10 @@ def _client_app(folder: Path, meta: dict, site: str | None) -> str:
         apps = sorted(p.parent.parent.name for p in folder.glob("*/config/config_fed_client.json"))
     apps = [app for app in apps if (folder / app / "config" / "config_fed_client.json").is_file()]
     if not apps:
-        raise ConfigError(f"{folder / 'meta.json'}: no client app for site {site or UNNAMED_SITE} "
-                          "(deploy_map, and app/config/config_fed_client.json)")
+        raise ConfigError(
+            f"{folder / 'meta.json'}: no client app for site {site or UNNAMED_SITE} "
+            "(deploy_map, and app/config/config_fed_client.json)"
+        )
     return apps[0]
 
 
@@ -395,8 +452,9 @@ def _component_path(component: dict) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- settings
-def check_settings(site: str | None, kit: Path | None, settings_file: Path | None
-                   ) -> tuple[CheckResult, SiteSettings | None, str]:
+def check_settings(
+    site: str | None, kit: Path | None, settings_file: Path | None
+) -> tuple[CheckResult, SiteSettings | None, str]:
     """The site's settings, read as the executor reads them (``--settings`` names the file instead)."""
     local_dir = kit / "local" if kit is not None else None
     where = _settings_candidate(local_dir, settings_file)
@@ -421,14 +479,23 @@ def check_data(data_dir: Path, cfg: Config, sample: int) -> list[CheckResult]:
     """The site's data: folder, annotation.json, splits, image files, a decoded sample, labels."""
     folder = check_data_folder(data_dir)
     if folder.status == FAIL:
-        return [folder] + [CheckResult(n, SKIP, "needs the data folder")
-                           for n in ("annotation", "splits", "image files", "images", "labels")]
+        return [folder] + [
+            CheckResult(n, SKIP, "needs the data folder")
+            for n in ("annotation", "splits", "image files", "images", "labels")
+        ]
     annotation_result, annotation = check_annotation(data_dir)
     if annotation is None:
-        return [folder, annotation_result] + [CheckResult(n, SKIP, "needs a valid annotation.json")
-                                              for n in ("splits", "image files", "images", "labels")]
-    return [folder, annotation_result, check_splits(annotation), check_image_files(annotation),
-            check_image_decoding(annotation, cfg, sample), check_labels(annotation, cfg)]
+        return [folder, annotation_result] + [
+            CheckResult(n, SKIP, "needs a valid annotation.json") for n in ("splits", "image files", "images", "labels")
+        ]
+    return [
+        folder,
+        annotation_result,
+        check_splits(annotation),
+        check_image_files(annotation),
+        check_image_decoding(annotation, cfg, sample),
+        check_labels(annotation, cfg),
+    ]
 
 
 def check_data_folder(data_dir: Path) -> CheckResult:
@@ -437,8 +504,9 @@ def check_data_folder(data_dir: Path) -> CheckResult:
     if not os.access(data_dir, os.R_OK | os.X_OK):
         return CheckResult("data folder", FAIL, "not readable by this user", str(data_dir))
     if not (data_dir / "annotation.json").is_file():
-        return CheckResult("data folder", FAIL, "no annotation.json (the layout: annotation.json + images/)",
-                           str(data_dir))
+        return CheckResult(
+            "data folder", FAIL, "no annotation.json (the layout: annotation.json + images/)", str(data_dir)
+        )
     return CheckResult("data folder", PASS, "readable, with annotation.json", str(data_dir))
 
 
@@ -463,14 +531,20 @@ def check_splits(annotation: Annotation) -> CheckResult:
     if not counts["val"] or not counts["test"]:
         missing = [s for s in ("val", "test") if not counts[s]]
         effect = {"val": "no validation loss from this site", "test": "the job's final scoring fails at this site"}
-        return CheckResult("splits", WARN, f"{detail}: " + "; ".join(f"no {s} studies, {effect[s]}" for s in missing),
-                           where)
+        return CheckResult(
+            "splits", WARN, f"{detail}: " + "; ".join(f"no {s} studies, {effect[s]}" for s in missing), where
+        )
     return CheckResult("splits", PASS, detail, where)
 
 
 def _missing_images(annotation: Annotation) -> list[Path]:
-    return [annotation.image_root / p for split in SPLITS for row in annotation.rows(split)
-            for p in row["image_path"] if not (annotation.image_root / p).is_file()]
+    return [
+        annotation.image_root / p
+        for split in SPLITS
+        for row in annotation.rows(split)
+        for p in row["image_path"]
+        if not (annotation.image_root / p).is_file()
+    ]
 
 
 def check_image_files(annotation: Annotation) -> CheckResult:
@@ -479,8 +553,9 @@ def check_image_files(annotation: Annotation) -> CheckResult:
     missing = _missing_images(annotation)
     where = str(annotation.image_root)
     if missing:
-        return CheckResult("image files", FAIL, f"{len(missing)} of {total} image files missing (first: {missing[0]})",
-                           str(missing[0]))
+        return CheckResult(
+            "image files", FAIL, f"{len(missing)} of {total} image files missing (first: {missing[0]})", str(missing[0])
+        )
     return CheckResult("image files", PASS, f"all {total} files of {len(annotation)} studies present", where)
 
 
@@ -497,11 +572,20 @@ def check_image_decoding(annotation: Annotation, cfg: Config, sample: int) -> Ch
     train studies) and check the tensors: shape, finite values, not blank."""
 
     size, views = cfg.data.image_size, cfg.data.max_views
-    transforms = {split: (train_transforms(size, annotation.image_root, views, augment=cfg.data.augment)
-                          if split == "train" else eval_transforms(size, annotation.image_root, views))
-                  for split in SPLITS}
-    present = [(split, row) for split in SPLITS for row in annotation.rows(split)
-               if all((annotation.image_root / p).is_file() for p in row["image_path"])]
+    transforms = {
+        split: (
+            train_transforms(size, annotation.image_root, views, augment=cfg.data.augment)
+            if split == "train"
+            else eval_transforms(size, annotation.image_root, views)
+        )
+        for split in SPLITS
+    }
+    present = [
+        (split, row)
+        for split in SPLITS
+        for row in annotation.rows(split)
+        if all((annotation.image_root / p).is_file() for p in row["image_path"])
+    ]
     chosen = even_sample(present, sample)
     if not chosen:
         return CheckResult("images", SKIP, "no study with all its image files", str(annotation.image_root))
@@ -514,13 +598,19 @@ def check_image_decoding(annotation: Annotation, cfg: Config, sample: int) -> Ch
     seconds = time.perf_counter() - start
     where = str(annotation.image_root)
     if problems:
-        return CheckResult("images", FAIL, f"{len(problems)} of {len(chosen)} sampled studies unusable; first: "
-                           f"{problems[0]}", where)
+        return CheckResult(
+            "images", FAIL, f"{len(problems)} of {len(chosen)} sampled studies unusable; first: {problems[0]}", where
+        )
     per_study = seconds / len(chosen)
     train = len(annotation.rows("train"))
-    return CheckResult("images", PASS, f"{len(chosen)} studies decoded as the trainer does ({size} px, up to {views} "
-                       f"views) in {seconds:.2f} s: {per_study * 1000:.0f} ms a study, about "
-                       f"{_duration(per_study * train)} a pass over {train} train studies per loader process", where)
+    return CheckResult(
+        "images",
+        PASS,
+        f"{len(chosen)} studies decoded as the trainer does ({size} px, up to {views} "
+        f"views) in {seconds:.2f} s: {per_study * 1000:.0f} ms a study, about "
+        f"{_duration(per_study * train)} a pass over {train} train studies per loader process",
+        where,
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -562,8 +652,13 @@ def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
     texts = [clean_report(str(row["report"]), cfg.data.dataset) for row in rows]
     empty = [row["id"] for row, text in zip(rows, texts) if not re.search(r"\w", text)]  # cleaning leaves " ."
     if len(empty) == len(rows):
-        return CheckResult("labels", FAIL, f"all {len(rows)} train reports are empty after cleaning "
-                           f"({cfg.data.dataset} rules): nothing to learn to write", where)
+        return CheckResult(
+            "labels",
+            FAIL,
+            f"all {len(rows)} train reports are empty after cleaning "
+            f"({cfg.data.dataset} rules): nothing to learn to write",
+            where,
+        )
     start = time.perf_counter()
     labels = label_matrix(texts)
     seconds = time.perf_counter() - start
@@ -573,19 +668,32 @@ def check_labels(annotation: Annotation, cfg: Config) -> CheckResult:
     prevalence = (labels == POSITIVE).mean(axis=0)
     top = sorted(((p, OBSERVATIONS[j]) for j, p in enumerate(prevalence) if j in findings and p > 0), reverse=True)[:4]
     scope = f"{len(rows)} train reports" + ("" if len(rows) == len(annotation.rows("train")) else " (an even sample)")
-    detail = (f"{scope} labeled in {seconds:.1f} s: {with_finding} with a positive finding, No Finding "
-              f"{prevalence[OBSERVATIONS.index('No Finding')]:.0%}; most frequent: "
-              + (", ".join(f"{name} {p:.0%}" for p, name in top) or "none"))
+    detail = (
+        f"{scope} labeled in {seconds:.1f} s: {with_finding} with a positive finding, No Finding "
+        f"{prevalence[OBSERVATIONS.index('No Finding')]:.0%}; most frequent: "
+        + (", ".join(f"{name} {p:.0%}" for p, name in top) or "none")
+    )
     foreign = [row["id"] for row, text in zip(rows, texts) if re.search(r"\w", text) and not _ENGLISH.search(text)]
     if len(foreign) > 0.2 * len(rows):
-        return CheckResult("labels", WARN, f"{detail}; {len(foreign)} reports do not look English (first: id "
-                           f"{foreign[0]}): the labeler reads English only", where)
+        return CheckResult(
+            "labels",
+            WARN,
+            f"{detail}; {len(foreign)} reports do not look English (first: id "
+            f"{foreign[0]}): the labeler reads English only",
+            where,
+        )
     if mentioned == 0:
-        return CheckResult("labels", WARN, f"{detail}; the labeler found no CheXpert observation in any report (are "
-                           "they English chest X-ray findings?): the diagnosis head would learn nothing", where)
+        return CheckResult(
+            "labels",
+            WARN,
+            f"{detail}; the labeler found no CheXpert observation in any report (are "
+            "they English chest X-ray findings?): the diagnosis head would learn nothing",
+            where,
+        )
     if empty:
-        return CheckResult("labels", WARN, f"{detail}; {len(empty)} reports are empty after cleaning (first: "
-                           f"id {empty[0]})", where)
+        return CheckResult(
+            "labels", WARN, f"{detail}; {len(empty)} reports are empty after cleaning (first: id {empty[0]})", where
+        )
     return CheckResult("labels", PASS, detail, where)
 
 
@@ -594,8 +702,9 @@ def check_base_llm(path: str | None, where: str) -> CheckResult:
     """A local checkpoint folder (config, tokenizer, weights) whose tokenizer loads; weights are not loaded."""
 
     if not path:
-        return CheckResult("base LLM", FAIL, "no base LLM: set base_llm in the site settings to the local "
-                           "checkpoint folder", where)
+        return CheckResult(
+            "base LLM", FAIL, "no base LLM: set base_llm in the site settings to the local checkpoint folder", where
+        )
     try:
         folder = check_checkpoint(path)
         tokenizer = load_tokenizer(folder)
@@ -604,13 +713,19 @@ def check_base_llm(path: str | None, where: str) -> CheckResult:
         return CheckResult("base LLM", FAIL, str(exc), where)
     vocab = config.get("vocab_size") if isinstance(config, dict) else None
     if isinstance(vocab, int) and len(tokenizer) > vocab:
-        return CheckResult("base LLM", FAIL, f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model "
-                           f"embeds only {vocab}: the tokenizer does not belong to these weights", where)
+        return CheckResult(
+            "base LLM",
+            FAIL,
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model "
+            f"embeds only {vocab}: the tokenizer does not belong to these weights",
+            where,
+        )
     weights = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     family = config.get("model_type", "?") if isinstance(config, dict) else "?"
     size = f"{weights / 2**30:.1f} GiB" if weights >= 2**30 else f"{weights / 2**20:.1f} MiB"
-    return CheckResult("base LLM", PASS, f"{folder}: {family}, tokenizer of {len(tokenizer)} tokens, weights {size}",
-                       where)
+    return CheckResult(
+        "base LLM", PASS, f"{folder}: {family}, tokenizer of {len(tokenizer)} tokens, weights {size}", where
+    )
 
 
 def check_device(name: str, where: str) -> tuple[CheckResult, torch.device | None]:
@@ -627,9 +742,13 @@ def check_device(name: str, where: str) -> tuple[CheckResult, torch.device | Non
             return CheckResult("device", FAIL, f"device {name!r}: this machine has {count} CUDA device(s)", where), None
         props = torch.cuda.get_device_properties(device)
         free, total = torch.cuda.mem_get_info(device)
-        return CheckResult("device", PASS, f"{chosen}: {props.name}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB "
-                           f"free), compute capability {props.major}.{props.minor}; {count} CUDA device(s)",
-                           where), device
+        return CheckResult(
+            "device",
+            PASS,
+            f"{chosen}: {props.name}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB "
+            f"free), compute capability {props.major}.{props.minor}; {count} CUDA device(s)",
+            where,
+        ), device
     if device.type == "mps" and not torch.backends.mps.is_available():
         return CheckResult("device", FAIL, f"device {name!r}: MPS is not available on this machine", where), None
     return CheckResult("device", PASS, f"{chosen} ({os.cpu_count()} CPU cores)", where), device
@@ -645,8 +764,12 @@ def check_4bit(cfg: Config, device: torch.device, config_source: str = "config")
         import bitsandbytes as bnb
         import bitsandbytes.functional as bnb_functional
     except ImportError as exc:
-        return CheckResult("4-bit", FAIL, f"bitsandbytes cannot be imported ({exc}): pip install bitsandbytes, or set "
-                           "model.load_in_4bit: false", where)
+        return CheckResult(
+            "4-bit",
+            FAIL,
+            f"bitsandbytes cannot be imported ({exc}): pip install bitsandbytes, or set model.load_in_4bit: false",
+            where,
+        )
 
     try:
         dtype = resolve_dtype(cfg.model.dtype, device)
@@ -658,13 +781,25 @@ def check_4bit(cfg: Config, device: torch.device, config_source: str = "config")
         exact = inputs.float() @ weight.float().t()
         error = float((output - exact).norm() / exact.norm())
     except Exception as exc:  # noqa: BLE001 - bitsandbytes fails in many ways; any of them means no 4-bit here
-        return CheckResult("4-bit", FAIL, f"bitsandbytes {getattr(bnb, '__version__', '?')} NF4 on {device} failed: "
-                           f"{type(exc).__name__}: {exc}", where)
+        return CheckResult(
+            "4-bit",
+            FAIL,
+            f"bitsandbytes {getattr(bnb, '__version__', '?')} NF4 on {device} failed: {type(exc).__name__}: {exc}",
+            where,
+        )
     if not np.isfinite(error) or error > _MAX_4BIT_ERROR:
-        return CheckResult("4-bit", FAIL, f"bitsandbytes {bnb.__version__} NF4 matmul on {device} is wrong (relative "
-                           f"error {error:.2f})", where)
-    return CheckResult("4-bit", PASS, f"bitsandbytes {bnb.__version__} NF4 matmul on {device} in {dtype} (relative "
-                       f"error {error:.2f})", where)
+        return CheckResult(
+            "4-bit",
+            FAIL,
+            f"bitsandbytes {bnb.__version__} NF4 matmul on {device} is wrong (relative error {error:.2f})",
+            where,
+        )
+    return CheckResult(
+        "4-bit",
+        PASS,
+        f"bitsandbytes {bnb.__version__} NF4 matmul on {device} in {dtype} (relative error {error:.2f})",
+        where,
+    )
 
 
 def check_disk(folder: Path, why: str, min_free_gib: float) -> CheckResult:
@@ -685,9 +820,12 @@ def check_disk(folder: Path, why: str, min_free_gib: float) -> CheckResult:
 def software_versions() -> dict[str, str]:
     """The fedmrg that runs (its ``__version__``, as the executor reports it), nvflare, python and torch."""
     job_keys = installed_versions()
-    return {"fedmrg": job_keys[FEDMRG_VERSION_KEY], "nvflare": job_keys[NVFLARE_VERSION_KEY],
-            "python": platform.python_version(),
-            "torch": torch.__version__ + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else "")}
+    return {
+        "fedmrg": job_keys[FEDMRG_VERSION_KEY],
+        "nvflare": job_keys[NVFLARE_VERSION_KEY],
+        "python": platform.python_version(),
+        "torch": torch.__version__ + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""),
+    }
 
 
 def check_versions(job: JobInfo | None) -> list[CheckResult]:
@@ -695,8 +833,11 @@ def check_versions(job: JobInfo | None) -> list[CheckResult]:
     as the site's executor refuses such a job."""
     here = software_versions()
     detail = ", ".join(f"{name} {value}" for name, value in here.items())
-    results = [CheckResult("versions", FAIL if here["nvflare"] == "not installed" else PASS, detail,
-                           str(Path(fedmrg.__file__).parent))]
+    results = [
+        CheckResult(
+            "versions", FAIL if here["nvflare"] == "not installed" else PASS, detail, str(Path(fedmrg.__file__).parent)
+        )
+    ]
     if job is None:
         return results
     return results + [_job_version_result(job, key, installed) for key, installed in installed_versions().items()]
@@ -711,8 +852,12 @@ def _job_version_result(job: JobInfo, key: str, installed: str) -> CheckResult:
         return CheckResult(f"job {key}", WARN, f"not recorded in the job; this site has {installed}", where)
     mismatch = version_mismatches({key: recorded})
     if mismatch:
-        shipped = (" (the fedmrg the job ships in custom/ comes after the installed one on FLARE's import path, "
-                   "so the installed one runs)" if job.ships_code and key == FEDMRG_VERSION_KEY else "")
+        shipped = (
+            " (the fedmrg the job ships in custom/ comes after the installed one on FLARE's import path, "
+            "so the installed one runs)"
+            if job.ships_code and key == FEDMRG_VERSION_KEY
+            else ""
+        )
         return CheckResult(f"job {key}", FAIL, f"{mismatch[0]}: the site's executor refuses the job{shipped}", where)
     return CheckResult(f"job {key}", PASS, f"{recorded}, as installed", where)
 
