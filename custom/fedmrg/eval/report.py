@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedmrg.errors import DataError
 from fedmrg.eval.ce import VARIANTS, ce_from_texts
 from fedmrg.eval.nlg import METRICS, nlg_scores
@@ -113,7 +115,6 @@ def markdown_table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 
 def plot_results(results: Sequence[tuple[str, Mapping[str, Any]]], path: str | os.PathLike) -> None:
     """A grouped bar plot: one group per metric, one bar per result (METEOR left out where n/a)."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(10.0, len(COLUMNS) * (0.5 + 0.25 * len(results))), 4.5))

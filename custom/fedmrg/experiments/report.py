@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedmrg.errors import ConfigError
 from fedmrg.eval.report import COLUMNS, row_values
 from fedmrg.experiments.methods import BY_NAME
@@ -407,7 +409,6 @@ def plot_quality_vs_bytes(summary: Mapping[str, Mapping[str, Any]], path: Path) 
 
 def plot_per_site(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """Grouped bars: one group per site, one bar per method, for CE-F1 (example) and BLEU-4."""
-    import numpy as np
 
     sites = sorted(
         {site for entry in summary.values() for site in entry["per_site"]},

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -396,7 +398,6 @@ def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[
 
 def random_llama_1b(tokenizer_dir: Path, out: Path) -> Path:
     """A 1.1B-parameter LLaMA checkpoint with random bf16 weights (made once in ``out``): timing, not quality."""
-    import torch
 
     if not (out / "config.json").is_file():
         log.info("writing a 1.1B LLaMA with random weights to %s", out)
@@ -449,9 +450,6 @@ def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict
 
 def machine() -> str:
     """Where the runs ran, in words (the wall times mean nothing without it)."""
-    import platform
-
-    import torch
 
     where = f"{os.cpu_count()} CPU cores ({platform.machine()})"
     if torch.cuda.is_available():

@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 from fedmrg.errors import DataError
 from fedmrg.eval.report import COLUMNS, row_values
 from fedmrg.eval.texts import read_references
@@ -114,7 +116,6 @@ def site_examples(workspace: str | os.PathLike, job: str, count: int) -> dict[st
     Read where only a local demo can: the sites' own folders (``sites.yaml`` that ``job.py`` wrote
     for the simulator names each site's data and state folders); a real deployment has none of this.
     """
-    import yaml
 
     settings = Path(workspace) / "sites.yaml"
     if count <= 0 or not settings.is_file():

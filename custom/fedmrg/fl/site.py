@@ -402,7 +402,6 @@ class SiteTrainer:
 
         The generated reports stay at the site (``out_dir``); only the scores are returned.
         """
-
         return adapter_scores(self.model, self.data_dir, limit=limit, out_dir=out_dir)
 
 
