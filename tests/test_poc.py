@@ -94,10 +94,10 @@ def power_on(system: PocSystem, site: str, timeout: float = 120) -> None:
 
 
 def next_round(system: PocSystem, job_name: str) -> int | None:
-    """The server's checkpoint of a job, which lives in its workspace under the job's name."""
+    """The server's checkpoint of a job, which lives in its workspace under the submitter and the job's name."""
+    states = list((system.kit("server") / "fedmrg-state").glob(f"*/{job_name}/server_state/state.json"))
     try:
-        state = system.kit("server") / "fedmrg-state" / job_name / "server_state" / "state.json"
-        return json.loads(state.read_text(encoding="utf-8"))["next_round"]
+        return json.loads(states[0].read_text(encoding="utf-8"))["next_round"] if len(states) == 1 else None
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
 

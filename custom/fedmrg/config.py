@@ -249,6 +249,11 @@ class FLConfig:
     aggregation: AggregationRule = "mean"
     clip_norm: float | None = None
     trim: int = 1
+    # The weighted mean's weights: each site's training studies (or equal weights). What a site
+    # reports is not checked, so no site gets a share above max_weight_share (raised to 1/n with n
+    # accepted sites: with two sites, equal weights); the rest goes to the others in proportion.
+    equal_weights: bool = False
+    max_weight_share: float | None = 0.5
     # Differential privacy of each site's shared update (fedmrg.fl.dp): clipped to dp_clip, Gaussian
     # noise of dp_noise_multiplier * dp_clip per coordinate; None = off. Epsilon at dp_delta per round.
     dp_noise_multiplier: float | None = None
@@ -273,6 +278,12 @@ class FLConfig:
         _require(self.max_update_norm > 0, where, "max_update_norm", "must be > 0")
         _require(self.clip_norm is None or self.clip_norm > 0, where, "clip_norm", "must be > 0")
         _require(self.trim >= 1, where, "trim", "must be at least 1")
+        _require(
+            self.max_weight_share is None or 0 < self.max_weight_share <= 1,
+            where,
+            "max_weight_share",
+            "must be in (0, 1] (or null: no cap)",
+        )
         _require(
             self.dp_noise_multiplier is None or self.dp_noise_multiplier > 0,
             where,

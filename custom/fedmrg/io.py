@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fedmrg.errors import DataError
+from fedmrg.errors import ConfigError, DataError
 
 _SHOWN = 5  # ids quoted in an error message
 
@@ -158,3 +159,27 @@ def replacing_directory(
         shutil.rmtree(keep_previous, ignore_errors=True)
         previous.rename(keep_previous)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+# A name that becomes one folder: job names, state folders. No separators, no leading dot.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+def checked_name(value: Any, what: str) -> str:
+    """``value`` when it is a safe folder name (:data:`NAME_PATTERN`); else a ConfigError naming ``what``."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+        raise ConfigError(
+            f"{what}: {str(value)[:80]!r} is not a name: letters, digits, '_', '.' and '-', at most 64, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def path_inside(root: str | os.PathLike, *parts: str) -> Path:
+    """``root/parts...``, refused (ConfigError) when it resolves outside ``root`` (``..``, an absolute
+    part, a link that leads elsewhere)."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if path != base and base not in path.parents:
+        raise ConfigError(f"{Path(root).joinpath(*parts)}: outside {base}")
+    return path

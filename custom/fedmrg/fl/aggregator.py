@@ -25,7 +25,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
 from fedmrg.fl import messages as msg
-from fedmrg.fl.codec import Delta, Factored, decode
+from fedmrg.fl.codec import Delta, Factored, decode_checked, payload_header
 from fedmrg.fl.merge import (
     apply_mean_delta,
     clip_update,
@@ -68,6 +68,10 @@ class UpdateAggregator(ModelAggregator):
         trim: updates dropped at each end per coordinate by ``trimmed_mean``.
         min_updates: the fewest accepted updates that make a round; with fewer, the global model
             stays as it was.
+        equal_weights: weight every accepted site the same instead of by its training studies.
+        max_weight_share: the largest share of the weighted mean one site may get (raised to
+            ``1/n`` with ``n`` accepted sites); a site that reports many studies is capped there
+            and the rest is shared among the others in proportion (None: no cap).
     """
 
     params_type: ParamsType
@@ -82,10 +86,13 @@ class UpdateAggregator(ModelAggregator):
         clip_norm: float | None = None,
         trim: int = 1,
         min_updates: int = 1,
+        equal_weights: bool = False,
+        max_weight_share: float | None = None,
     ) -> None:
         super().__init__()
         self.max_norm, self.prototype_dim, self.seed = max_norm, prototype_dim, seed
         self.aggregation, self.clip_norm, self.trim, self.min_updates = aggregation, clip_norm, trim, min_updates
+        self.equal_weights, self.max_weight_share = equal_weights, max_weight_share
         self.global_state: dict[str, torch.Tensor] | None = None
         self.round = 0
         self.reset_stats()
@@ -133,17 +140,12 @@ class UpdateAggregator(ModelAggregator):
             self.warning(f"round {self.round}: a second update of {site} refused (only its first counts)")
             self.refused.setdefault(site, "a second update in the same round")
             return False
-        try:
+        try:  # whatever a site's result makes fail is that site's refusal, never the round's failure
             weight, delta, bank = self._read(model)
-        except ValueError as exc:
-            reason = str(exc)
-        else:
-            local = local_parameters(delta)
-            reason = (
-                f"site-local parameters sent ({len(local)}): {', '.join(local[:3])}"
-                if local
-                else update_problem(delta, self._expected, self.max_rank, self.max_norm)
-            )
+            reason = update_problem(delta, self._expected, self.max_rank, self.max_norm)
+        except Exception as exc:  # noqa: BLE001 - untrusted input: any failure is a reason to refuse
+            reason = str(exc) if isinstance(exc, ValueError) else f"unreadable update ({exc.__class__.__name__}: {exc})"
+            reason = reason[:500]
         if reason is not None:
             self.refused[site] = reason
             self.warning(f"round {self.round}: update of {site} refused: {reason}")
@@ -172,7 +174,7 @@ class UpdateAggregator(ModelAggregator):
         meta["merged"] = True
         deltas = [clip_update(delta, self.clip_norm) for delta in self.deltas] if self.clip_norm else self.deltas
         mean = (
-            weighted_mean(deltas, self.weights)
+            weighted_mean(deltas, capped_shares(self.weights, self.max_weight_share))
             if self.aggregation == "mean"
             else robust_mean(deltas, self.aggregation, self.trim)
         )
@@ -185,12 +187,14 @@ class UpdateAggregator(ModelAggregator):
 
     def _read(self, model: FLModel) -> tuple[float, dict[str, Delta], PrototypeBank | None]:
         meta = model.meta or {}
-        weight = meta.get(msg.TRAIN_STUDIES)
-        if not isinstance(weight, (int, np.integer)) or isinstance(weight, bool) or weight < 1:
-            raise ValueError(f"meta '{msg.TRAIN_STUDIES}' must be a positive integer, got {weight!r}")
+        studies = meta.get(msg.TRAIN_STUDIES)
+        if not isinstance(studies, (int, np.integer)) or isinstance(studies, bool) or studies < 1:
+            raise ValueError(f"meta '{msg.TRAIN_STUDIES}' must be a positive integer, got {str(studies)[:40]!r}")
         if model.params_type != self.params_type:
             raise ValueError(f"params_type {model.params_type}, expected {self.params_type}")
+        refuse_local_parameters(model.params or {})
         delta = self.decode_params(model.params or {})
+        refuse_local_parameters(delta)
         bank = None
         if msg.PROTOTYPE_SUMS in meta or msg.PROTOTYPE_COUNTS in meta:
             bank = PrototypeBank.from_state(
@@ -202,7 +206,11 @@ class UpdateAggregator(ModelAggregator):
                     f"prototype sums of shape {list(bank.sums.shape)}, expected "
                     f"{list(expected) if self.prototype_dim else 'none (contrastive learning is off)'}"
                 )
-        return float(weight), delta, bank
+            # A row counts studies: whole, and no more than the site trained on (else one site could
+            # outweigh every other in the merged prototypes).
+            if not bool((bank.counts == bank.counts.round()).all()) or float(bank.counts.max()) > studies:
+                raise ValueError(f"prototype counts must be whole numbers of at most {int(studies)} studies")
+        return (1.0 if self.equal_weights else float(studies)), delta, bank
 
 
 class LowRankAggregator(UpdateAggregator):
@@ -212,8 +220,8 @@ class LowRankAggregator(UpdateAggregator):
         max_rank: the largest factor rank a site's update may have (the job's ``fl.rank``).
         server_residual: keep what re-factorizing the merged LoRA change leaves out and add it back
             next round (error feedback at the server).
-        max_norm, prototype_dim, seed, aggregation, clip_norm, trim, min_updates: as for
-            :class:`UpdateAggregator`.
+        max_norm, prototype_dim, seed, aggregation, clip_norm, trim, min_updates, equal_weights,
+            max_weight_share: as for :class:`UpdateAggregator`.
     """
 
     params_type = ParamsType.DIFF
@@ -231,8 +239,12 @@ class LowRankAggregator(UpdateAggregator):
         clip_norm: float | None = None,
         trim: int = 1,
         min_updates: int = 1,
+        equal_weights: bool = False,
+        max_weight_share: float | None = None,
     ) -> None:
-        super().__init__(max_norm, prototype_dim, seed, aggregation, clip_norm, trim, min_updates)
+        super().__init__(
+            max_norm, prototype_dim, seed, aggregation, clip_norm, trim, min_updates, equal_weights, max_weight_share
+        )
         self.max_rank, self.server_residual = max_rank, server_residual
         self.residual: dict[str, Factored] = {}
 
@@ -242,8 +254,12 @@ class LowRankAggregator(UpdateAggregator):
     def decode_params(self, params: dict) -> dict[str, Delta]:
         if set(params) != {msg.UPDATE}:
             raise ValueError(f"params must hold exactly '{msg.UPDATE}', got {sorted(map(str, params))[:3]}")
+        payload = msg.array_to_payload(params[msg.UPDATE])
         try:
-            return decode(msg.array_to_payload(params[msg.UPDATE]))
+            refuse_local_parameters(payload_header(payload))
+            return decode_checked(payload, self._expected, self.max_rank)
+        except ValueError:
+            raise
         except Exception as exc:  # untrusted bytes: any failure (safetensors has its own error type) is a refusal
             raise ValueError(f"unreadable update payload ({exc.__class__.__name__}: {exc})") from None
 
@@ -282,7 +298,10 @@ class DenseAggregator(UpdateAggregator):
         """The change of each parameter; A and B stay separate, so their mean is FedIT's."""
         delta = {}
         for name, value in params.items():
-            tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
+            array = np.asarray(value)
+            if array.dtype.kind not in "fiu":
+                raise ValueError(f"{str(name)[:80]}: not a numeric array (dtype {array.dtype})")
+            tensor = torch.as_tensor(array, dtype=torch.float32)
             reference = self.global_state.get(name) if self.global_state is not None else None
             if reference is None or tuple(tensor.shape) != tuple(reference.shape):
                 delta[name] = tensor  # the checks name the unexpected key or the wrong shape
@@ -298,3 +317,30 @@ def pooled_prototypes(banks: list[PrototypeBank]) -> dict[str, np.ndarray]:
         merged.merge(bank)
     prototypes, available = merged.means()
     return {msg.PROTOTYPES: prototypes.numpy(), msg.AVAILABLE: available.numpy()}
+
+
+def refuse_local_parameters(names) -> None:
+    """ValueError when ``names`` (parameter or payload entry names) include a site-local one."""
+    local = local_parameters(map(str, names))
+    if local:
+        raise ValueError(f"site-local parameters sent ({len(local)}): {', '.join(local[:3])}")
+
+
+def capped_shares(weights: list[float], max_share: float | None) -> list[float]:
+    """Each site's share of the mean: proportional to its weight, none above ``max_share`` (raised
+    to ``1/n``); what a capped site loses goes to the others in proportion to their weights."""
+    total = float(sum(weights))
+    shares = [w / total for w in weights]
+    if max_share is None:
+        return shares
+    cap = max(max_share, 1.0 / len(weights))
+    capped: set[int] = set()
+    while True:
+        over = {i for i, share in enumerate(shares) if share > cap + 1e-12} - capped
+        if not over:
+            return shares
+        capped |= over
+        free = [i for i in range(len(shares)) if i not in capped]
+        rest = 1.0 - cap * len(capped)
+        free_weight = sum(weights[i] for i in free)
+        shares = [cap if i in capped else rest * weights[i] / free_weight for i in range(len(shares))]

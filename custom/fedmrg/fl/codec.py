@@ -22,6 +22,7 @@ what goes over the wire (:func:`payload_bytes`).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +239,10 @@ def encode(delta: dict[str, Delta], spec: CodecSpec) -> tuple[bytes, dict[str, D
 
 
 def decode(payload: bytes) -> dict[str, Delta]:
-    """The delta a payload carries: dense tensors, and :class:`Factored` for low-rank entries."""
+    """The delta a payload carries: dense tensors, and :class:`Factored` for low-rank entries.
+
+    For a payload from someone else, use :func:`decode_checked`, which checks it first.
+    """
     header = payload_header(payload)
     tensors = load_bytes(payload)
     out: dict[str, Delta] = {}
@@ -252,6 +256,86 @@ def decode(payload: bytes) -> dict[str, Delta]:
     return out
 
 
+_SENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def decode_checked(payload: bytes, expected: dict[str, tuple[int, ...]], max_rank: int) -> dict[str, Delta]:
+    """:func:`decode` of an untrusted payload, checked against the entries it must hold before any
+    arithmetic: ValueError naming the first problem.
+
+    ``expected`` maps each entry to its shape (LoRA pairs as their product). Every tensor in the
+    payload must be one its header announces, of the kind, shape, rank (at most ``max_rank``),
+    dtype and scale shape the entry allows, so that decoding allocates no more than the expected
+    shapes: the payload's own bytes, and ``d x k`` floats for no entry.
+    """
+    header = payload_header(payload)
+    if not isinstance(header, dict):
+        raise ValueError("payload header: not a mapping of entries")
+    unexpected = sorted(set(header) - set(expected))
+    if unexpected:
+        raise ValueError(f"unexpected entries (local or unknown parameters): {', '.join(unexpected[:3])}")
+    missing = sorted(set(expected) - set(header))
+    if missing:
+        raise ValueError(f"missing entries: {', '.join(missing[:3])}")
+    tensors = load_bytes(payload)
+    announced = set()
+    for name, entry in sorted(header.items()):
+        announced |= _check_entry(name, entry, tuple(expected[name]), tensors, max_rank)
+    hidden = sorted(set(tensors) - announced)
+    if hidden:
+        raise ValueError(f"tensors the header does not announce: {', '.join(hidden[:3])}")
+    return decode(payload)
+
+
+def _check_entry(
+    name: str, entry: dict, shape: tuple[int, ...], tensors: dict[str, torch.Tensor], max_rank: int
+) -> set[str]:
+    """The payload keys of one entry, after checking them against its expected ``shape``."""
+    if not isinstance(entry, dict) or entry.get("kind") not in ("dense", "lowrank"):
+        raise ValueError(f"{name}: entry kind must be 'dense' or 'lowrank'")
+    if list(entry.get("shape") or []) != list(shape):
+        raise ValueError(f"{name}: shape {entry.get('shape')}, expected {list(shape)}")
+    rows = ([n for n in shape if n != 1] or [1])[0]
+    cols = math.prod(shape) // rows
+    # The kinds the encoder sends: a LoRA product only as factors, a vector or a single row only dense.
+    if entry["kind"] == "dense":
+        if LORA_PRODUCT in name:
+            raise ValueError(f"{name}: a LoRA product must be sent as low-rank factors, not dense")
+        _check_tensor(name, tensors, f"{name}:dense", shape, _SENT_DTYPES)
+        return {f"{name}:dense"}
+    if len(shape) < 2 or rows == 1:
+        raise ValueError(f"{name}: a tensor of shape {list(shape)} must be sent dense, not as factors")
+    rank = entry.get("rank")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"{name}: rank {str(rank)[:20]!r}, expected a whole number from 1")
+    if rank > max_rank:
+        raise ValueError(f"{name}: rank {rank} above the bound {max_rank}")
+    keys = set()
+    for part, factor_shape, scale_shape in (("u", (rows, rank), (1, rank)), ("v", (rank, cols), (rank, 1))):
+        key = f"{name}:{part}"
+        value = _check_tensor(name, tensors, key, factor_shape, (*_SENT_DTYPES, torch.int8))
+        keys.add(key)
+        if value.dtype == torch.int8:
+            scale = _check_tensor(name, tensors, f"{key}_scale", scale_shape, (torch.float32,))
+            if not bool(torch.isfinite(scale).all()):
+                raise ValueError(f"{name}: scales that are not finite")
+            keys.add(f"{key}_scale")
+    return keys
+
+
+def _check_tensor(
+    name: str, tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]
+) -> torch.Tensor:
+    if key not in tensors:
+        raise ValueError(f"{name}: no tensor {key!r} in the payload")
+    value = tensors[key]
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name}: {key} has shape {list(value.shape)}, expected {list(shape)}")
+    if value.dtype not in dtypes:
+        raise ValueError(f"{name}: {key} has dtype {value.dtype}")
+    return value
+
+
 def _view(shape) -> tuple[int, ...] | None:
     """The shape a factored entry is viewed as, when it is not the plain matrix ``[d, k]``."""
     return tuple(shape) if len(shape) != 2 else None
@@ -260,10 +344,29 @@ def _view(shape) -> tuple[int, ...] | None:
 def payload_header(payload: bytes) -> dict[str, dict]:
     """The per-entry description (kind, shape, rank) from a payload's safetensors header."""
     size = int.from_bytes(payload[:8], "little")
-    metadata = json.loads(payload[8 : 8 + size]).get("__metadata__", {})
-    if metadata.get("format") != _FORMAT:
-        raise ValueError(f"not a FedMRG low-rank payload (format {metadata.get('format')!r})")
-    return json.loads(metadata["entries"])
+    try:
+        metadata = json.loads(payload[8 : 8 + size]).get("__metadata__", {})
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"unreadable update payload (header: {exc.__class__.__name__})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT:
+        raise ValueError("not a FedMRG low-rank payload (format)")
+    try:
+        return json.loads(metadata["entries"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable update payload (entries: {exc.__class__.__name__})") from None
+
+
+def payload_tensor_names(payload: bytes) -> list[str]:
+    """The names of the tensors a payload holds (``<entry>:dense``, ``<entry>:u``, ...), read from its
+    safetensors header, whatever its own entry list announces."""
+    size = int.from_bytes(payload[:8], "little")
+    try:
+        tensors = json.loads(payload[8 : 8 + size])
+    except ValueError as exc:
+        raise ValueError(f"unreadable update payload (header: {exc.__class__.__name__})") from None
+    if not isinstance(tensors, dict):
+        raise ValueError("unreadable update payload (header is not a mapping)")
+    return sorted(str(key) for key in tensors if key != "__metadata__")
 
 
 def payload_bytes(payload: bytes) -> int:

@@ -21,25 +21,32 @@ in the run folder: after a server restart the job is resubmitted under a new job
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.job_def import JobMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 from safetensors.torch import load_file, save_file
 
 from fedmrg.config import config_to_dict, parse_config
+from fedmrg.errors import ConfigError
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import RoundAggregator
 from fedmrg.fl.codec import payload_header
 from fedmrg.fl.results import RESULTS_FILE, plot_rounds
-from fedmrg.io import recover_directory, replace_directory, write_json
+from fedmrg.io import checked_name, path_inside, recover_directory, replace_directory, write_json
 from fedmrg.model.layout import save_shared_model
 
 STATE_DIR, STATE_FILE = "server_state", "state.json"
+RESULTS_ROOT_ENV = "FEDMRG_RESULTS_ROOT"  # set by the server's operator: where a job's results_dir may point
 GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors", "residual.safetensors"
 
 
@@ -89,8 +96,13 @@ class FedMRGController(ModelController):
                 self.fl_ctx,
             )
             return
-        self.out = self._output_dir()
-        self.state_dir = self._state_dir()
+        try:
+            checked_name(self.job_name, "the job's job_name")
+            self.out = self._output_dir()
+            self.state_dir = self._state_dir()
+        except ConfigError as exc:
+            self.system_panic(str(exc), self.fl_ctx)
+            return
         state = self._load_state() or self._initial_state()
         if state is None:
             return
@@ -132,7 +144,7 @@ class FedMRGController(ModelController):
             record["bytes_up"][site] = _received_bytes(result)
             record["bytes_down"][site] = bytes_down
             record["dense_bytes_up"][site] = dense
-            record["metrics"][site] = {k: float(v) for k, v in (result.metrics or {}).items()}
+            record["metrics"][site] = numeric_metrics(result.metrics)
             audit[site] = _audit_entry(result)
             self.aggregator.accept_model(result)
         merged = self.aggregator.aggregate_model()
@@ -210,7 +222,7 @@ class FedMRGController(ModelController):
         final, metrics = {}, {}
         for result in self._send_to_sites(msg.VALIDATE, sent):
             site = str(result.meta.get(msg.CLIENT_NAME))
-            metrics[site] = {k: float(v) for k, v in (result.metrics or {}).items()}
+            metrics[site] = numeric_metrics(result.metrics)
             if msg.SCORES in result.meta:
                 final[site] = result.meta[msg.SCORES]
         self._track_best(state, metrics, self.rounds)  # the final model, measured the same way
@@ -218,14 +230,27 @@ class FedMRGController(ModelController):
 
     # ------------------------------------------------------------------------------- outputs
     def _output_dir(self) -> Path:
-        if self.results_dir:
-            return Path(self.results_dir)
-        return Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
+        """The job's run folder; a ``results_dir`` the job asks for only inside the folder the server's
+        operator allows (``$FEDMRG_RESULTS_ROOT``, which the simulator's driver sets), never elsewhere."""
+        if not self.results_dir:
+            return Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
+        root = os.environ.get(RESULTS_ROOT_ENV)
+        if not root:
+            raise ConfigError(
+                f"the job asks to write its results to {str(self.results_dir)[:200]!r}; this server allows a "
+                f"results_dir only inside ${RESULTS_ROOT_ENV}, which it does not set"
+            )
+        return path_inside(root, str(self.results_dir))
 
     def _state_dir(self) -> Path:
+        """Where the checkpoint lies: beside the results in the simulator; else in the server workspace,
+        under the submitter and the job name, so that only the same submitter's job resumes from it."""
         if self.results_dir:
-            return Path(self.results_dir) / STATE_DIR
-        return Path(self.engine.get_workspace().get_root_dir()) / "fedmrg-state" / self.job_name / STATE_DIR
+            return self.out / STATE_DIR
+        meta = self.fl_ctx.get_prop(FLContextKey.JOB_META) or {}
+        submitter = submitter_folder(str(meta.get(JobMetaKey.SUBMITTER_NAME, "") or "unknown"))
+        root = Path(self.engine.get_workspace().get_root_dir()) / "fedmrg-state"
+        return path_inside(root, submitter, self.job_name, STATE_DIR)
 
     def _write_outputs(self, state: dict) -> None:
         prototypes = state.get("prototypes") or {}
@@ -328,3 +353,25 @@ def _audit_entry(result: FLModel) -> dict:
         except Exception as exc:  # an unreadable payload is refused by the aggregator; record it here
             entry["payload_entries"] = f"unreadable: {exc.__class__.__name__}"
     return entry
+
+
+def submitter_folder(submitter: str) -> str:
+    """A folder name for a job's submitter (an admin's e-mail address, say): readable, and distinct
+    for distinct submitters (a short hash of the exact name)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", submitter).lstrip("._-")[:40] or "submitter"
+    return f"{readable}-{hashlib.sha256(submitter.encode()).hexdigest()[:10]}"
+
+
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,80}")
+
+
+def numeric_metrics(metrics) -> dict[str, float]:
+    """A site's metrics as the server records them: finite numbers under plain names; anything else a
+    site sends (text, arrays, odd names) is left out, so it reaches neither the records nor the logs."""
+    out = {}
+    for name, value in (metrics or {}).items() if isinstance(metrics, dict) else ():
+        plain = isinstance(name, str) and _METRIC_NAME.fullmatch(name) is not None
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if plain and number and np.isfinite(float(value)):
+            out[name] = float(value)
+    return out

@@ -25,6 +25,7 @@ from fedmrg.config import parse_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
 from fedmrg.fl.site import SiteTrainer, load_site_settings, site_run_config, site_state_root
+from fedmrg.io import checked_name, path_inside
 from fedmrg.versions import check_job_versions
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,9 @@ class MRGExecutor(Executor):
             if self.settings is None:
                 raise ValueError("the executor was not started (no START_RUN event)")
             cfg = site_run_config(parse_config(self.config, "job config"), self.settings, self.base_llm)
-            state_dir = site_state_root(self.settings, self.site_root) / self.run_name
+            # The job names the folder; it must stay one folder inside the site's state root.
+            name = checked_name(self.run_name, "the job's run_name")
+            state_dir = path_inside(site_state_root(self.settings, self.site_root), name)
             self.trainer = SiteTrainer(cfg, self.site, self.settings.data_dir, state_dir)
         return self.trainer
 

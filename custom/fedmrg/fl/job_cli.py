@@ -18,7 +18,6 @@ import argparse
 import functools
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +29,11 @@ from nvflare.recipe.spec import DEFAULT_EXPORT_DIR, Recipe, _peek_recipe_args
 
 from fedmrg.config import Config, load_config
 from fedmrg.errors import ConfigError, FedMRGError
+from fedmrg.fl.controller import RESULTS_ROOT_ENV
 from fedmrg.fl.packaging import allow_fedmrg_components, ship_package
 from fedmrg.fl.results import RESULTS_FILE
 from fedmrg.fl.site import SETTINGS_ENV
+from fedmrg.io import checked_name
 
 OVERRIDES_FILE = "overrides.yaml"  # a job's own config settings, dotted keys, on top of --config
 
@@ -204,15 +205,15 @@ def _write_simulated_site_settings(args: argparse.Namespace, sites: list[str]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(settings, sort_keys=True), encoding="utf-8")
     os.environ[SETTINGS_ENV] = str(path)
+    os.environ[RESULTS_ROOT_ENV] = str(args.workspace)  # the simulated server may write its results there
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # site processes inherit it
 
 
 def _job_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: letters, digits, '_', '.' and '-', at most 64, starting with a letter or digit"
-        )
-    return value
+    try:
+        return checked_name(value, "--name")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
 
 
 def _resolved(path: str | None) -> str | None:

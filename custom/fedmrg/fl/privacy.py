@@ -60,7 +60,7 @@ from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from fedmrg.fl import messages as msg
-from fedmrg.fl.codec import payload_header
+from fedmrg.fl.codec import payload_header, payload_tensor_names
 from fedmrg.model.parameters import local_parameters
 
 # --------------------------------------------------------------------------- what FedMRG sends
@@ -226,13 +226,21 @@ def param_problems(params: Mapping) -> list[str]:
     problems: list[str] = []
     if msg.UPDATE in params:
         try:
-            entries = payload_header(msg.array_to_payload(params[msg.UPDATE]))
+            payload = msg.array_to_payload(params[msg.UPDATE])
+            entries = payload_header(payload)
+            tensors = payload_tensor_names(payload)
         except Exception as exc:  # untrusted bytes: what cannot be read cannot be checked
             problems.append(f"unreadable update payload '{msg.UPDATE}' ({exc.__class__.__name__})")
         else:
-            local = local_parameters(entries)
+            # The tensors themselves, not only the entry list the payload announces: a tensor left
+            # out of that list would still leave the site.
+            tensor_entries = {name.rsplit(":", 1)[0] for name in tensors}
+            local = local_parameters(set(entries) | tensor_entries)
             if local:
                 problems.append(f"site-local entries in the update payload: {_names(local)}")
+            hidden = sorted(tensor_entries - set(entries))
+            if hidden:
+                problems.append(f"update payload tensors its entry list does not announce: {_names(hidden)}")
     local = local_parameters(names)
     if local:
         problems.append(f"site-local parameters: {_names(local)}")

@@ -97,6 +97,8 @@ class FedMRGRecipe(Recipe):
             clip_norm=fl.clip_norm,
             trim=fl.trim,
             min_updates=fl.min_sites or 1,
+            equal_weights=fl.equal_weights,
+            max_weight_share=fl.max_weight_share,
         )
         if fl.update == "dense":
             aggregator = DenseAggregator(**checks)

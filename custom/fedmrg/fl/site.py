@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -42,6 +43,7 @@ from fedmrg.model.inference import adapter_scores
 from fedmrg.model.layout import save_peft_adapter
 from fedmrg.model.mrg import MRGModel
 from fedmrg.model.parameters import SPECIALIZED
+from fedmrg.model.state_files import load_tree, save_tree, tree_files
 from fedmrg.model.training import Trainer, peak_memory_mib, seed_everything
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ SETTINGS_ENV = "FEDMRG_SITE_SETTINGS"
 STATE_FILE = "site_state.json"
 LOCAL_FILE = "local.safetensors"
 FEEDBACK_FILE = "feedback.safetensors"
-TRAINER_FILE = "trainer.pt"
+RELEASE_FILE = "dp_release"  # the last update released under differential privacy (model.state_files)
+TRAINER_FILE = "trainer"  # trainer.json + trainer.safetensors (model.state_files)
 SPECIALIZED_DIR = "specialized"  # the site's adapter in PEFT's format, for use outside the job
 DEFAULT_STATE_DIR = "fedmrg-state"  # the site's state folder inside its workspace (no state_dir setting)
 
@@ -192,6 +195,8 @@ class SiteTrainer:
         self.feedback = ErrorFeedback()
         self.rounds_done = 0
         self.dp_noise = noise_generator() if cfg.fl.dp_noise_multiplier else None
+        self.dp_releases = 0  # updates released under differential privacy: what epsilon counts
+        self.last_release: tuple[int, RoundUpdate] | None = None  # (round, update) of the last DP release
         self._resume()
 
     # ------------------------------------------------------------------------------- planning
@@ -205,7 +210,15 @@ class SiteTrainer:
 
     # ---------------------------------------------------------------------------------- rounds
     def load_global(self, shared: dict[str, torch.Tensor], prototypes: dict[str, torch.Tensor] | None) -> None:
-        """Take the server's shared parameters (and prototypes: ``{"prototypes", "available"}``)."""
+        """Take the server's shared parameters (and prototypes: ``{"prototypes", "available"}``).
+
+        Names and shapes must be this model's (``load_shared_state_dict`` checks them before it
+        copies anything) and every value finite: a faulty or hostile server's NaN would otherwise
+        end up in the site's own specialized adapter after one round of training.
+        """
+        bad = sorted(name for name, value in {**shared, **(prototypes or {})}.items() if not _all_finite(value))
+        if bad:
+            raise ValueError(f"the server's global model holds values that are not finite: {', '.join(bad[:3])}")
         self.model.load_shared_state_dict(shared)
         if prototypes is not None and self.cfg.model.contrastive:
             self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
@@ -217,7 +230,18 @@ class SiteTrainer:
         return {f"val_{k}": v for k, v in self.trainer.evaluate_loss(self.val_loader).items()}
 
     def train_round(self, round_number: int, abort: Callable[[], bool] | None = None) -> RoundUpdate:
-        """Train from the loaded global model for one round; save the local state; build the update."""
+        """Train from the loaded global model for one round; save the local state; build the update.
+
+        Under differential privacy a round already released is not trained again: the same update
+        is sent again, so that a server re-sending a round gets no fresh noise to average out.
+        """
+        if self.last_release is not None and self.last_release[0] == round_number:
+            log.warning(
+                "site %s: round %d was already released under differential privacy; sending the same update again",
+                self.site,
+                round_number + 1,
+            )
+            return self.last_release[1]
         self.align_with_server(round_number)
         before = self.model.shared_state_dict()
         target = min(self.trainer.state.step + self.steps_per_round(), self.trainer.total_steps)
@@ -238,8 +262,10 @@ class SiteTrainer:
         bank = self.trainer.prototype_bank if self.cfg.model.contrastive and not private else None
         prototypes = bank.state(self.cfg.fl.prototype_min_studies) if bank is not None else None
         payload, dense = self._encode(before, after)
+        if private:
+            self.dp_releases += 1
         privacy = (
-            {"dp_epsilon": epsilon(round_number + 1, self.cfg.fl.dp_noise_multiplier, self.cfg.fl.dp_delta)}
+            {"dp_epsilon": epsilon(self.dp_releases, self.cfg.fl.dp_noise_multiplier, self.cfg.fl.dp_delta)}
             if private
             else {}
         )
@@ -260,6 +286,8 @@ class SiteTrainer:
             },
         )
         self.rounds_done = round_number + 1
+        if private:
+            self.last_release = (round_number, update)
         self.save_state()
         return update
 
@@ -294,15 +322,16 @@ class SiteTrainer:
         def write(folder: Path) -> None:
             save_file({k: v.contiguous() for k, v in local.items()}, str(folder / LOCAL_FILE))
             self.feedback.save(folder / FEEDBACK_FILE)
-            torch.save(self.trainer.state_dict(), folder / TRAINER_FILE)
+            save_tree(folder / TRAINER_FILE, self.trainer.state_dict())
             if SPECIALIZED in adapter_names(self.cfg.model):
                 specialized = {k[len("llm.") :]: v for k, v in local.items() if k.startswith("llm.")}
                 save_peft_adapter(
                     folder / SPECIALIZED_DIR, specialized, SPECIALIZED, self.cfg.model, self.model.info.path
                 )
-            (folder / STATE_FILE).write_text(
-                json.dumps(self._identity() | {"rounds_done": self.rounds_done}, indent=2), encoding="utf-8"
-            )
+            if self.last_release is not None:
+                save_tree(folder / RELEASE_FILE, {"round": self.last_release[0], **_release_tree(self.last_release[1])})
+            progress = {"rounds_done": self.rounds_done, "dp_releases": self.dp_releases}
+            (folder / STATE_FILE).write_text(json.dumps(self._identity() | progress, indent=2), encoding="utf-8")
 
         replace_directory(self.state_dir, write, keep_previous=self.previous_dir)
 
@@ -345,13 +374,21 @@ class SiteTrainer:
         for another model or round plan, or, with ``rounds_done``, after another round."""
         saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         saved_rounds = saved.pop("rounds_done", 0)
+        saved_releases = saved.pop("dp_releases", 0)
         if saved != self._identity() or rounds_done not in (None, saved_rounds):
+            return False
+        if not tree_files(folder / TRAINER_FILE)[0].is_file():  # written by a version that pickled it
             return False
         self.model.load_local_state_dict(load_file(str(folder / LOCAL_FILE)))
         self.feedback = ErrorFeedback.load(folder / FEEDBACK_FILE)
-        self.trainer.load_state_dict(torch.load(folder / TRAINER_FILE, weights_only=False))
+        self.trainer.load_state_dict(load_tree(folder / TRAINER_FILE))
         self.trainer.total_steps = self.planned_steps()
         self.rounds_done = saved_rounds
+        # Releases only add up: going back to an earlier state does not take back what was released.
+        self.dp_releases = max(self.dp_releases, int(saved_releases))
+        if tree_files(folder / RELEASE_FILE)[0].is_file():
+            release = load_tree(folder / RELEASE_FILE)
+            self.last_release = (int(release.pop("round")), _release_from_tree(release))
         return True
 
     def align_with_server(self, round_number: int) -> None:
@@ -417,3 +454,17 @@ def _mean_losses(history: list[dict]) -> dict[str, float]:
 
 def _prototype_bytes(state: dict[str, torch.Tensor] | None) -> int:
     return 0 if state is None else sum(4 * t.numel() for t in state.values())
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    return not value.is_floating_point() or bool(torch.isfinite(value).all())
+
+
+def _release_tree(update: RoundUpdate) -> dict:
+    tree = dataclasses.asdict(update)
+    tree["payload"] = np.frombuffer(update.payload, dtype=np.uint8).copy()
+    return tree
+
+
+def _release_from_tree(tree: dict) -> RoundUpdate:
+    return RoundUpdate(**{**tree, "payload": bytes(np.asarray(tree["payload"], dtype=np.uint8))})

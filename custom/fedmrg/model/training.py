@@ -36,11 +36,12 @@ from fedmrg.model.diagnosis import class_counts
 from fedmrg.model.layout import MODEL_FILE
 from fedmrg.model.mrg import MRGModel
 from fedmrg.model.prototypes import PrototypeBank
+from fedmrg.model.state_files import load_tree, save_tree, tree_files
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-TRAINER_STATE = "trainer.pt"
+TRAINER_STATE = "trainer"  # trainer.json + trainer.safetensors (model.state_files)
 SUMMARY_FILE = "train_summary.json"
 # Settings that may differ when a run resumes: how long, where, and how it logs or decodes.
 _RESUMABLE_CHANGES = {
@@ -278,8 +279,9 @@ def train_centralized(
     val_loader = _optional_loader(cfg, sites, "val")
     total = planned_steps(cfg, len(train_loader), max_steps)
     checkpoint = out / CHECKPOINT_DIR
-    recover_directory(checkpoint, TRAINER_STATE)
-    resumed = (checkpoint / TRAINER_STATE).is_file()
+    trainer_json = tree_files(checkpoint / TRAINER_STATE)[0]
+    recover_directory(checkpoint, trainer_json.name)
+    resumed = trainer_json.is_file()
     if resumed:
         _check_resumable(checkpoint, cfg)
         model = MRGModel.load(checkpoint, base_llm=base_llm, device=cfg.train.device)
@@ -292,7 +294,7 @@ def train_centralized(
     trainer = Trainer(model, cfg, total, writer)
     trainer.set_class_counts(train_loader)
     if resumed:
-        trainer.load_state_dict(torch.load(checkpoint / TRAINER_STATE, weights_only=False))
+        trainer.load_state_dict(load_tree(checkpoint / TRAINER_STATE))
         trainer.total_steps = total
         log.info("resuming %s after epoch %d (step %d)", out, trainer.state.epochs_done, trainer.state.step)
     started = time.perf_counter()
@@ -366,6 +368,6 @@ def _check_resumable(checkpoint: Path, cfg: Config) -> None:
 def _save_checkpoint(model: MRGModel, trainer: Trainer, checkpoint: Path) -> None:
     def write(staging: Path) -> None:
         model.save(staging)
-        torch.save(trainer.state_dict(), staging / TRAINER_STATE)
+        save_tree(staging / TRAINER_STATE, trainer.state_dict())
 
     replace_directory(checkpoint, write)
