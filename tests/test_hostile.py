@@ -352,3 +352,60 @@ def test_a_round_re_sent_under_dp_gets_the_same_update_and_no_new_epsilon(site_c
     assert restarted.train_round(0).payload == first.payload  # also after a restart
     second = restarted.train_round(1)
     assert second.metrics["dp_epsilon"] > first.metrics["dp_epsilon"] and restarted.dp_releases == 2
+
+
+# ----------------------------------------------------------------------------- the site's own floors
+def test_a_job_cannot_lower_the_sites_privacy_floors(tmp_path):
+    from fedmrg.fl.executor import scored_limit, without_support
+    from fedmrg.fl.site import apply_site_settings
+
+    settings = SiteSettings(data_dir=str(tmp_path), min_scored_studies=50, min_prototype_studies=8, require_dp=True)
+    job = load_config("tiny", {"fl.prototype_min_studies": 1})
+    with pytest.raises(ConfigError, match="differential privacy"):
+        apply_site_settings(job, settings)
+    private = load_config("tiny", {"fl.prototype_min_studies": 1, "fl.dp_noise_multiplier": 1.0})
+    assert apply_site_settings(private, settings).fl.prototype_min_studies == 8
+    assert (
+        apply_site_settings(
+            load_config("tiny", {"fl.prototype_min_studies": 12, "fl.dp_noise_multiplier": 1.0}), settings
+        ).fl.prototype_min_studies
+        == 12
+    )  # a job may ask for more
+    assert (scored_limit(1, settings), scored_limit(80, settings), scored_limit(None, settings)) == (50, 80, None)
+    scores = {"generic": {"ce": {"per_observation": {"Edema": {"f1": 1.0, "support": 1}}, "micro": {"f1": 0.5}}}}
+    assert without_support(scores) == {
+        "generic": {"ce": {"per_observation": {"Edema": {"f1": 1.0}}, "micro": {"f1": 0.5}}}
+    }
+
+
+def test_a_site_answers_no_more_validate_tasks_than_it_allows(tmp_path):
+    class Scored:
+        state_dir = tmp_path / "state"
+
+        def test_scores(self, out_dir=None, limit=None):
+            return {"generic": {"nlg": {"BLEU-4": 0.1}, "ce": {"micro": {"f1": 0.5}}}}
+
+        def validation_losses(self):
+            return {}
+
+    executor = MRGExecutor(config={}, writer_id=None)
+    executor.settings = SiteSettings(data_dir=str(tmp_path), max_validate_calls=1)
+    request = FLModel(params={}, current_round=0)
+    assert executor._validate(Scored(), request).metrics["test_generic_BLEU-4"] == 0.1
+    with pytest.raises(ConfigError, match="at most 1 validate"):
+        executor._validate(Scored(), request)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("min_scored_studies: 0", "min_scored_studies: must be an integer >= 1"),
+        ("require_dp: yes please", "require_dp"),
+    ],
+)
+def test_floor_settings_are_checked(tmp_path, content, message):
+    from fedmrg.fl.site import load_site_settings
+
+    (tmp_path / "fedmrg_site.yaml").write_text(f"data_dir: {tmp_path}\n{content}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_site_settings("site-1", tmp_path)

@@ -30,7 +30,7 @@ from nvflare.private.fed.app.fl_conf import create_privacy_manager
 from nvflare.private.fed.utils.app_authz import AppAuthzService
 from nvflare.security.security import FLAuthorizer
 
-from fedmrg.ops.poc import end_processes, processes_under
+from fedmrg.ops.poc import PocSystem, end_processes, processes_under
 
 REPO = Path(__file__).resolve().parents[1]
 PROVISIONING = REPO / "provisioning"
@@ -177,6 +177,20 @@ def test_site_authorization_is_a_valid_flare_policy_with_the_intended_rights():
     assert authorize(policy, "operate", "org_admin", user_org="hospital_a")
     assert not authorize(policy, "operate", "org_admin", user_org="hospital_b")
     assert authorize(policy, "view", "member")
+
+
+def test_make_poc_gives_the_server_the_same_no_code_policy(tmp_path, monkeypatch):
+    """FLARE's default server policy lets leads bring code: a job with code only in its server app
+    would pass every site's check. `make poc` installs the hospital template at the server too."""
+    system = PocSystem(tmp_path / "ws", ["site-1"])
+    with system:
+        system.prepare()
+        assert system.secure_server(PROVISIONING) == ["authorization.json"]
+        installed = json.loads((system.kit("server") / "local" / "authorization.json").read_text())
+    monkeypatch.setattr(AuthorizationService, "the_authorizer", FLAuthorizer("cxr_consortium", installed))
+    for role in ROLES:
+        allowed, why = AppAuthzService.authorize_app_info({AppValidationKey.BYOC: True}, "x@example.org", "x", role)
+        assert (allowed, why) == (False, "BYOC not permitted"), role
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -24,7 +24,7 @@ import fedmrg
 from fedmrg.config import parse_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
-from fedmrg.fl.site import SiteTrainer, load_site_settings, site_run_config, site_state_root
+from fedmrg.fl.site import SiteSettings, SiteTrainer, load_site_settings, site_run_config, site_state_root
 from fedmrg.io import checked_name, path_inside
 from fedmrg.versions import check_job_versions
 
@@ -59,6 +59,7 @@ class MRGExecutor(Executor):
         self.trainer: SiteTrainer | None = None
         self.site_root: Path | None = None
         self.startup_error = ""
+        self.validate_calls = 0
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
@@ -158,8 +159,14 @@ class MRGExecutor(Executor):
     def _validate(self, trainer: SiteTrainer, request: FLModel) -> FLModel:
         """Scores of the model received (generic alone, and with this site's adapter) on the test split;
         the reports themselves stay in the site's workspace."""
+        self.validate_calls += 1
+        most = self.settings.max_validate_calls
+        if most is not None and self.validate_calls > most:
+            raise ConfigError(f"this site answers at most {most} validate task(s) per job (max_validate_calls)")
         reports = trainer.state_dir.with_name(f"{trainer.state_dir.name}-reports")
-        scores = trainer.test_scores(out_dir=reports, limit=self.test_limit)
+        scores = without_support(
+            trainer.test_scores(out_dir=reports, limit=scored_limit(self.test_limit, self.settings))
+        )
         metrics = trainer.validation_losses()
         for label, values in scores.items():
             metrics.update(
@@ -174,3 +181,22 @@ class MRGExecutor(Executor):
             return
         for name, value in metrics.items():
             self.writer.add_scalar(f"{self.site}/{name}", float(value), global_step=step)
+
+
+def scored_limit(job_limit: int | None, settings: SiteSettings) -> int | None:
+    """How many test studies a site scores: what the job asks, but never fewer than the site's floor."""
+    if job_limit is None or settings.min_scored_studies is None:
+        return job_limit
+    return max(job_limit, settings.min_scored_studies)
+
+
+def without_support(scores: dict) -> dict:
+    """Scores as they leave the site: no per-observation ``support`` (how many of the scored studies
+    have each finding), which with few studies describes those studies."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "support"}
+        return value
+
+    return strip(scores)

@@ -71,6 +71,11 @@ class SiteSettings:
     num_workers: int | None = None
     state_dir: str | None = None  # where local state persists; None = <site workspace>/fedmrg-state
     threads: int | None = None  # torch CPU threads; several sites on one machine want 1 each
+    # Privacy floors the site owns: a job can raise them, never lower them.
+    min_scored_studies: int | None = None  # validate scores at least this many test studies (all, if fewer)
+    min_prototype_studies: int | None = None  # prototype rows of fewer of the round's studies stay here
+    require_dp: bool = False  # refuse a job that does not add differential-privacy noise
+    max_validate_calls: int | None = None  # validate tasks answered per job (each releases test scores)
 
 
 def settings_candidates(
@@ -119,13 +124,22 @@ def _parse_settings(path: Path, site: str) -> SiteSettings:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-    for key, minimum in (("batch_size", 1), ("num_workers", 0), ("threads", 1)):
+    for key, minimum in (
+        ("batch_size", 1),
+        ("num_workers", 0),
+        ("threads", 1),
+        ("min_scored_studies", 1),
+        ("min_prototype_studies", 1),
+        ("max_validate_calls", 1),
+    ):
         value = raw.get(key)
         if value is not None and (type(value) is not int or value < minimum):
             raise ConfigError(f"{path}: {key}: must be an integer >= {minimum}, got {value!r}")
     for key in ("data_dir", "base_llm", "device", "state_dir"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(f"{path}: {key}: must be a string, got {raw[key]!r}")
+    if not isinstance(raw.get("require_dp", False), bool):
+        raise ConfigError(f"{path}: require_dp: must be true or false, got {raw['require_dp']!r}")
     settings = SiteSettings(**raw)
     if not Path(settings.data_dir).is_dir():
         raise ConfigError(f"{path}: data_dir: {settings.data_dir} is not a folder")
@@ -133,10 +147,20 @@ def _parse_settings(path: Path, site: str) -> SiteSettings:
 
 
 def apply_site_settings(cfg: Config, settings: SiteSettings) -> Config:
-    """A copy of the job's config with the site's own choices in place (and its thread count set)."""
+    """A copy of the job's config with the site's own choices in place (and its thread count set),
+    its privacy floors applied: a job may ask for more privacy than the site, never for less."""
+    if settings.require_dp and cfg.fl.dp_noise_multiplier is None:
+        raise ConfigError(
+            "this site takes part only with differential privacy (require_dp in its site settings); "
+            "the job leaves fl.dp_noise_multiplier unset"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train), model=dataclasses.replace(cfg.model))
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train), model=dataclasses.replace(cfg.model), fl=dataclasses.replace(cfg.fl)
+    )
+    if settings.min_prototype_studies:
+        cfg.fl.prototype_min_studies = max(cfg.fl.prototype_min_studies, settings.min_prototype_studies)
     for key in ("device", "batch_size", "num_workers"):
         if getattr(settings, key) is not None:
             setattr(cfg.train, key, getattr(settings, key))

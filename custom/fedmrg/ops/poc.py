@@ -169,6 +169,16 @@ class PocSystem:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+    def secure_server(self, policies: Path) -> list[str]:
+        """Install the hospital authorization policy at the server too: FLARE's default server policy
+        lets any lead bring code (``byoc``), and a job with code only in its server app would pass
+        every site's check. The server's allow list already admits FedMRG's classes (:meth:`prepare`)."""
+        source = Path(policies) / "authorization.json"
+        if not source.is_file():
+            return []
+        shutil.copy2(source, self.kit("server") / "local" / source.name)
+        return [source.name]
+
     # --------------------------------------------------------------------------------- sites
     def wire_site(self, site: str, data_dir: Path, base_llm: Path | None, policies: Path | None) -> dict[str, str]:
         """Write the site's settings into its kit and, with ``policies``, the hospital's policy files.
@@ -501,6 +511,8 @@ def run_poc(plan: PocRun, echo: Callable[[str], None] = print) -> JobOutcome:
         (system.workspace / "sites.yaml").write_text(yaml.safe_dump(sites), encoding="utf-8")
         if plan.policies:
             echo(f"site policies from {plan.policies} installed at every site")
+            if system.secure_server(plan.policies):
+                echo(f"the server's authorization policy from {plan.policies} (no job may bring code)")
         echo("starting the server and the sites (nvflare poc start)")
         system.start()
         outcome = submit_and_follow(
