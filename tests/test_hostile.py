@@ -409,3 +409,55 @@ def test_floor_settings_are_checked(tmp_path, content, message):
     (tmp_path / "fedmrg_site.yaml").write_text(f"data_dir: {tmp_path}\n{content}\n")
     with pytest.raises(ConfigError, match=message):
         load_site_settings("site-1", tmp_path)
+
+
+# ----------------------------------------------------------------------------- what reaches the server
+def test_the_initial_model_description_holds_no_site_path_or_settings():
+    from fedmrg.fl.executor import shareable_model_meta
+
+    site_meta = {
+        "fedmrg_version": "0.1.0",
+        "config": {"train": {"device": "cuda:3"}, "model": {"base_llm": "/hospital/models/llm"}},
+        "llm": {"path": "/hospital/models/llm", "family": "llama", "fingerprint": "abc"},
+    }
+    job_config = {"train": {"device": "auto"}, "model": {"base_llm": None}}
+    sent = shareable_model_meta(site_meta, job_config, None)
+    assert "/hospital" not in json.dumps(sent) and sent["llm"]["path"] == "llm" and sent["config"] == job_config
+    assert shareable_model_meta(site_meta, job_config, "/shared/llm")["llm"]["path"] == "/shared/llm"
+
+
+def test_an_initial_model_that_is_not_finite_or_of_another_config_is_not_used():
+    from fedmrg.fl.controller import initial_model_problem
+
+    config = {"model": {"lora_rank": 4}}
+    meta = {msg.MODEL_META: {"config": config, "llm": {"family": "llama"}}}
+    good = FLModel(params={"w": np.ones((2, 2), np.float32)}, meta=meta)
+    assert initial_model_problem(good, config) is None
+    assert "not finite" in initial_model_problem(FLModel(params={"w": np.full((2, 2), np.nan)}, meta=meta), config)
+    assert "config" in initial_model_problem(good, {"model": {"lora_rank": 8}})
+    assert initial_model_problem(None, config) == "no initial model"
+
+
+def test_names_a_site_chose_are_recorded_only_when_plain():
+    from fedmrg.fl.controller import plain_names
+
+    assert plain_names(["val_loss", "report: no effusion\n", "x" * 300]) == [
+        "<name of 20 characters>",
+        "<name of 300 characters>",
+        "val_loss",
+    ]
+
+
+def test_a_failed_task_streams_no_reason_to_the_server(caplog):
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
+    from nvflare.apis.signal import Signal
+
+    executor = MRGExecutor(config={})
+    executor.startup_error = "/hospital/data/site-1/annotation.json: study 12345 has no report"
+    with caplog.at_level("WARNING"):
+        reply = executor.execute(msg.TRAIN, Shareable(), FLContext(), Signal())
+    assert reply.get_return_code() != "OK"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and not any("/hospital" in e or "12345" in e for e in errors)
+    assert any("/hospital" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

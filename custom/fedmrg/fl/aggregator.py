@@ -17,6 +17,7 @@ an update that must not be used) and asks for the next global state
 
 from __future__ import annotations
 
+import re
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -145,8 +146,8 @@ class UpdateAggregator(ModelAggregator):
             reason = update_problem(delta, self._expected, self.max_rank, self.max_norm)
         except Exception as exc:  # noqa: BLE001 - untrusted input: any failure is a reason to refuse
             reason = str(exc) if isinstance(exc, ValueError) else f"unreadable update ({exc.__class__.__name__}: {exc})"
-            reason = reason[:500]
         if reason is not None:
+            reason = re.sub(r"[^\x20-\x7e]", "?", reason)[:500]  # site-chosen names may be in it: printable only
             self.refused[site] = reason
             self.warning(f"round {self.round}: update of {site} refused: {reason}")
             return False

@@ -192,9 +192,11 @@ class FedMRGController(ModelController):
     def _initial_state(self) -> dict | None:
         """The starting global model, from the first site that answers ``submit_model``."""
         sites = sorted(client.name for client in self.engine.get_clients())
+        reasons = {}
         for site in sites:
             replies = self.send_model_and_wait(msg.SUBMIT_MODEL, data=FLModel(params={}), targets=[site])
-            if replies and replies[0].params:
+            reasons[site] = initial_model_problem(replies[0] if replies else None, self.config)
+            if reasons[site] is None:
                 self.info(f"initial global model from {site}")
                 return {
                     "next_round": 0,
@@ -204,7 +206,9 @@ class FedMRGController(ModelController):
                     "rounds": [],
                     "best": None,
                 }
-        self.system_panic("no site could provide the initial model", self.fl_ctx)
+            self.warning(f"initial model from {site} not used: {reasons[site]}")
+        why = "; ".join(f"{site}: {reason}" for site, reason in reasons.items())
+        self.system_panic(f"no site could provide the initial model ({why})", self.fl_ctx)
         return None
 
     def _track_best(self, state: dict, metrics: dict[str, dict], round_number: int) -> None:
@@ -340,16 +344,17 @@ def _received_bytes(result: FLModel) -> int:
 
 
 def _audit_entry(result: FLModel) -> dict:
-    """Names of everything a site sent: parameters, payload entries, metadata and metric keys."""
+    """Names of everything a site sent: parameters, payload entries, metadata and metric keys (a name
+    that is not plain text is recorded by its length only)."""
     params = result.params or {}
     entry = {
-        "params": sorted(map(str, params)),
-        "meta": sorted(map(str, result.meta or {})),
-        "metrics": sorted(map(str, result.metrics or {})),
+        "params": plain_names(params),
+        "meta": plain_names(result.meta or {}),
+        "metrics": plain_names(result.metrics or {}),
     }
     if msg.UPDATE in params:
         try:
-            entry["payload_entries"] = sorted(payload_header(msg.array_to_payload(params[msg.UPDATE])))
+            entry["payload_entries"] = plain_names(payload_header(msg.array_to_payload(params[msg.UPDATE])))
         except Exception as exc:  # an unreadable payload is refused by the aggregator; record it here
             entry["payload_entries"] = f"unreadable: {exc.__class__.__name__}"
     return entry
@@ -375,3 +380,31 @@ def numeric_metrics(metrics) -> dict[str, float]:
         if plain and number and np.isfinite(float(value)):
             out[name] = float(value)
     return out
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+
+
+def plain_names(names) -> list[str]:
+    """Names a site chose, as the server records them: plain ones as they are, others by length."""
+    return sorted(
+        str(name) if _PLAIN_NAME.fullmatch(str(name)) else f"<name of {len(str(name))} characters>" for name in names
+    )
+
+
+def initial_model_problem(reply: FLModel | None, config: dict) -> str | None:
+    """Why a site's initial model must not start the job, or None: it must hold numeric, finite
+    parameters and describe a model of the job's own config."""
+    if reply is None or not reply.params:
+        return "no initial model"
+    meta = (reply.meta or {}).get(msg.MODEL_META)
+    if not isinstance(meta, dict) or not isinstance(meta.get("llm"), dict) or meta.get("config") != config:
+        return "its model description is not of this job's config"
+    try:
+        params = msg.to_torch(reply.params)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return f"parameters that are not numeric arrays ({exc.__class__.__name__})"
+    bad = [
+        name for name, value in params.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    return f"values that are not finite in {len(bad)} parameter(s)" if bad else None

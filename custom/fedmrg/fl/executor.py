@@ -91,7 +91,7 @@ class MRGExecutor(Executor):
                 reply = FLModel(
                     params_type=ParamsType.FULL,
                     params=msg.to_numpy(trainer.model.shared_state_dict()),
-                    meta={msg.MODEL_META: trainer.model.model_meta()},
+                    meta={msg.MODEL_META: shareable_model_meta(trainer.model.model_meta(), self.config, self.base_llm)},
                 )
             else:
                 self._load_global(trainer, request)
@@ -105,8 +105,11 @@ class MRGExecutor(Executor):
         except InterruptedError:
             self.log_info(fl_ctx, f"{task_name} aborted")
             return make_reply(ReturnCode.TASK_ABORTED)
-        except (FedMRGError, ValueError) as exc:  # bad data, settings or message: the job says why
-            self.log_error(fl_ctx, f"{task_name} failed: {exc}")
+        except (FedMRGError, ValueError) as exc:  # bad data, settings or message: the site's log says why
+            # The reason may name the site's files or study ids: it stays in the site's own log; the
+            # error line (which FLARE can stream to the server) says only what kind of failure it was.
+            self.log_warning(fl_ctx, f"{task_name} failed: {exc}")
+            self.log_error(fl_ctx, f"{task_name} failed ({exc.__class__.__name__}); the reason is in this site's log")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         return FLModelUtils.to_shareable(reply)
 
@@ -200,3 +203,12 @@ def without_support(scores: dict) -> dict:
         return value
 
     return strip(scores)
+
+
+def shareable_model_meta(model_meta: dict, job_config: dict, job_base_llm: str | None) -> dict:
+    """The model description a site sends with its initial model: the job's own config (not the
+    site's devices, batch sizes or paths) and the base LLM by the path the job named, or by its
+    folder name alone; its fingerprint, family and width identify it without the site's path."""
+    llm = dict(model_meta["llm"])
+    llm["path"] = job_base_llm or Path(str(llm["path"])).name
+    return {**model_meta, "config": job_config, "llm": llm}
