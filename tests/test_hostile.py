@@ -242,6 +242,15 @@ def test_the_executor_refuses_a_run_name_outside_the_state_root_before_touching_
     assert (victim / "annotation.json").read_text() == "{}"
 
 
+@pytest.mark.parametrize("limit", [0, -5, "10", 2.5])
+def test_the_executor_refuses_a_test_limit_that_is_not_a_positive_whole_number(limit, tmp_path):
+    executor = MRGExecutor(config={}, test_limit=limit)
+    executor.settings = SiteSettings(data_dir=str(tmp_path), state_dir=str(tmp_path / "state"))
+    executor.site_root = tmp_path
+    with pytest.raises(ConfigError, match="test_limit"):
+        executor._trainer()
+
+
 def test_no_module_unpickles_anything():
     loads = [
         f"{path.relative_to(PACKAGE)}:{n}"

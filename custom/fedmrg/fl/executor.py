@@ -120,6 +120,9 @@ class MRGExecutor(Executor):
             if self.settings is None:
                 raise ValueError("the executor was not started (no START_RUN event)")
             cfg = site_run_config(parse_config(self.config, "job config"), self.settings, self.base_llm)
+            limit = self.test_limit
+            if limit is not None and (type(limit) is not int or limit < 1):
+                raise ConfigError(f"the job's test_limit must be a positive whole number, got {str(limit)[:40]!r}")
             # The job names the folder; it must stay one folder inside the site's state root.
             name = checked_name(self.run_name, "the job's run_name")
             state_dir = path_inside(site_state_root(self.settings, self.site_root), name)
