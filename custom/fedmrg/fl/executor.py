@@ -166,7 +166,7 @@ class MRGExecutor(Executor):
         """Scores of the model received (generic alone, and with this site's adapter) on the test split;
         the reports themselves stay in the site's workspace."""
         self.validate_calls += 1
-        most = self.settings.max_validate_calls
+        most = self.settings.max_validate_calls if self.settings else None
         if most is not None and self.validate_calls > most:
             raise ConfigError(f"this site answers at most {most} validate task(s) per job (max_validate_calls)")
         reports = trainer.state_dir.with_name(f"{trainer.state_dir.name}-reports")
@@ -189,9 +189,9 @@ class MRGExecutor(Executor):
             self.writer.add_scalar(f"{self.site}/{name}", float(value), global_step=step)
 
 
-def scored_limit(job_limit: int | None, settings: SiteSettings) -> int | None:
+def scored_limit(job_limit: int | None, settings: SiteSettings | None) -> int | None:
     """How many test studies a site scores: what the job asks, but never fewer than the site's floor."""
-    if job_limit is None or settings.min_scored_studies is None:
+    if job_limit is None or settings is None or settings.min_scored_studies is None:
         return job_limit
     return max(job_limit, settings.min_scored_studies)
 
