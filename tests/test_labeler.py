@@ -61,6 +61,28 @@ P, N, U = 1, 0, -1
         ("Compression deformity with collapse of the T11 vertebral body.", {"Atelectasis": None}),
         # de-identified words (IU X-ray's XXXX) do not break a phrase
         ("The heart XXXX is slightly large.", {"Cardiomegaly": P}),
+        # a coordinated subject said to be normal: every part of it is negative
+        (
+            "Heart size and pulmonary vascular engorgement appear within limits of normal.",
+            {"Cardiomegaly": N, "Edema": N, "No Finding": P},
+        ),
+        ("Pulmonary vascular engorgement appears within limits of normal.", {"Edema": N}),
+        ("The pulmonary vascularity is normal.", {"Edema": None}),
+        ("Small effusion, heart size is normal.", {"Pleural Effusion": P, "Cardiomegaly": N}),
+        # questions: "question X" and a question mark make a finding uncertain
+        ("Question edema or atypical infection?", {"Edema": U, "Pneumonia": U}),
+        ("Question mild pulmonary vascular congestion in a patient with a prosthetic valve.", {"Edema": U}),
+        ("Pneumothorax?", {"Pneumothorax": U}),
+        ("Is there a pneumothorax? No pneumothorax.", {"Pneumothorax": U}),
+        ("Large right effusion. Any pneumonia?", {"Pleural Effusion": P, "Pneumonia": U}),
+        # "suspicious for" reaches past the words between it and the finding, also after a comma
+        (
+            "Coarsened interstitial markings, suspicious for developing interstitial pulmonary edema.",
+            {"Lung Opacity": P, "Edema": U},
+        ),
+        # "in the differential", "correlate for": hedges
+        ("Pneumonia is in the differential.", {"Pneumonia": U}),
+        ("Correlate clinically for signs of infection.", {"Pneumonia": U}),
     ],
 )
 def test_mentions_negation_and_uncertainty(text, expected):
@@ -110,7 +132,7 @@ F1_FLOORS = {
     "Cardiomegaly": 0.9,
     "Lung Lesion": 0.68,
     "Lung Opacity": 0.88,
-    "Edema": 0.74,
+    "Edema": 0.84,
     "Consolidation": 0.8,
     "Pneumonia": 0.66,
     "Atelectasis": 0.9,
@@ -131,6 +153,8 @@ def test_agreement_with_mesh_on_the_development_half(real_archive):
     rows = {row.observation: row for row in agreement(texts, references, count_uncertain=False)}
     for observation, floor in F1_FLOORS.items():
         assert rows[observation].f1 >= floor, (observation, rows[observation])
+    # hedged and "within limits of normal" phrasings no longer read as edema
+    assert rows["Edema"].precision >= 0.9 and rows["Edema"].recall >= 0.79, rows["Edema"]
 
 
 @pytest.mark.network

@@ -58,7 +58,7 @@ class _Rule:
     status: int | None = None
 
 
-_NORMAL = r"(?:normal|within normal limits|unremarkable|not enlarged|stable|unchanged)"
+_NORMAL = r"(?:normal|within normal limits|within (?:the )?limits of normal|unremarkable|not enlarged|stable|unchanged)"
 _ADVERB = r"(?:\w+ly\s+)?"
 _BE = r"(?:\s+(?:is|are|appears?|remains?|seems?|looks?))?"
 
@@ -273,12 +273,15 @@ _PRE_NEGATION = re.compile(
     r"resolution of|resolved|removal of|removed|clear of|neither|nor|ruled out|excluded)\b",
     re.IGNORECASE,
 )
-_POST_NEGATION = re.compile(
-    r"^[^,]{0,40}?\b(?:(?:is|are|was|were|has been|have been)\s+)?(?:not (?:seen|identified|present|visualized|"
+_POST_NEGATION_PHRASE = (
+    r"\b(?:(?:is|are|was|were|has been|have been)\s+)?(?:not (?:seen|identified|present|visualized|"
     r"demonstrated|evident|noted|appreciated|detected|visible|apparent|enlarged)|absent|(?:has |have )?resolved|"
-    r"no longer (?:seen|present|visible|identified|evident|visualized)|(?:has |have )?(?:been )?removed|cleared)\b",
-    re.IGNORECASE,
+    r"no longer (?:seen|present|visible|identified|evident|visualized)|(?:has |have )?(?:been )?removed|cleared|"
+    # a subject (or a coordinated one: "heart size and vascularity") said to be normal
+    r"(?:appears?|is|are|remains?|seems?)\s+(?:\w+\s+)?(?:within (?:normal limits|(?:the )?limits of normal)|"
+    r"normal|unremarkable))\b"
 )
+_POST_NEGATION = re.compile(r"^[^,]{0,40}?" + _POST_NEGATION_PHRASE, re.IGNORECASE)
 # Hedges that contain a negation word: checked before negation.
 _NEGATED_HEDGE = re.compile(
     r"(?:cannot|can not|can't|could not|not) (?:be )?(?:entirely |completely |totally |definitely )?(?:excluded|exclude|"
@@ -286,15 +289,15 @@ _NEGATED_HEDGE = re.compile(
     re.IGNORECASE,
 )
 _PRE_HEDGE = re.compile(
-    r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|questionabl[ey]|question of|suspicious|suspect\w*|"
+    r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|questionabl[ey]|question(?: of)?|suspicious|suspect\w*|"
     r"suggest\w*|concerning for|concern for|worrisome for|cannot exclude|differential|versus|vs|equivocal|"
     r"indeterminate|uncertain|unclear|presum\w*|perhaps|maybe|borderline|atypical|favor\w*|evaluate for|"
-    r"consider\w*|represent\w*|vague\w*|ill-defined|poorly defined|either)\b",
+    r"consider\w*|represent\w*|vague\w*|ill-defined|poorly defined|either|correlat\w*)\b",
     re.IGNORECASE,
 )
 _POST_HEDGE = re.compile(
     r"^[^,]{0,30}?\b(?:is |are |was |were )?(?:(?:also )?(?:possible|suspected|questioned|likely|probable|"
-    r"not excluded)|versus|vs|or (?:\w+ ){0,2}(?:atelecta|pneumoni|consolidat|infect|scar|effusion|edema|mass|"
+    r"not excluded|in the differential)|versus|vs|or (?:\w+ ){0,2}(?:atelecta|pneumoni|consolidat|infect|scar|effusion|edema|mass|"
     r"nodul|infiltrat|fibros|opaci))\b",
     re.IGNORECASE,
 )
@@ -311,7 +314,8 @@ _NEW_STATEMENT = re.compile(
     re.IGNORECASE,
 )
 _WORDS_IN_SCOPE = 14
-_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|[;!?\n]")
+# A question mark ends a sentence but stays with it: a finding asked about is uncertain.
+_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|[;!\n]|(?<=\?)")
 
 
 _DEIDENTIFIED = re.compile(r"\bx{2,}\b", re.IGNORECASE)  # IU X-ray's "XXXX" stands for a removed word
@@ -351,7 +355,7 @@ def _mention_status(sentence: str, start: int, end: int) -> int:
         return UNCERTAIN
     if re.search(r"\b(?:no|not)\b", mention) or _reaches(_PRE_NEGATION, before) or _POST_NEGATION.search(after):
         return NEGATIVE
-    if _reaches(_PRE_HEDGE, before) or _POST_HEDGE.search(after):
+    if _reaches(_PRE_HEDGE, before) or _POST_HEDGE.search(after) or sentence.endswith("?"):
         return UNCERTAIN
     return POSITIVE
 
@@ -378,17 +382,23 @@ def label_report(text: str) -> dict[str, Label]:
     """Label one report: observation -> 1 (positive), 0 (negative), -1 (uncertain) or None."""
     labels: dict[str, Label] = {name: None for name in OBSERVATIONS}
     for sentence in _sentences(text):
-        claimed: list[tuple[int, int]] = []  # spans of self-describing phrases win over plain mentions
+        # Spans of self-describing phrases, with their status, win over plain mentions inside them; a
+        # mention inside a phrase that says "normal" ("heart size and vascular engorgement appear
+        # within normal limits") is negative with it.
+        claimed: list[tuple[int, int, int]] = []
         for rule in sorted(_RULES, key=lambda r: r.status is None):
             for match in rule.pattern.finditer(sentence):
                 start, end = match.span()
                 if _excluded(rule, sentence, start, end):
                     continue
-                if rule.status is None and any(s < end and start < e for s, e in claimed):
-                    continue
-                if rule.status is not None:
-                    claimed.append((start, end))
+                inside = [fixed for s, e, fixed in claimed if s < end and start < e]
+                if rule.status is None and inside:
+                    if NEGATIVE not in inside:
+                        continue
+                    status = NEGATIVE
+                elif rule.status is not None:
                     status = _fixed_status(rule, sentence, start, end)
+                    claimed.append((start, end, status))
                 else:
                     status = _mention_status(sentence, start, end)
                 labels[rule.observation] = _stronger(labels[rule.observation], status)
