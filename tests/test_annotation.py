@@ -92,3 +92,34 @@ def test_schema_errors_name_file_row_and_key(tmp_path, content, message):
 def test_missing_annotation_file(tmp_path):
     with pytest.raises(DataError, match="annotation file not found"):
         read_annotation(tmp_path / "annotation.json")
+
+
+@pytest.mark.parametrize("image", ["../outside.png", "/etc/hostname", "link/x.png", "a/../../outside.png"])
+def test_an_image_path_that_leaves_the_image_root_is_refused_naming_the_row(tmp_path, image):
+    site = tmp_path / "site"
+    (site / "images").mkdir(parents=True)
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (site / "images" / "link").symlink_to(tmp_path)
+    (site / "annotation.json").write_text(
+        json.dumps({"train": [{"id": "s1", "report": "Clear.", "image_path": [image]}]}), encoding="utf-8"
+    )
+    for check_images in (True, False):  # training and scoring read the file without checking images
+        with pytest.raises(DataError, match=r"train\[0\] \(id=s1\): image_path .* leaves the image root"):
+            read_annotation(site / "annotation.json", check_images=check_images)
+
+
+def test_an_image_path_that_names_a_folder_says_so(tmp_path):
+    from fedmrg.data.images import load_image
+
+    site = tmp_path / "site"
+    (site / "images" / "study").mkdir(parents=True)
+    (site / "images" / "ok.png").write_bytes(b"x")
+    rows = [
+        {"id": "s1", "report": "Clear.", "image_path": ["study"]},
+        {"id": "s2", "report": "Clear.", "image_path": ["ok.png"]},
+    ]
+    (site / "annotation.json").write_text(json.dumps({"train": rows}), encoding="utf-8")
+    annotation = read_annotation(site / "annotation.json")
+    assert [s.reason for s in annotation.skipped] == [f"is a folder, not an image: {site / 'images' / 'study'}"]
+    with pytest.raises(DataError, match="is a folder, not an image"):
+        load_image(site / "images" / "study")

@@ -48,3 +48,41 @@ def test_a_scored_split_stops_at_the_first_bad_file_with_its_name(damaged_site):
     loader = study_loader(load_config("tiny"), [site], "test", train=False)
     with pytest.raises(DataError, match=f"{test_image.name}: not a recognised image"):
         next(iter(loader))
+
+
+@pytest.fixture
+def site_with_a_bare_row(tiny_bench, tmp_path):
+    """site-1 of the tiny benchmark whose first train and first test rows lack their 'report' key."""
+    site = tmp_path / "site-1"
+    shutil.copytree(tiny_bench / "site-1", site)
+    rows = json.loads((site / "annotation.json").read_text())
+    for split in ("train", "test"):
+        del rows[split][0]["report"]
+    (site / "annotation.json").write_text(json.dumps(rows))
+    return site, rows["train"][0]["id"], rows["test"][0]["id"]
+
+
+def test_a_row_without_its_report_is_one_skipped_study_in_training_and_stops_scoring(site_with_a_bare_row):
+    site, train_id, test_id = site_with_a_bare_row
+    cfg = load_config("tiny")
+    skipped = {}
+    for batch in study_loader(cfg, [site], "train", train=True):
+        skipped.update(batch.get("skipped", {}))
+    assert skipped == {train_id: f"study {train_id!r}: no 'report' in the annotation row"}
+    with pytest.raises(DataError, match=f"{test_id}.*no 'report'"):
+        for _ in study_loader(cfg, [site], "test", train=False):
+            pass
+
+
+def test_a_file_in_which_no_row_has_a_report_is_a_schema_error(tiny_bench, tmp_path):
+    from fedmrg.data.annotation import read_annotation
+
+    site = tmp_path / "site-1"
+    shutil.copytree(tiny_bench / "site-1", site)
+    rows = json.loads((site / "annotation.json").read_text())
+    for split_rows in rows.values():
+        for row in split_rows:
+            del row["report"]
+    (site / "annotation.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"train\[0\]: missing key 'report'"):
+        read_annotation(site / "annotation.json")

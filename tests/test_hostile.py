@@ -470,3 +470,36 @@ def test_a_failed_task_streams_no_reason_to_the_server(caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors and not any("/hospital" in e or "12345" in e for e in errors)
     assert any("/hospital" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_the_initial_model_comes_from_the_next_site_when_one_is_down_or_refused():
+    """A site that is down (no answer), fails (no parameters) or sends an unusable model does not stop
+    the job while another site can answer; when none can, the panic names every site's reason."""
+    config = {"model": {"lora_rank": 4}}
+    meta = {msg.MODEL_META: {"config": config, "llm": {"family": "llama"}}}
+    replies = {
+        "site-1": [],  # down
+        "site-2": [FLModel(params={}, meta={})],  # failed
+        "site-3": [FLModel(params={"w": np.full((2,), np.inf, np.float32)}, meta=meta)],  # not finite
+        "site-4": [FLModel(params={"w": np.ones((2,), np.float32)}, meta=meta)],
+    }
+
+    class Client:
+        def __init__(self, name):
+            self.name = name
+
+    def controller(sites):
+        c = FedMRGController(config=config, rounds=1)
+        c.engine = type("Engine", (), {"get_clients": lambda self: [Client(s) for s in sites]})()
+        c.send_model_and_wait = lambda task, data, targets: replies[targets[0]]
+        c.panics = []
+        c.system_panic = lambda reason, fl_ctx: c.panics.append(reason)
+        c.info = c.warning = lambda text: None
+        return c
+
+    chosen = controller(["site-1", "site-2", "site-3", "site-4"])
+    state = chosen._initial_state()
+    assert state is not None and torch.equal(state["global"]["w"], torch.ones(2)) and not chosen.panics
+    stuck = controller(["site-1", "site-2", "site-3"])
+    assert stuck._initial_state() is None
+    assert "site-1: no initial model" in stuck.panics[0] and "site-3: values that are not finite" in stuck.panics[0]

@@ -64,3 +64,43 @@ def test_the_previous_folder_can_be_kept_and_a_crash_recovered(tmp_path):
     replace_directory(target, lambda folder: (folder / "done").write_text("3"), kept)
     assert (target / "done").read_text() == "3" and (kept / "done").read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "state.previous"]
+
+
+def test_a_killed_build_leaves_nothing_for_the_next_build_and_a_running_one_is_spared(tmp_path):
+    import subprocess
+    import sys
+
+    from fedmrg.io import replacing_directory
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = tmp_path / "bench"
+        dead = tmp_path / f".bench.building-{gone.pid}"
+        alive = tmp_path / f".bench.building-{running.pid}"
+        for folder in (dead, alive):
+            folder.mkdir()
+            (folder / "half-written.png").write_bytes(b"x")
+        with replacing_directory(target, per_process=True) as staging:
+            (staging / "benchmark.json").write_text("{}")
+        assert (target / "benchmark.json").is_file()
+        assert not dead.exists() and alive.exists()
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_a_build_killed_between_its_renames_gives_the_previous_version_back(tmp_path):
+    import subprocess
+    import sys
+
+    from fedmrg.io import clear_dead_builds
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    previous = tmp_path / f".bench.old-{gone.pid}"
+    previous.mkdir()
+    (previous / "benchmark.json").write_text("{}")
+    assert clear_dead_builds(tmp_path / "bench") == [previous]
+    assert (tmp_path / "bench" / "benchmark.json").is_file() and not previous.exists()

@@ -135,6 +135,7 @@ def replacing_directory(
     """
     target = Path(target)
     if per_process:
+        clear_dead_builds(target)
         staging = target.with_name(f".{target.name}.building-{os.getpid()}")
         previous = target.with_name(f".{target.name}.old-{os.getpid()}")
     else:
@@ -159,6 +160,36 @@ def replacing_directory(
         shutil.rmtree(keep_previous, ignore_errors=True)
         previous.rename(keep_previous)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def clear_dead_builds(target: str | os.PathLike) -> list[Path]:
+    """Remove what builds of ``target`` by processes that are gone left behind (a SIGKILLed
+    ``prepare-data``): their ``.NAME.building-PID`` folders, and their ``.NAME.old-PID`` ones, which
+    go back to ``target`` when a crash between the two renames left it missing. A running build's
+    folders are left alone. Returns the folders removed or put back."""
+    target = Path(target)
+    done = []
+    for kind in ("old", "building"):  # a lost target comes back from .old first
+        for path in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            if kind == "old" and not target.exists():
+                path.rename(target)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            done.append(path)
+    return done
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 # A name that becomes one folder: job names, state folders. No separators, no leading dot.

@@ -7,7 +7,10 @@
 
 A wrong schema (not JSON, missing keys, wrong types, unknown split) is an error naming the file,
 the row and the key. Rows whose images are missing are skipped, counted and listed, because the
-rest of the file is still usable; a file with no usable row is an error.
+rest of the file is still usable; a file with no usable row is an error. A row without its
+``report`` or ``image_path`` key, in a file whose other rows have it, is one unusable study, not a
+schema error: it is marked (``UNUSABLE``) so that training skips and counts it and scoring, which
+needs every row, stops naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from fedmrg.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+UNUSABLE = "unusable"  # a row's key: why the study cannot be used (the dataset skips or refuses it)
+_STUDY_KEYS = ("report", "image_path")
 
 
 @dataclass
@@ -59,6 +64,8 @@ def read_annotation(
         raise DataError(f"{path}: unknown split '{unknown[0]}' (expected keys {', '.join(SPLITS)})")
     if not data:
         raise DataError(f"{path}: no split (expected keys {', '.join(SPLITS)})")
+    somewhere = {key for rows in data.values() if isinstance(rows, list) for row in rows if isinstance(row, dict)
+                 for key in _STUDY_KEYS if key in row}
     splits: dict[str, list[dict[str, Any]]] = {}
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
@@ -67,13 +74,18 @@ def read_annotation(
             raise DataError(f"{path}: {split}: must be a list of rows, got {type(rows).__name__}")
         kept = []
         for index, row in enumerate(rows):
-            row = _validated_row(row, f"{path}: {split}[{index}]")
+            row = _validated_row(row, f"{path}: {split}[{index}]", somewhere)
             if row["id"] in seen:
                 raise DataError(f"{path}: {split}[{index}]: id '{row['id']}' appears twice (also in {seen[row['id']]})")
             seen[row["id"]] = split
-            missing = [p for p in row["image_path"] if check_images and not (root / p).is_file()]
-            if missing:
-                skipped.append(Skipped(f"{split}/{row['id']}", f"image not found: {root / missing[0]}"))
+            _check_inside(root, row, f"{path}: {split}[{index}]")
+            if check_images and row.get(UNUSABLE):
+                skipped.append(Skipped(f"{split}/{row['id']}", row[UNUSABLE]))
+                continue
+            unusable = [_image_problem(root / p) for p in row["image_path"]] if check_images else []
+            problem = next((problem for problem in unusable if problem), None)
+            if problem:
+                skipped.append(Skipped(f"{split}/{row['id']}", problem))
                 continue
             kept.append(row)
         splits[split] = kept
@@ -85,12 +97,38 @@ def read_annotation(
     return Annotation(path=path, image_root=root, splits=splits, skipped=skipped)
 
 
-def _validated_row(row: Any, where: str) -> dict[str, Any]:
+def _check_inside(root: Path, row: dict[str, Any], where: str) -> None:
+    """An image path must stay inside the image root once resolved (``..``, an absolute path or a
+    link to elsewhere would let an annotation file make a site read any file)."""
+    base = root.resolve()
+    for image in row["image_path"]:
+        resolved = (root / image).resolve()
+        if base not in resolved.parents:
+            raise DataError(f"{where} (id={row['id']}): image_path {image!r} leaves the image root {root}")
+
+
+def _image_problem(image: Path) -> str | None:
+    if image.is_dir():
+        return f"is a folder, not an image: {image}"
+    if not image.is_file():
+        return f"image not found: {image}"
+    return None
+
+
+def _validated_row(row: Any, where: str, somewhere: set[str]) -> dict[str, Any]:
+    """The row checked, with its image paths as a list; ``somewhere``: the study keys some row of
+    the file has (a key no row has is a schema error; one only this row lacks makes it unusable)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be an object, got {type(row).__name__}")
-    for key in ("id", "report", "image_path"):
-        if key not in row:
+    for key in ("id", *_STUDY_KEYS):
+        if key not in row and key not in somewhere:
             raise DataError(f"{where}: missing key '{key}'")
+    lacking = [key for key in _STUDY_KEYS if key not in row]
+    if lacking:
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool) or not str(row["id"]).strip():
+            raise DataError(f"{where}: 'id' must be a non-empty string")
+        return {**row, "id": str(row["id"]), "report": row.get("report", ""), "image_path": row.get("image_path", []),
+                UNUSABLE: f"no '{lacking[0]}' in the annotation row"}
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
         raise DataError(f"{where}: 'id' must be a string")
     if not str(row["id"]).strip():

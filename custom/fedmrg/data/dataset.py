@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from monai.data import Dataset
 
+from fedmrg.data.annotation import UNUSABLE
 from fedmrg.data.transforms import as_path_list, surfacing_user_errors
 from fedmrg.errors import DataError
 
@@ -37,6 +38,8 @@ class StudyDataset(Dataset):
         """The study, or with ``skip_bad`` a ``{"id", "skipped": reason}`` marker for one whose files
         cannot be used (the reason names the file; the collate function leaves the study out)."""
         try:
+            if self.data[index].get(UNUSABLE):
+                raise DataError(f"study {self.data[index].get('id')!r}: {self.data[index][UNUSABLE]}")
             report = self.data[index].get("report")
             if isinstance(report, str) and not re.search(r"\w", report):
                 raise DataError(f"study {self.data[index].get('id')!r}: empty report")

@@ -76,6 +76,8 @@ def load_image(path: PathLike) -> np.ndarray:
 def _read_header(path: Path) -> bytes:
     if not path.exists():
         raise DataError(f"{path}: image file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image")
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     with path.open("rb") as handle:
