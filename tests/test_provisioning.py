@@ -459,3 +459,31 @@ def test_provisioned_kits_start_connect_enforce_the_site_policies_and_shut_down(
     assert not processes_under(tmp_path)
     assert (tmp_path / "tmp" / job_id / "hospital-a").is_dir()  # nothing written to the machine's /tmp
     assert not Path("/tmp/nvflare/jobs-storage", job_id).exists() and not Path("/tmp", job_id).exists()
+
+
+def test_server_kit_moves_job_and_snapshot_storage_off_tmp_and_allows_fedmrg(
+    provisioned, tmp_path, capsys, monkeypatch
+):
+    """A provisioned server keeps jobs and snapshots under /tmp/nvflare by default: a reboot may empty
+    it and the server forgets every job. `fedmrg server-kit` moves both and says what is left."""
+    import fedmrg.ops.server_kit as server_kit
+    from fedmrg.cli import main
+    from fedmrg.fl.packaging import COMPONENT_CLASSES
+
+    kits, _ = provisioned
+    kit = tmp_path / "server"
+    shutil.copytree(kits / "fl.cxr-consortium.example.org", kit)
+    assert main(["server-kit", str(kit)]) == 1  # FLARE's default: temporary storage
+    assert "jobs store is /tmp/nvflare/jobs-storage, which a reboot may empty" in capsys.readouterr().out
+    # this test's folders live under /tmp too; here only FLARE's default counts as temporary
+    monkeypatch.setattr(server_kit, "TEMPORARY_ROOTS", ("/tmp/nvflare",))
+    store = tmp_path / "store"
+    assert main(["server-kit", str(kit), "--storage", str(store), "--policies", str(PROVISIONING)]) == 0
+    resources = json.loads((kit / "local" / "resources.json").read_text())
+    assert resources["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] == str(store / "snapshot-storage")
+    job_manager = next(c for c in resources["components"] if c["id"] == "job_manager")
+    assert job_manager["args"]["uri_root"] == str(store / "jobs-storage")
+    assert set(COMPONENT_CLASSES) <= set(resources[CLASS_ALLOW_LIST])
+    assert json.loads((kit / "local" / "authorization.json").read_text()) == template("authorization.json")
+    assert "PASS" in capsys.readouterr().out
+    assert main(["server-kit", str(kit), "--storage", "/tmp/nvflare/elsewhere"]) == 2  # refused: temporary

@@ -581,6 +581,36 @@ def _cmd_site_check(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _server_kit_parser(sub) -> None:
+    p = sub.add_parser(
+        "server-kit",
+        help="make a provisioned server kit ready: persistent job and snapshot storage, FedMRG allowed, no code",
+        description="Write SERVER_KIT/local/resources.json from the kit's default with the job store and the "
+        "snapshots under --storage (the default, /tmp/nvflare/..., may be emptied at boot, and the server "
+        "then forgets every job), the FedMRG classes in the allow list, and with --policies the hospital "
+        "authorization policy (no role may bring code to the server). Without --storage, only check: one "
+        "line per store that a reboot may empty; exit status 1 if any.",
+    )
+    p.add_argument("kit", metavar="SERVER_KIT", help="the server's startup kit (with local/)")
+    p.add_argument("--storage", metavar="DIR", help="a persistent folder for jobs-storage/ and snapshot-storage/")
+    p.add_argument("--policies", metavar="DIR", help="a folder with authorization.json (e.g. provisioning/)")
+    p.set_defaults(handler=_cmd_server_kit)
+
+
+def _cmd_server_kit(args: argparse.Namespace) -> int:
+    from fedmrg.ops.server_kit import prepare_server_kit, storage_problems
+
+    local = Path(args.kit) / "local"
+    if args.storage:
+        print(f"written: {prepare_server_kit(local, args.storage, args.policies)}")
+    problems = storage_problems(local)
+    for line in problems:
+        print(f"WARN  {line}")
+    if not problems:
+        print(f"PASS  job and snapshot storage of {args.kit} survive a reboot")
+    return 1 if problems else 0
+
+
 def _poc_parser(sub) -> None:
     p = sub.add_parser(
         "poc",
@@ -795,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
         _retrieve_parser,
         _fl_report_parser,
         _site_check_parser,
+        _server_kit_parser,
         _poc_parser,
         _bench_parser,
     ):
