@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmrg.io import load_json, write_json
 from fedmrg.data.reports import Skipped
 from fedmrg.errors import DataError
+from fedmrg.io import load_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,15 @@ def read_annotation(
         raise DataError(f"{path}: unknown split '{unknown[0]}' (expected keys {', '.join(SPLITS)})")
     if not data:
         raise DataError(f"{path}: no split (expected keys {', '.join(SPLITS)})")
-    somewhere = {key for rows in data.values() if isinstance(rows, list) for row in rows if isinstance(row, dict)
-                 for key in _STUDY_KEYS if key in row}
+    somewhere = {
+        key
+        for rows in data.values()
+        if isinstance(rows, list)
+        for row in rows
+        if isinstance(row, dict)
+        for key in _STUDY_KEYS
+        if key in row
+    }
     splits: dict[str, list[dict[str, Any]]] = {}
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
@@ -127,8 +134,13 @@ def _validated_row(row: Any, where: str, somewhere: set[str]) -> dict[str, Any]:
     if lacking:
         if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool) or not str(row["id"]).strip():
             raise DataError(f"{where}: 'id' must be a non-empty string")
-        return {**row, "id": str(row["id"]), "report": row.get("report", ""), "image_path": row.get("image_path", []),
-                UNUSABLE: f"no '{lacking[0]}' in the annotation row"}
+        return {
+            **row,
+            "id": str(row["id"]),
+            "report": row.get("report", ""),
+            "image_path": row.get("image_path", []),
+            UNUSABLE: f"no '{lacking[0]}' in the annotation row",
+        }
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
         raise DataError(f"{where}: 'id' must be a string")
     if not str(row["id"]).strip():

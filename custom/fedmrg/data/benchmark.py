@@ -29,9 +29,10 @@ import multiprocessing
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -40,12 +41,22 @@ from fedmrg import __version__
 from fedmrg.config import BenchmarkConfig
 from fedmrg.data import iuxray
 from fedmrg.data.annotation import SPLITS, write_annotation
-from fedmrg.io import load_json, replacing_directory, write_json
 from fedmrg.data.partition import assign_sites, stratified_split, stratum_keys
 from fedmrg.data.reports import Skipped, SourceReport
-from fedmrg.data.synthetic import (CATEGORIES, AcquisitionProfile, Finding, apply_profile, finding_categories,
-                                   findings_from_mesh, render_study, site_profiles, synthetic_reports, write_view)
+from fedmrg.data.synthetic import (
+    CATEGORIES,
+    AcquisitionProfile,
+    Finding,
+    apply_profile,
+    finding_categories,
+    findings_from_mesh,
+    render_study,
+    site_profiles,
+    synthetic_reports,
+    write_view,
+)
 from fedmrg.errors import DataError
+from fedmrg.io import load_json, replacing_directory, write_json
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +115,19 @@ def build_benchmark(
     rng = np.random.default_rng([cfg.seed, 0xDA7A])
     keys = stratum_keys([s.categories for s in studies])
     public, test_global, pooled = stratified_split(
-        range(len(studies)), keys, [cfg.public_fraction, cfg.test_global_fraction,
-                                    1 - cfg.public_fraction - cfg.test_global_fraction], rng)
+        range(len(studies)),
+        keys,
+        [cfg.public_fraction, cfg.test_global_fraction, 1 - cfg.public_fraction - cfg.test_global_fraction],
+        rng,
+    )
     site_of, phrases = assign_sites(
-        cfg.partition, [studies[i].text for i in pooled], [keys[i] for i in pooled], cfg.sites, cfg.seed,
-        cfg.dirichlet_alpha)
+        cfg.partition,
+        [studies[i].text for i in pooled],
+        [keys[i] for i in pooled],
+        cfg.sites,
+        cfg.seed,
+        cfg.dirichlet_alpha,
+    )
     site_members = [[pooled[j] for j in np.flatnonzero(site_of == s)] for s in range(cfg.sites)]
     profiles = site_profiles(cfg.sites, cfg.seed)
 
@@ -120,7 +139,9 @@ def build_benchmark(
         counts = {}
         for group, (members, group_profiles) in groups.items():
             splits = _group_splits(group, members, keys, cfg, rng)
-            fractions = {"train": 0.0, "val": 0.0, "test": 1.0} if group == TEST_GLOBAL else dict(zip(SPLITS, cfg.splits))
+            fractions = (
+                {"train": 0.0, "val": 0.0, "test": 1.0} if group == TEST_GLOBAL else dict(zip(SPLITS, cfg.splits))
+            )
             _check_not_empty(group, splits, fractions)
             profile_of = dict(zip(members, group_profiles))
             rows = {
@@ -284,8 +305,11 @@ def _render_and_store(job: _RenderJob) -> tuple[str, list[str]]:
 
 
 def _render_all(
-    studies: list[_Study], groups: dict[str, tuple[list[int], list[AcquisitionProfile]]], cfg: BenchmarkConfig,
-    tmp: Path, progress: bool,
+    studies: list[_Study],
+    groups: dict[str, tuple[list[int], list[AcquisitionProfile]]],
+    cfg: BenchmarkConfig,
+    tmp: Path,
+    progress: bool,
 ) -> dict[str, list[str]]:
     jobs = [
         _RenderJob(
@@ -329,7 +353,11 @@ def load_benchmark(folder: str | os.PathLike) -> dict[str, Any]:
     if not marker.is_file():
         raise DataError(f"{folder}: not a benchmark folder (no benchmark.json); build one with `fedmrg prepare-data`")
     summary = load_json(marker)
-    missing = [k for k in ("request", "counts", "acquisition", "prevalence") if not isinstance(summary, dict) or k not in summary]
+    missing = [
+        k
+        for k in ("request", "counts", "acquisition", "prevalence")
+        if not isinstance(summary, dict) or k not in summary
+    ]
     if missing:
         raise DataError(f"{marker}: not a benchmark summary (missing {', '.join(missing)})")
     return summary
@@ -348,7 +376,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             continue
         storage = summary["acquisition"].get(group, {}).get("storage", "mixed")
         prevalence = summary["prevalence"][group]
-        common = sorted((c for c in prevalence if c != "normal" and prevalence[c] > 0), key=lambda c: -prevalence[c])[:3]
+        common = sorted((c for c in prevalence if c != "normal" and prevalence[c] > 0), key=lambda c: -prevalence[c])[
+            :3
+        ]
         findings = ", ".join(f"{c} {prevalence[c]:.0%}" for c in common)
         lines.append(
             f"{group:<12}{counts['train']:>7}{counts['val']:>6}{counts['test']:>6}{counts['views']:>7}  "

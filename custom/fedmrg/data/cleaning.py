@@ -18,7 +18,8 @@ way, so we reproduce its behaviour exactly, quirks included, and pin it with tes
 from __future__ import annotations
 
 import re
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 #  The class deletes . , ? ; * ! % ^ & _ + ( ) [ ] { } and the ASCII range ':'..'['.
 _SENTENCE_PUNCTUATION = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")

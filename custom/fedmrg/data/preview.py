@@ -59,8 +59,17 @@ def show_data(bench_dir: str | os.PathLike, out: str | os.PathLike, per_site: in
             ax.set_title(f"{group} | {row['id']}", fontsize=9, loc="left")
             ax.text(0, -0.04, textwrap.fill(snippet, 58), transform=ax.transAxes, va="top", fontsize=7)
         label = f"{group}\n{profile.get('storage', 'mixed acquisition')}"
-        axes[r][0].text(-0.08, 0.5, label, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right",
-                        fontsize=10, fontweight="bold")
+        axes[r][0].text(
+            -0.08,
+            0.5,
+            label,
+            transform=axes[r][0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=10,
+            fontweight="bold",
+        )
     fig.suptitle(f"{bench_dir.name}: {summary['request']['partition']} partition, {len(groups) - 1} sites", fontsize=12)
     fig.tight_layout(h_pad=3.5)
     out.parent.mkdir(parents=True, exist_ok=True)

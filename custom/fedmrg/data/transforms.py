@@ -51,7 +51,7 @@ def surfacing_user_errors() -> Iterator[None]:
         user_error = _user_error_in_chain(exc)
         if user_error is None:
             raise
-        raise user_error
+        raise user_error from exc
 
 
 def _user_error_in_chain(exc: BaseException | None) -> FedMRGError | None:
@@ -151,9 +151,7 @@ def eval_transforms(image_size: int, image_root: PathLike, max_views: int = 2) -
     return _study_pipeline(image_size, image_root, max_views, augmentations=[])
 
 
-def train_transforms(
-    image_size: int, image_root: PathLike, max_views: int = 2, augment: bool = True
-) -> StudyCompose:
+def train_transforms(image_size: int, image_root: PathLike, max_views: int = 2, augment: bool = True) -> StudyCompose:
     """Eval pipeline plus small random affine, gamma and noise augmentations.
 
     The views of one study are one acquisition, so they share each random draw: they are the

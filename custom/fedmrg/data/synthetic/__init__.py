@@ -3,8 +3,14 @@ radiographs, passed through per-site acquisition profiles; plus templated report
 
 from fedmrg.data.synthetic.acquisition import STORAGES, AcquisitionProfile, apply_profile, site_profiles, write_view
 from fedmrg.data.synthetic.anatomy import Anatomy, region_box, sample_anatomy
-from fedmrg.data.synthetic.findings import (CATEGORIES, FINDING_KINDS, KIND_CATEGORY, REGIONS, Finding,
-                                            finding_categories)
+from fedmrg.data.synthetic.findings import (
+    CATEGORIES,
+    FINDING_KINDS,
+    KIND_CATEGORY,
+    REGIONS,
+    Finding,
+    finding_categories,
+)
 from fedmrg.data.synthetic.mesh_terms import findings_from_mesh, parse_mesh_term
 from fedmrg.data.synthetic.render import render_study
 from fedmrg.data.synthetic.reports import N_STYLES, synthetic_report, synthetic_reports

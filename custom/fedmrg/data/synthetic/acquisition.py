@@ -65,13 +65,9 @@ class AcquisitionProfile:
 # Columns: name, gamma, contrast, exposure, noise_std, blur_sigma, resolution, storage.
 _HAND_MADE_PROFILES = (
     AcquisitionProfile("site-1 clean png8", 1.0, 1.0, 0.0, 0.004, 0.0, 1.0, "png8"),
-    AcquisitionProfile(
-        "site-2 dicom-mono1 high-contrast", 0.8, 1.5, -0.04, 0.012, 0.6, 1.0, "dicom-mono1"
-    ),
+    AcquisitionProfile("site-2 dicom-mono1 high-contrast", 0.8, 1.5, -0.04, 0.012, 0.6, 1.0, "dicom-mono1"),
     AcquisitionProfile("site-3 low-res blurry png16", 1.1, 0.8, 0.06, 0.008, 1.5, 0.5, "png16"),
-    AcquisitionProfile(
-        "site-4 noisy high-gamma dicom-mono2", 1.5, 1.15, 0.03, 0.045, 0.3, 1.0, "dicom-mono2"
-    ),
+    AcquisitionProfile("site-4 noisy high-gamma dicom-mono2", 1.5, 1.15, 0.03, 0.045, 0.3, 1.0, "dicom-mono2"),
 )
 _RESOLUTION_CHOICES = (1.0, 0.75, 0.5)
 
@@ -108,9 +104,7 @@ def _rounded(value: float) -> float:
     return round(float(value), 4)
 
 
-def apply_profile(
-    image01: np.ndarray, profile: AcquisitionProfile, rng: np.random.Generator
-) -> np.ndarray:
+def apply_profile(image01: np.ndarray, profile: AcquisitionProfile, rng: np.random.Generator) -> np.ndarray:
     """Simulate acquiring a clean ``[0, 1]`` rendering at a site; float32 ``[0, 1]``.
 
     Order follows the physics: detector blur at the rendered size, sampling at the detector's
@@ -160,9 +154,7 @@ def _tanh_steepness(contrast: float) -> float:
     return brentq(lambda k: k / (2 * np.tanh(k / 2)) - contrast, 1e-6, 200.0)
 
 
-def write_view(
-    image01: np.ndarray, profile: AcquisitionProfile, path_stem: Path, uid_seed: str
-) -> Path:
+def write_view(image01: np.ndarray, profile: AcquisitionProfile, path_stem: Path, uid_seed: str) -> Path:
     """Store an acquired view in the profile's format; returns ``path_stem`` plus ``.png``/``.dcm``.
 
     ``uid_seed`` identifies the study (e.g. its id): it fixes the DICOM study UID, and with the

@@ -352,8 +352,12 @@ def zone_box(anat: Anatomy, side: str, region: str | None) -> tuple[float, float
 
 
 _ZONE_FRACTIONS = {
-    "apex": (0.0, 0.2), "upper": (0.05, 0.42), "middle": (0.38, 0.66), "lower": (0.58, 1.0),
-    "base": (0.72, 1.0), "lingula": (0.45, 0.78),
+    "apex": (0.0, 0.2),
+    "upper": (0.05, 0.42),
+    "middle": (0.38, 0.66),
+    "lower": (0.58, 1.0),
+    "base": (0.72, 1.0),
+    "lingula": (0.45, 0.78),
 }
 
 

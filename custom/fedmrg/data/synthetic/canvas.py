@@ -35,8 +35,16 @@ class View:
 
 def new_view(kind: str, size: int, body: np.ndarray) -> View:
     zeros = lambda: np.zeros((size, size), dtype=np.float32)  # noqa: E731
-    return View(kind, size, zeros(), body, {s: zeros() for s in LUNG_SIDES}, {s: zeros() for s in LUNG_SIDES},
-                 {s: zeros() for s in LUNG_SIDES}, zeros())
+    return View(
+        kind,
+        size,
+        zeros(),
+        body,
+        {s: zeros() for s in LUNG_SIDES},
+        {s: zeros() for s in LUNG_SIDES},
+        {s: zeros() for s in LUNG_SIDES},
+        zeros(),
+    )
 
 
 def fill_air(view: View, side: str, win: Window | None, fraction: np.ndarray, extra: float = 0.0) -> None:

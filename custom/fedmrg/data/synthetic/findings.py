@@ -19,8 +19,21 @@ class Finding:
 
 
 CATEGORIES: tuple[str, ...] = (
-    "normal", "cardiomegaly", "effusion", "opacity", "atelectasis", "nodule", "hyperinflation", "edema",
-    "pneumothorax", "device", "fracture", "spine", "aorta", "scarring", "other",
+    "normal",
+    "cardiomegaly",
+    "effusion",
+    "opacity",
+    "atelectasis",
+    "nodule",
+    "hyperinflation",
+    "edema",
+    "pneumothorax",
+    "device",
+    "fracture",
+    "spine",
+    "aorta",
+    "scarring",
+    "other",
 )
 
 # Every kind the renderer knows, in the order it paints them (parenchyma first, hardware last),
@@ -105,7 +118,15 @@ KIND_CATEGORY: dict[str, str] = {
 FINDING_KINDS: tuple[str, ...] = tuple(KIND_CATEGORY)
 
 REGIONS: tuple[str, ...] = (
-    "apex", "upper", "middle", "lower", "base", "hilum", "retrocardiac", "lingula", "paratracheal",
+    "apex",
+    "upper",
+    "middle",
+    "lower",
+    "base",
+    "hilum",
+    "retrocardiac",
+    "lingula",
+    "paratracheal",
 )
 
 MILD, DEFAULT_SEVERITY, SEVERE = 0.3, 0.6, 0.9

@@ -5,12 +5,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (LUNG_SIDES, SIGN, Anatomy, clavicle_ends, descending_aorta_reach,
-                                           diaphragm_y, dome_y, heart_half_width, hilum_centre, humeral_head,
-                                           lung_bounds, mediastinum_x, rib_rise, spine_centre, vertebra_phase)
+from fedmrg.data.synthetic.anatomy import (
+    LUNG_SIDES,
+    SIGN,
+    Anatomy,
+    clavicle_ends,
+    descending_aorta_reach,
+    diaphragm_y,
+    dome_y,
+    heart_half_width,
+    hilum_centre,
+    humeral_head,
+    lung_bounds,
+    mediastinum_x,
+    rib_rise,
+    spine_centre,
+    vertebra_phase,
+)
 from fedmrg.data.synthetic.canvas import View, new_view
-from fedmrg.data.synthetic.primitives import (cortical_band, ellipse, pixel_centres, segment_distance, smooth_noise,
-                                              soft_edge)
+from fedmrg.data.synthetic.primitives import (
+    cortical_band,
+    ellipse,
+    pixel_centres,
+    segment_distance,
+    smooth_noise,
+    soft_edge,
+)
 from fedmrg.data.synthetic.vessels import draw_vessels, vessel_tree
 
 
@@ -145,8 +165,10 @@ def _frontal_airways(view: View, anat: Anatomy) -> None:
     if win is None:
         return
     air = soft_edge(0.014 - segment_distance(win, trachea), size, 2)
-    bronchi = np.maximum(soft_edge(0.008 - segment_distance(win, right), size, 2),
-                         soft_edge(0.007 - segment_distance(win, left), size, 2))
+    bronchi = np.maximum(
+        soft_edge(0.008 - segment_distance(win, right), size, 2),
+        soft_edge(0.007 - segment_distance(win, left), size, 2),
+    )
     fade = np.clip(win.y / 0.08, 0.3, 1)
     view.add(win, -0.22 * np.maximum(air, 0.7 * bronchi) * fade * view.body[win.rows, win.cols])
 

@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (LUNG_SIDES, Anatomy, lateral_diaphragm_y, lateral_front, lateral_heart,
-                                           lateral_heart_bounds, lateral_hilum_centre, lateral_spine_centre, sternum_x,
-                                           vertebra_phase)
+from fedmrg.data.synthetic.anatomy import (
+    LUNG_SIDES,
+    Anatomy,
+    lateral_diaphragm_y,
+    lateral_front,
+    lateral_heart,
+    lateral_heart_bounds,
+    lateral_hilum_centre,
+    lateral_spine_centre,
+    sternum_x,
+    vertebra_phase,
+)
 from fedmrg.data.synthetic.canvas import View, new_view
-from fedmrg.data.synthetic.primitives import (catmull_rom, cortical_band, ellipse, pixel_centres, segment_distance,
-                                              smooth_noise, soft_edge)
+from fedmrg.data.synthetic.primitives import (
+    catmull_rom,
+    cortical_band,
+    ellipse,
+    pixel_centres,
+    segment_distance,
+    smooth_noise,
+    soft_edge,
+)
 from fedmrg.data.synthetic.vessels import draw_vessels, vessel_tree
 
 
@@ -83,14 +99,16 @@ def _lateral_mediastinum(view: View, anat: Anatomy) -> None:
         view.add(win, -0.22 * column * view.body[win.rows, win.cols])
     hx, hy, hd, hh = lateral_heart(anat)
     ectasia = anat.aorta_ectasia
-    arch = np.array([
-        [hx - 0.25 * hd, hy - 0.8 * hh],
-        [hx - 0.3 * hd - 0.025 * ectasia, anat.knob_y + 0.05],
-        [trachea_x - 0.005, anat.knob_y - 0.03 - 0.02 * ectasia],
-        [spine_front - 0.025, anat.knob_y + 0.0],
-        [spine_front - 0.02 + 0.02 * ectasia, anat.knob_y + 0.15],
-        [spine_front - 0.018, anat.dome_y_left + 0.03],
-    ])
+    arch = np.array(
+        [
+            [hx - 0.25 * hd, hy - 0.8 * hh],
+            [hx - 0.3 * hd - 0.025 * ectasia, anat.knob_y + 0.05],
+            [trachea_x - 0.005, anat.knob_y - 0.03 - 0.02 * ectasia],
+            [spine_front - 0.025, anat.knob_y + 0.0],
+            [spine_front - 0.02 + 0.02 * ectasia, anat.knob_y + 0.15],
+            [spine_front - 0.018, anat.dome_y_left + 0.03],
+        ]
+    )
     path = catmull_rom(arch, 0.03)
     win = view.window(path[:, 0].min() - 0.05, path[:, 0].max() + 0.05, path[:, 1].min() - 0.04, path[:, 1].max())
     if win is not None:
@@ -108,12 +126,16 @@ def _lateral_spine(view: View, anat: Anatomy) -> None:
     phase = vertebra_phase(anat, win.y)
     t = phase - np.floor(phase)
     height_px = size * anat.vertebra_height
-    block = (soft_edge(half - np.abs(dx), size) * soft_edge(t - 0.04, height_px, 0.04)
-             * soft_edge(0.82 - t, height_px, 0.04))
+    block = (
+        soft_edge(half - np.abs(dx), size) * soft_edge(t - 0.04, height_px, 0.04) * soft_edge(0.82 - t, height_px, 0.04)
+    )
     endplate = np.exp(-(((t - 0.82) / 0.03) ** 2)) + np.exp(-(((t - 0.04) / 0.03) ** 2))
     cortex = np.exp(-(((np.abs(dx) - half) * size / 1.3) ** 2)) * soft_edge(0.84 - t, height_px, 0.04)
-    arch = (soft_edge(dx - half - 0.006, size) * soft_edge(half + 0.055 - dx, size)
-            * (0.5 + 0.5 * np.cos(2 * np.pi * (t - 0.4))))
+    arch = (
+        soft_edge(dx - half - 0.006, size)
+        * soft_edge(half + 0.055 - dx, size)
+        * (0.5 + 0.5 * np.cos(2 * np.pi * (t - 0.4)))
+    )
     bone = 0.16 * block + 0.08 * endplate * block + 0.07 * cortex + 0.06 * arch
     view.add(win, bone * anat.bone_density * view.body[win.rows, win.cols])
 

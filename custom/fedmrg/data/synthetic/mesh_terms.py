@@ -35,14 +35,33 @@ log = logging.getLogger(__name__)
 
 _NO_FINDING_HEADS = frozenset({"normal", "no indexing", "technical quality of image unsatisfactory"})
 _SEVERITY_WORDS = {
-    "mild": MILD, "minimal": MILD, "small": MILD, "borderline": MILD, "slight": MILD, "trace": MILD,
+    "mild": MILD,
+    "minimal": MILD,
+    "small": MILD,
+    "borderline": MILD,
+    "slight": MILD,
+    "trace": MILD,
     "moderate": DEFAULT_SEVERITY,
-    "severe": SEVERE, "large": SEVERE, "extensive": SEVERE, "marked": SEVERE, "massive": SEVERE,
+    "severe": SEVERE,
+    "large": SEVERE,
+    "extensive": SEVERE,
+    "marked": SEVERE,
+    "massive": SEVERE,
 }
 _REGION_WORDS = {
-    "apex": "apex", "upper lobe": "upper", "middle lobe": "middle", "lower lobe": "lower", "base": "base",
-    "costophrenic angle": "base", "sulcus": "base", "pleural sinus": "base", "cardiophrenic angle": "base",
-    "hilum": "hilum", "retrocardiac": "retrocardiac", "lingula": "lingula", "paratracheal": "paratracheal",
+    "apex": "apex",
+    "upper lobe": "upper",
+    "middle lobe": "middle",
+    "lower lobe": "lower",
+    "base": "base",
+    "costophrenic angle": "base",
+    "sulcus": "base",
+    "pleural sinus": "base",
+    "cardiophrenic angle": "base",
+    "hilum": "hilum",
+    "retrocardiac": "retrocardiac",
+    "lingula": "lingula",
+    "paratracheal": "paratracheal",
 }
 _SIDE_WORDS = ("right", "left", "bilateral")
 _LOBE_SIDE = {"lingula": "left", "middle": "right"}  # lobes that exist on one side only
@@ -86,6 +105,7 @@ def findings_from_mesh(terms: Iterable[str]) -> list[Finding]:
             if finding not in findings:
                 findings.append(finding)
     return findings
+
 
 # ------------------------------------------------------------------------------------------------
 # Term -> finding
@@ -173,8 +193,14 @@ def _lesion(lung_kind: str, **by_site: str) -> _Rule:
 def _calcinosis(term: _Term) -> list[tuple[str, _Overrides]]:
     if term.has("lymph nodes", "hilum", "paratracheal", "mediastinum", "trachea"):
         return [("calcified_lymph_nodes", {})]
-    by_site = {"aorta": "aortic_calcification", "pleura": "pleural_thickening", "bone": "sclerotic_bone_lesion",
-               "abdomen": "abdominal_calcification", "heart": "other", "breast": "breast_implant"}
+    by_site = {
+        "aorta": "aortic_calcification",
+        "pleura": "pleural_thickening",
+        "bone": "sclerotic_bone_lesion",
+        "abdomen": "abdominal_calcification",
+        "heart": "other",
+        "breast": "breast_implant",
+    }
     return [(by_site.get(_site(term), "calcified_granuloma"), {})]
 
 
@@ -184,8 +210,12 @@ def _fracture(term: _Term) -> list[tuple[str, _Overrides]]:
 
 def _deformity(term: _Term) -> list[tuple[str, _Overrides]]:
     """A deformed vertebra, rib or clavicle; a deformed hilum or apex is scarring (retraction)."""
-    by_site = {"bone": "fracture", "pleura": "pleural_thickening", "mediastinum": "mediastinal_shift",
-               "lung": "scarring"}
+    by_site = {
+        "bone": "fracture",
+        "pleura": "pleural_thickening",
+        "mediastinum": "mediastinal_shift",
+        "lung": "scarring",
+    }
     if term.has("vertebrae", "spine"):
         return [("vertebral_deformity", {})]
     if term.has("shoulder"):
@@ -350,8 +380,15 @@ _THICKENING_WORDS = (
 )
 
 # "Opacity" and "Density" are coded alike: where they sit decides what is drawn.
-_OPACITY_OR_DENSITY = _lesion("opacity", mediastinum="mediastinal_widening", pleura="pleural_thickening",
-                              bone="sclerotic_bone_lesion", breast="nipple_shadow", heart="other", nodes="hilar_adenopathy")
+_OPACITY_OR_DENSITY = _lesion(
+    "opacity",
+    mediastinum="mediastinal_widening",
+    pleura="pleural_thickening",
+    bone="sclerotic_bone_lesion",
+    breast="nipple_shadow",
+    heart="other",
+    nodes="hilar_adenopathy",
+)
 
 _HEAD_RULES: dict[str, _Rule] = {
     # lung parenchyma
@@ -366,8 +403,9 @@ _HEAD_RULES: dict[str, _Rule] = {
     "thorax": _keywords(((("small",), "volume_loss"),)),
     "nodule": _lesion("nodule", pleura="pleural_thickening", bone="sclerotic_bone_lesion", breast="nipple_shadow"),
     "mass": _lesion("mass", mediastinum="mediastinal_widening", nodes="hilar_adenopathy"),
-    "calcified granuloma": _lesion("calcified_granuloma", mediastinum="calcified_lymph_nodes",
-                                   nodes="calcified_lymph_nodes"),
+    "calcified granuloma": _lesion(
+        "calcified_granuloma", mediastinum="calcified_lymph_nodes", nodes="calcified_lymph_nodes"
+    ),
     "granuloma": _lesion("calcified_granuloma"),
     "granulomatous disease": _kinds("granulomatous_disease"),
     "calcinosis": _calcinosis,

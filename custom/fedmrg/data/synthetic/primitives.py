@@ -46,8 +46,9 @@ def ellipse(win: Window, x: float, y: float, rx: float, ry: float, size: int) ->
     return soft_edge((1 - r) * min(rx, ry), size)
 
 
-def tilted_ellipse(win: Window, x: float, y: float, rx: float, ry: float, angle: float, size: int,
-                 px: float = 1.2) -> np.ndarray:
+def tilted_ellipse(
+    win: Window, x: float, y: float, rx: float, ry: float, angle: float, size: int, px: float = 1.2
+) -> np.ndarray:
     """Anti-aliased ellipse rotated by ``angle`` (radians, image coordinates)."""
     c, s = np.cos(angle), np.sin(angle)
     u = (win.x - x) * c + (win.y - y) * s
@@ -59,8 +60,16 @@ def gaussian(win: Window, x: float, y: float, sx: float, sy: float) -> np.ndarra
     return np.exp(-0.5 * (((win.x - x) / sx) ** 2 + ((win.y - y) / sy) ** 2))
 
 
-def ring_points(x: float, y: float, rx: float, ry: float, angle: float = 0.0, start: float = 0.0,
-                 stop: float = 2 * np.pi, n: int = 40) -> np.ndarray:
+def ring_points(
+    x: float,
+    y: float,
+    rx: float,
+    ry: float,
+    angle: float = 0.0,
+    start: float = 0.0,
+    stop: float = 2 * np.pi,
+    n: int = 40,
+) -> np.ndarray:
     t = np.linspace(start, stop, n)
     c, s = np.cos(angle), np.sin(angle)
     u, v = rx * np.cos(t), ry * np.sin(t)
@@ -103,8 +112,10 @@ def catmull_rom(points: np.ndarray, step: float) -> np.ndarray:
         p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
         n = max(2, int(np.ceil(np.linalg.norm(p2 - p1) / step)))
         t = np.linspace(0, 1, n, endpoint=False)[:, None]
-        out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-                          + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3))
+        out.append(
+            0.5
+            * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+        )
     out.append(points[-1:])
     return np.vstack(out)
 

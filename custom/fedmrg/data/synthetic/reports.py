@@ -16,128 +16,197 @@ from fedmrg.data.reports import SourceReport
 # (MeSH major term, qualifier slots) -> the finding's sentence per style. {sev}/{side}/{zone}
 # are filled from the sampled qualifiers.
 _FINDINGS = {
-    "cardiomegaly": ("Cardiomegaly/{sev}", (
-        "Heart {sev} enlarged.",
-        "The cardiac silhouette is {sev} enlarged.",
-        "{Sev} cardiomegaly.",
-        "The heart is {sev} enlarged in size.",
-    )),
-    "effusion": ("Pleural Effusion/{side}/{size}", (
-        "{Size} {side} effusion.",
-        "There is a {size} {side} pleural effusion with blunting of the costophrenic angle.",
-        "{Size} {side} pleural effusion.",
-        "A {size} {side} pleural effusion is present.",
-    )),
-    "opacity": ("Opacity/lung/{zone}/{side}", (
-        "Opacity {side} {zone}.",
-        "There is focal airspace opacity in the {side} {zone}, which may represent pneumonia.",
-        "Focal opacity in the {side} {zone}.",
-        "The {side} {zone} demonstrates an airspace opacity.",
-    )),
-    "nodule": ("Nodule/lung/{zone}/{side}", (
-        "Nodule {side} {zone}.",
-        "There is a rounded nodular density in the {side} {zone}.",
-        "{Side} {zone} pulmonary nodule.",
-        "A nodule is seen in the {side} {zone}.",
-    )),
-    "granuloma": ("Calcified Granuloma/lung/{zone}/{side}", (
-        "Calcified granuloma {side} {zone}.",
-        "A calcified granuloma is noted in the {side} {zone}, consistent with prior granulomatous disease.",
-        "Calcified granuloma in the {side} {zone}.",
-        "There is a calcified granuloma in the {side} {zone}.",
-    )),
-    "atelectasis": ("Pulmonary Atelectasis/base/{side}", (
-        "Atelectasis {side} base.",
-        "There are linear opacities at the {side} lung base compatible with subsegmental atelectasis.",
-        "{Side} basilar atelectasis.",
-        "Streaky atelectasis is present at the {side} base.",
-    )),
-    "pneumothorax": ("Pneumothorax/{side}/{size}", (
-        "{Size} {side} pneumothorax.",
-        "There is a {size} {side} apical pneumothorax.",
-        "{Size} {side} pneumothorax is present.",
-        "A {size} {side} pneumothorax is seen.",
-    )),
-    "emphysema": ("Emphysema", (
-        "Hyperinflated lungs.",
-        "The lungs are hyperexpanded with flattening of the diaphragms, consistent with emphysema.",
-        "Hyperinflation consistent with emphysema.",
-        "The lungs are hyperinflated.",
-    )),
-    "edema": ("Pulmonary Edema/{sev}", (
-        "{Sev} interstitial edema.",
-        "There is {sev} interstitial pulmonary edema with vascular congestion.",
-        "{Sev} pulmonary edema.",
-        "The pulmonary vasculature is congested with {sev} edema.",
-    )),
-    "device": ("Implanted Medical Device", (
-        "Pacemaker in place.",
-        "A left-sided pacemaker is present with leads in the right atrium and right ventricle.",
-        "Left chest wall pacemaker with leads in good position.",
-        "There is a pacemaker.",
-    )),
-    "catheter": ("Catheters, Indwelling", (
-        "Central line in place.",
-        "A right-sided central venous catheter terminates in the superior vena cava.",
-        "Right central venous catheter tip in the SVC.",
-        "A central line is seen.",
-    )),
-    "spine": ("Thoracic Vertebrae/degenerative/{sev}", (
-        "Degenerative spine.",
-        "There are {sev} degenerative changes of the thoracic spine.",
-        "{Sev} degenerative changes in the thoracic spine.",
-        "The thoracic spine shows {sev} degenerative change.",
-    )),
-    "scoliosis": ("Scoliosis", (
-        "Scoliosis.",
-        "There is dextroconvex scoliosis of the thoracic spine.",
-        "Thoracic scoliosis.",
-        "The spine is scoliotic.",
-    )),
-    "fracture": ("Fractures, Bone/ribs/{side}", (
-        "Old {side} rib fracture.",
-        "There is a healed fracture deformity of a {side} posterior rib.",
-        "Healed {side} rib fracture.",
-        "An old {side} rib fracture is seen.",
-    )),
-    "aorta": ("Aorta/tortuous", (
-        "Tortuous aorta.",
-        "The thoracic aorta is tortuous.",
-        "Tortuous thoracic aorta.",
-        "The aorta is tortuous.",
-    )),
+    "cardiomegaly": (
+        "Cardiomegaly/{sev}",
+        (
+            "Heart {sev} enlarged.",
+            "The cardiac silhouette is {sev} enlarged.",
+            "{Sev} cardiomegaly.",
+            "The heart is {sev} enlarged in size.",
+        ),
+    ),
+    "effusion": (
+        "Pleural Effusion/{side}/{size}",
+        (
+            "{Size} {side} effusion.",
+            "There is a {size} {side} pleural effusion with blunting of the costophrenic angle.",
+            "{Size} {side} pleural effusion.",
+            "A {size} {side} pleural effusion is present.",
+        ),
+    ),
+    "opacity": (
+        "Opacity/lung/{zone}/{side}",
+        (
+            "Opacity {side} {zone}.",
+            "There is focal airspace opacity in the {side} {zone}, which may represent pneumonia.",
+            "Focal opacity in the {side} {zone}.",
+            "The {side} {zone} demonstrates an airspace opacity.",
+        ),
+    ),
+    "nodule": (
+        "Nodule/lung/{zone}/{side}",
+        (
+            "Nodule {side} {zone}.",
+            "There is a rounded nodular density in the {side} {zone}.",
+            "{Side} {zone} pulmonary nodule.",
+            "A nodule is seen in the {side} {zone}.",
+        ),
+    ),
+    "granuloma": (
+        "Calcified Granuloma/lung/{zone}/{side}",
+        (
+            "Calcified granuloma {side} {zone}.",
+            "A calcified granuloma is noted in the {side} {zone}, consistent with prior granulomatous disease.",
+            "Calcified granuloma in the {side} {zone}.",
+            "There is a calcified granuloma in the {side} {zone}.",
+        ),
+    ),
+    "atelectasis": (
+        "Pulmonary Atelectasis/base/{side}",
+        (
+            "Atelectasis {side} base.",
+            "There are linear opacities at the {side} lung base compatible with subsegmental atelectasis.",
+            "{Side} basilar atelectasis.",
+            "Streaky atelectasis is present at the {side} base.",
+        ),
+    ),
+    "pneumothorax": (
+        "Pneumothorax/{side}/{size}",
+        (
+            "{Size} {side} pneumothorax.",
+            "There is a {size} {side} apical pneumothorax.",
+            "{Size} {side} pneumothorax is present.",
+            "A {size} {side} pneumothorax is seen.",
+        ),
+    ),
+    "emphysema": (
+        "Emphysema",
+        (
+            "Hyperinflated lungs.",
+            "The lungs are hyperexpanded with flattening of the diaphragms, consistent with emphysema.",
+            "Hyperinflation consistent with emphysema.",
+            "The lungs are hyperinflated.",
+        ),
+    ),
+    "edema": (
+        "Pulmonary Edema/{sev}",
+        (
+            "{Sev} interstitial edema.",
+            "There is {sev} interstitial pulmonary edema with vascular congestion.",
+            "{Sev} pulmonary edema.",
+            "The pulmonary vasculature is congested with {sev} edema.",
+        ),
+    ),
+    "device": (
+        "Implanted Medical Device",
+        (
+            "Pacemaker in place.",
+            "A left-sided pacemaker is present with leads in the right atrium and right ventricle.",
+            "Left chest wall pacemaker with leads in good position.",
+            "There is a pacemaker.",
+        ),
+    ),
+    "catheter": (
+        "Catheters, Indwelling",
+        (
+            "Central line in place.",
+            "A right-sided central venous catheter terminates in the superior vena cava.",
+            "Right central venous catheter tip in the SVC.",
+            "A central line is seen.",
+        ),
+    ),
+    "spine": (
+        "Thoracic Vertebrae/degenerative/{sev}",
+        (
+            "Degenerative spine.",
+            "There are {sev} degenerative changes of the thoracic spine.",
+            "{Sev} degenerative changes in the thoracic spine.",
+            "The thoracic spine shows {sev} degenerative change.",
+        ),
+    ),
+    "scoliosis": (
+        "Scoliosis",
+        (
+            "Scoliosis.",
+            "There is dextroconvex scoliosis of the thoracic spine.",
+            "Thoracic scoliosis.",
+            "The spine is scoliotic.",
+        ),
+    ),
+    "fracture": (
+        "Fractures, Bone/ribs/{side}",
+        (
+            "Old {side} rib fracture.",
+            "There is a healed fracture deformity of a {side} posterior rib.",
+            "Healed {side} rib fracture.",
+            "An old {side} rib fracture is seen.",
+        ),
+    ),
+    "aorta": (
+        "Aorta/tortuous",
+        (
+            "Tortuous aorta.",
+            "The thoracic aorta is tortuous.",
+            "Tortuous thoracic aorta.",
+            "The aorta is tortuous.",
+        ),
+    ),
 }
 _PRIOR = {  # rough IU X-ray frequencies among abnormal studies
-    "cardiomegaly": 12, "opacity": 14, "granuloma": 10, "atelectasis": 10, "spine": 9, "effusion": 6,
-    "nodule": 4, "catheter": 4, "device": 4, "scoliosis": 4, "aorta": 5, "fracture": 3, "emphysema": 4,
-    "edema": 3, "pneumothorax": 2,
+    "cardiomegaly": 12,
+    "opacity": 14,
+    "granuloma": 10,
+    "atelectasis": 10,
+    "spine": 9,
+    "effusion": 6,
+    "nodule": 4,
+    "catheter": 4,
+    "device": 4,
+    "scoliosis": 4,
+    "aorta": 5,
+    "fracture": 3,
+    "emphysema": 4,
+    "edema": 3,
+    "pneumothorax": 2,
 }
 # What each style says about an organ system when it is normal; a finding in that system replaces it.
 _NORMAL = {
-    "heart": ((
-        "Heart size normal.",
-        "The cardiomediastinal silhouette is within normal limits for size and contour.",
-        "Normal heart size and mediastinal contours.",
-        "The heart is normal in size. The mediastinum is unremarkable.",
-    ), {"cardiomegaly", "aorta"}),
-    "lungs": ((
-        "Lungs clear.",
-        "The lungs are normally inflated without evidence of focal airspace disease.",
-        "No focal consolidation.",
-        "The lungs are clear.",
-    ), {"opacity", "atelectasis", "edema", "emphysema", "nodule"}),
-    "pleura": ((
-        "No effusion or pneumothorax.",
-        "There is no pleural effusion or pneumothorax.",
-        "No pleural effusion. No pneumothorax.",
-        "There is no pneumothorax or pleural effusion.",
-    ), {"effusion", "pneumothorax"}),
-    "bones": ((
-        "Bones intact.",
-        "Osseous structures are within normal limits for patient age.",
-        "No acute bony abnormality.",
-        "The osseous structures are intact.",
-    ), {"spine", "scoliosis", "fracture"}),
+    "heart": (
+        (
+            "Heart size normal.",
+            "The cardiomediastinal silhouette is within normal limits for size and contour.",
+            "Normal heart size and mediastinal contours.",
+            "The heart is normal in size. The mediastinum is unremarkable.",
+        ),
+        {"cardiomegaly", "aorta"},
+    ),
+    "lungs": (
+        (
+            "Lungs clear.",
+            "The lungs are normally inflated without evidence of focal airspace disease.",
+            "No focal consolidation.",
+            "The lungs are clear.",
+        ),
+        {"opacity", "atelectasis", "edema", "emphysema", "nodule"},
+    ),
+    "pleura": (
+        (
+            "No effusion or pneumothorax.",
+            "There is no pleural effusion or pneumothorax.",
+            "No pleural effusion. No pneumothorax.",
+            "There is no pneumothorax or pleural effusion.",
+        ),
+        {"effusion", "pneumothorax"},
+    ),
+    "bones": (
+        (
+            "Bones intact.",
+            "Osseous structures are within normal limits for patient age.",
+            "No acute bony abnormality.",
+            "The osseous structures are intact.",
+        ),
+        {"spine", "scoliosis", "fracture"},
+    ),
 }
 N_STYLES = 4
 _SIDES = ("right", "left")

@@ -9,8 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fedmrg.data.synthetic.anatomy import (LUNG_SIDES, Anatomy, diaphragm_y, hilum_centre, lateral_diaphragm_y,
-                                           lateral_hilum_centre, lung_bounds, mediastinum_x, vertebra_phase, zone_box)
+from fedmrg.data.synthetic.anatomy import (
+    LUNG_SIDES,
+    Anatomy,
+    diaphragm_y,
+    hilum_centre,
+    lateral_diaphragm_y,
+    lateral_hilum_centre,
+    lung_bounds,
+    mediastinum_x,
+    vertebra_phase,
+    zone_box,
+)
 from fedmrg.data.synthetic.canvas import View
 from fedmrg.data.synthetic.findings import Finding
 from fedmrg.data.synthetic.primitives import Window, gaussian, smooth_noise
@@ -33,8 +43,14 @@ Painter = Callable[[Scene, Finding, np.random.Generator], None]
 
 ZONES = ("upper", "middle", "lower")
 _LATERAL_DEPTH = {  # share of the anteroposterior lung depth where a zone projects on the lateral view
-    "apex": (0.35, 0.75), "upper": (0.25, 0.75), "middle": (0.08, 0.4), "lingula": (0.08, 0.4),
-    "lower": (0.5, 0.92), "base": (0.45, 0.92), "retrocardiac": (0.6, 0.82), "hilum": (0.42, 0.6),
+    "apex": (0.35, 0.75),
+    "upper": (0.25, 0.75),
+    "middle": (0.08, 0.4),
+    "lingula": (0.08, 0.4),
+    "lower": (0.5, 0.92),
+    "base": (0.45, 0.92),
+    "retrocardiac": (0.6, 0.82),
+    "hilum": (0.42, 0.6),
     "paratracheal": (0.35, 0.5),
 }
 
@@ -78,12 +94,14 @@ def lateral_point(anat: Anatomy, region: str | None, y: float, rng: np.random.Ge
 
 def lobules(rng: np.random.Generator, radius: float, count: int) -> np.ndarray:
     """Offsets and sizes (dx, dy, sigma) of the gaussian lobules that make up an opacity."""
-    return np.column_stack([rng.normal(0, 0.5 * radius, count), rng.normal(0, 0.5 * radius, count),
-                            radius * rng.uniform(0.35, 0.6, count)])
+    return np.column_stack(
+        [rng.normal(0, 0.5 * radius, count), rng.normal(0, 0.5 * radius, count), radius * rng.uniform(0.35, 0.6, count)]
+    )
 
 
-def opacity_cloud(win: Window, x: float, y: float, blobs: np.ndarray, rng: np.random.Generator, confluent: bool,
-           size: int) -> np.ndarray:
+def opacity_cloud(
+    win: Window, x: float, y: float, blobs: np.ndarray, rng: np.random.Generator, confluent: bool, size: int
+) -> np.ndarray:
     """An opacity 0..1: patchy (mottled lobules) or confluent (uniform with a firmer margin)."""
     field = sum(gaussian(win, x + dx, y + dy, sigma, sigma) for dx, dy, sigma in blobs)
     field = field / max(float(field.max()), 1e-6)

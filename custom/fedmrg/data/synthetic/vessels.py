@@ -8,8 +8,9 @@ from scipy import ndimage
 from fedmrg.data.synthetic.primitives import splat
 
 
-def vessel_tree(rng: np.random.Generator, root: tuple[float, float], angles: tuple[float, float],
-                 n_trunks: int, length: float) -> list[np.ndarray]:
+def vessel_tree(
+    rng: np.random.Generator, root: tuple[float, float], angles: tuple[float, float], n_trunks: int, length: float
+) -> list[np.ndarray]:
     """Branching vessels from a hilum: one array (branches, vertices, 2) per generation, each
     branch splitting in two."""
     starts = np.tile(np.asarray(root, dtype=np.float64), (n_trunks, 1)) + rng.normal(0, 0.008, (n_trunks, 2))
@@ -20,8 +21,13 @@ def vessel_tree(rng: np.random.Generator, root: tuple[float, float], angles: tup
         n = len(starts)
         step = (length * 0.8**generation / steps) * rng.uniform(0.7, 1.2, (n, 1))
         turn = heading[:, None] + np.cumsum(rng.normal(0, 0.05, (n, steps)), axis=1)
-        path = np.concatenate([starts[:, None, :], starts[:, None, :] + np.cumsum(
-            np.stack([np.cos(turn) * step, np.sin(turn) * step], axis=-1), axis=1)], axis=1)
+        path = np.concatenate(
+            [
+                starts[:, None, :],
+                starts[:, None, :] + np.cumsum(np.stack([np.cos(turn) * step, np.sin(turn) * step], axis=-1), axis=1),
+            ],
+            axis=1,
+        )
         generations.append(path)
         starts = np.repeat(path[:, -1], 2, axis=0)
         heading = np.repeat(turn[:, -1], 2) + rng.uniform(0.2, 0.5, 2 * n) * np.tile([-1.0, 1.0], n)

@@ -7,8 +7,18 @@ import dataclasses
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (SIGN, Anatomy, clavicle_ends, humeral_head, lateral_front,
-                                           lateral_spine_centre, rib_y, spine_centre, sternum_x, vertebra_top)
+from fedmrg.data.synthetic.anatomy import (
+    SIGN,
+    Anatomy,
+    clavicle_ends,
+    humeral_head,
+    lateral_front,
+    lateral_spine_centre,
+    rib_y,
+    spine_centre,
+    sternum_x,
+    vertebra_top,
+)
 from fedmrg.data.synthetic.canvas import View, stroke
 from fedmrg.data.synthetic.findings import Finding
 from fedmrg.data.synthetic.primitives import ellipse, ring_points, soft_edge, tilted_ellipse
@@ -35,8 +45,9 @@ def paint_spondylosis(scene: Scene, finding: Finding, rng: np.random.Generator) 
     anterior on the lateral view), with end-plate sclerosis; DISH-like bridging when severe."""
     anat, sev = scene.anatomy, finding.severity
     levels = spine_levels(anat, finding, rng, int(round(2 + 6 * sev)))
-    spurs = [(level, corner, rng.uniform(0.6, 1.2)) for level in levels for corner in (0.0, 0.84)
-             if rng.random() < 0.75]
+    spurs = [
+        (level, corner, rng.uniform(0.6, 1.2)) for level in levels for corner in (0.0, 0.84) if rng.random() < 0.75
+    ]
     sides = {level: rng.choice([-1.0, 1.0], size=2, replace=rng.random() < 0.4) for level in levels}
     size_scale = 0.006 + 0.012 * sev
     for view in scene.views:
@@ -103,7 +114,7 @@ def paint_fracture(scene: Scene, finding: Finding, rng: np.random.Generator) -> 
         side = sides[index % len(sides)]
         breaks.append((side, *_fracture_site(anat, site, side, rng)))
     for view in scene.views:
-        for side, point, direction, thickness, lateral_only in breaks:
+        for _side, point, direction, thickness, lateral_only in breaks:
             if lateral_only != (view.kind == "lateral"):
                 continue
             if healed:
@@ -165,8 +176,13 @@ def paint_bone_lesion(scene: Scene, finding: Finding, rng: np.random.Generator) 
         frontal = (float(spine_centre(anat, np.array(y))) + rng.uniform(-0.01, 0.01), y)
         lateral = (float(lateral_spine_centre(anat, np.array(y))), y)
     else:
-        site = ("clavicle" if has_qualifier(finding, "clavicle")
-                else "humerus" if has_qualifier(finding, "humerus") else "ribs")
+        site = (
+            "clavicle"
+            if has_qualifier(finding, "clavicle")
+            else "humerus"
+            if has_qualifier(finding, "humerus")
+            else "ribs"
+        )
         frontal, _, _, _ = _fracture_site(anat, site, side, rng)
         lateral = None
     radius = 0.007 + 0.01 * finding.severity

@@ -24,8 +24,12 @@ def bow_sternum(anat: Anatomy, finding: Finding, rng: np.random.Generator) -> An
     amount = 0.4 + 0.6 * finding.severity
     if finding.kind == "pectus_carinatum":
         return dataclasses.replace(anat, pectus=amount)
-    return dataclasses.replace(anat, pectus=-amount, mediastinal_shift=anat.mediastinal_shift + 0.015 * amount,
-                               heart_right=anat.heart_right * (1 - 0.2 * amount))
+    return dataclasses.replace(
+        anat,
+        pectus=-amount,
+        mediastinal_shift=anat.mediastinal_shift + 0.015 * amount,
+        heart_right=anat.heart_right * (1 - 0.2 * amount),
+    )
 
 
 def paint_pectus_excavatum(scene: Scene, finding: Finding, rng: np.random.Generator) -> None:

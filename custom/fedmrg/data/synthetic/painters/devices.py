@@ -5,15 +5,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (LUNG_SIDES, SIGN, Anatomy, dome_y, heart_top_bottom, hilum_centre,
-                                           humeral_head, lateral_front, lateral_heart, lateral_spine_centre,
-                                           mediastinum_x, spine_centre, sternum_x, vertebra_top)
+from fedmrg.data.synthetic.anatomy import (
+    LUNG_SIDES,
+    SIGN,
+    Anatomy,
+    dome_y,
+    heart_top_bottom,
+    hilum_centre,
+    humeral_head,
+    lateral_front,
+    lateral_heart,
+    lateral_spine_centre,
+    mediastinum_x,
+    spine_centre,
+    sternum_x,
+    vertebra_top,
+)
 from fedmrg.data.synthetic.canvas import View, stroke
 from fedmrg.data.synthetic.findings import Finding
 from fedmrg.data.synthetic.primitives import catmull_rom, ellipse, ring_points, soft_edge
-from fedmrg.data.synthetic.scene import (ZONES, Scene, finding_sides, has_qualifier, lateral_point, point_in_zone,
-                                         spine_levels, view_point, window_around)
-
+from fedmrg.data.synthetic.scene import (
+    ZONES,
+    Scene,
+    finding_sides,
+    has_qualifier,
+    lateral_point,
+    point_in_zone,
+    spine_levels,
+    view_point,
+    window_around,
+)
 
 _METAL = 3.0  # solid metal (generators, clips, rods)
 _WIRE = 2.2  # thin wires and radiopaque catheter lines
@@ -35,8 +56,13 @@ def paint_catheter(scene: Scene, finding: Finding, rng: np.random.Generator) -> 
         frontal = [entry, (anat.spine_x + sign * 0.045, anat.clavicle_y + 0.02), (svc_x, anat.knob_y), tip]
     else:
         entry = (anat.midline_x + sign * 0.7 * anat.thorax_half_width, anat.clavicle_y + 0.035)
-        frontal = [entry, (anat.midline_x + sign * 0.35 * anat.thorax_half_width, anat.clavicle_y + 0.05),
-                   (svc_x + (0.01 if side == "right" else 0.03), anat.knob_y - 0.01), (svc_x, anat.knob_y + 0.04), tip]
+        frontal = [
+            entry,
+            (anat.midline_x + sign * 0.35 * anat.thorax_half_width, anat.clavicle_y + 0.05),
+            (svc_x + (0.01 if side == "right" else 0.03), anat.knob_y - 0.01),
+            (svc_x, anat.knob_y + 0.04),
+            tip,
+        ]
     port = not jugular and rng.random() < 0.5
     hx, hy, hd, hh = lateral_heart(anat)
     lateral_entry = (anat.lat_front_x + 0.15, 0.0) if jugular else (anat.lat_front_x - 0.02, entry[1] + 0.01)
@@ -58,15 +84,20 @@ def paint_pacemaker(scene: Scene, finding: Finding, rng: np.random.Generator) ->
     sign = SIGN[side]
     medc = mediastinum_x(anat)
     top, bottom = heart_top_bottom(anat)
-    generator = (anat.midline_x + sign * rng.uniform(0.5, 0.68) * anat.thorax_half_width,
-                 anat.clavicle_y + rng.uniform(0.04, 0.08))
+    generator = (
+        anat.midline_x + sign * rng.uniform(0.5, 0.68) * anat.thorax_half_width,
+        anat.clavicle_y + rng.uniform(0.04, 0.08),
+    )
     angle = rng.uniform(-0.4, 0.4)
     n_leads = int(rng.choice([1, 2, 3], p=[0.3, 0.6, 0.1]))
     icd = rng.random() < 0.3
     svc_x = medc - 0.8 * anat.mediastinum_half_width
-    route = [(anat.midline_x + sign * 0.28 * anat.thorax_half_width, anat.clavicle_y + 0.035),
-             (medc + 0.2 * sign * anat.mediastinum_half_width, anat.knob_y - 0.025), (svc_x, anat.knob_y + 0.04),
-             (svc_x - 0.004, top + 0.08)]
+    route = [
+        (anat.midline_x + sign * 0.28 * anat.thorax_half_width, anat.clavicle_y + 0.035),
+        (medc + 0.2 * sign * anat.mediastinum_half_width, anat.knob_y - 0.025),
+        (svc_x, anat.knob_y + 0.04),
+        (svc_x - 0.004, top + 0.08),
+    ]
     height = bottom - top
     leads = [
         [(medc + 0.1 * anat.heart_left, bottom - 0.12), (medc + 0.55 * anat.heart_left, bottom - 0.06)],  # RV apex
@@ -77,11 +108,16 @@ def paint_pacemaker(scene: Scene, finding: Finding, rng: np.random.Generator) ->
     slack = [(generator[0] - sign * rng.uniform(0.0, 0.03), generator[1] + rng.uniform(0.02, 0.04)) for _ in leads]
     hx, hy, hd, hh = lateral_heart(anat)
     lateral_generator = (anat.lat_front_x - 0.025, generator[1] + 0.01)
-    lateral_route = [(anat.lat_front_x + 0.06, anat.clavicle_y + 0.06), (hx - 0.15 * hd, anat.knob_y + 0.04),
-                     (hx - 0.1 * hd, hy - 0.75 * hh)]
-    lateral_leads = [[(hx - 0.5 * hd, hy + 0.1 * hh), (hx - 0.8 * hd, hy + 0.45 * hh)],
-                     [(hx - 0.3 * hd, hy - 0.5 * hh), (hx - 0.55 * hd, hy - 0.55 * hh)],
-                     [(hx + 0.3 * hd, hy - 0.3 * hh), (hx + 0.6 * hd, hy)]][:n_leads]
+    lateral_route = [
+        (anat.lat_front_x + 0.06, anat.clavicle_y + 0.06),
+        (hx - 0.15 * hd, anat.knob_y + 0.04),
+        (hx - 0.1 * hd, hy - 0.75 * hh),
+    ]
+    lateral_leads = [
+        [(hx - 0.5 * hd, hy + 0.1 * hh), (hx - 0.8 * hd, hy + 0.45 * hh)],
+        [(hx - 0.3 * hd, hy - 0.5 * hh), (hx - 0.55 * hd, hy - 0.55 * hh)],
+        [(hx + 0.3 * hd, hy - 0.3 * hh), (hx + 0.6 * hd, hy)],
+    ][:n_leads]
     for view in scene.views:
         if view.kind == "frontal":
             x, y = generator
@@ -103,7 +139,7 @@ def paint_pacemaker(scene: Scene, finding: Finding, rng: np.random.Generator) ->
 def _draw_lead(view: View, path: np.ndarray, icd: bool) -> None:
     stroke(view, path, 1.6, _WIRE)
     if icd:
-        stroke(view, path[int(0.7 * len(path)):], 3.2, _WIRE)
+        stroke(view, path[int(0.7 * len(path)) :], 3.2, _WIRE)
 
 
 def paint_sternotomy(scene: Scene, finding: Finding, rng: np.random.Generator) -> None:
@@ -113,8 +149,10 @@ def paint_sternotomy(scene: Scene, finding: Finding, rng: np.random.Generator) -
     top, _ = heart_top_bottom(anat)
     count = int(rng.integers(5, 8))
     ys = np.linspace(anat.knob_y - 0.03, top + 0.1, count) + rng.normal(0, 0.004, count)
-    wires = [(medc + rng.normal(0, 0.004), y, rng.uniform(0.01, 0.014), rng.uniform(0.004, 0.007),
-              rng.uniform(-0.2, 0.2)) for y in ys]
+    wires = [
+        (medc + rng.normal(0, 0.004), y, rng.uniform(0.01, 0.014), rng.uniform(0.004, 0.007), rng.uniform(-0.2, 0.2))
+        for y in ys
+    ]
     front = lateral_front(anat, ys)
     for view in scene.views:
         for index, (x, y, rx, ry, angle) in enumerate(wires):
@@ -152,8 +190,14 @@ def clip_plan(anat: Anatomy, rng: np.random.Generator, where: str, side: str, co
     clips = []
     for _ in range(count):
         dx, dy = rng.normal(0, spread, 2)
-        clips.append(((centre[0] + dx, centre[1] + dy), (lateral[0] + 0.5 * dx, lateral[1] + dy),
-                      rng.uniform(0, np.pi), rng.uniform(0.01, 0.016)))
+        clips.append(
+            (
+                (centre[0] + dx, centre[1] + dy),
+                (lateral[0] + 0.5 * dx, lateral[1] + dy),
+                rng.uniform(0, np.pi),
+                rng.uniform(0.01, 0.016),
+            )
+        )
     return clips
 
 
@@ -192,18 +236,28 @@ def paint_tube(scene: Scene, finding: Finding, rng: np.random.Generator) -> None
     medc = mediastinum_x(anat)
     spine_front = float(lateral_spine_centre(anat, np.array(anat.knob_y))) - 0.045
     if has_qualifier(finding, "abdomen", "stomach"):
-        frontal = [(anat.spine_x + 0.01, 0.0), (medc + 0.012, anat.knob_y + 0.1), (medc + 0.03, anat.dome_y_left),
-                   (anat.midline_x + 0.45 * anat.thorax_half_width, anat.dome_y_left + 0.06)]
-        lateral = [(spine_front - 0.08, 0.0), (spine_front - 0.02, anat.knob_y + 0.12),
-                   (spine_front - 0.06, anat.dome_y_left), (anat.lat_front_x + 0.15, anat.dome_y_left + 0.06)]
+        frontal = [
+            (anat.spine_x + 0.01, 0.0),
+            (medc + 0.012, anat.knob_y + 0.1),
+            (medc + 0.03, anat.dome_y_left),
+            (anat.midline_x + 0.45 * anat.thorax_half_width, anat.dome_y_left + 0.06),
+        ]
+        lateral = [
+            (spine_front - 0.08, 0.0),
+            (spine_front - 0.02, anat.knob_y + 0.12),
+            (spine_front - 0.06, anat.dome_y_left),
+            (anat.lat_front_x + 0.15, anat.dome_y_left + 0.06),
+        ]
         wall = 0.0
     elif finding.side in LUNG_SIDES or has_qualifier(finding, "thorax"):
         sign = SIGN[finding_sides(finding, rng)[0]]
         entry_y = dome_y(anat, finding.side if finding.side in LUNG_SIDES else "right") - rng.uniform(0.02, 0.08)
-        frontal = [(anat.midline_x + sign * (anat.body_half_width - 0.01), entry_y + 0.03),
-                   (anat.midline_x + sign * (anat.thorax_half_width - 0.02), entry_y),
-                   (anat.midline_x + sign * 0.75 * anat.thorax_half_width, anat.knob_y),
-                   (anat.midline_x + sign * 0.5 * anat.thorax_half_width, anat.apex_y + 0.04)]
+        frontal = [
+            (anat.midline_x + sign * (anat.body_half_width - 0.01), entry_y + 0.03),
+            (anat.midline_x + sign * (anat.thorax_half_width - 0.02), entry_y),
+            (anat.midline_x + sign * 0.75 * anat.thorax_half_width, anat.knob_y),
+            (anat.midline_x + sign * 0.5 * anat.thorax_half_width, anat.apex_y + 0.04),
+        ]
         lateral = [(anat.lat_back_x - 0.05, entry_y), (anat.lat_back_x - 0.12, anat.knob_y), (0.5, anat.apex_y + 0.05)]
         wall = 0.12
     else:
@@ -229,8 +283,10 @@ def paint_stent(scene: Scene, finding: Finding, rng: np.random.Generator) -> Non
     hx, hy, hd, hh = lateral_heart(anat)
     if finding.kind == "prosthetic_valve":
         mitral = has_qualifier(finding, "mitral")
-        frontal = (medc + (0.3 * anat.heart_left if mitral else 0.005),
-                   top + (0.5 if mitral else 0.25) * (bottom - top))
+        frontal = (
+            medc + (0.3 * anat.heart_left if mitral else 0.005),
+            top + (0.5 if mitral else 0.25) * (bottom - top),
+        )
         lateral = (hx + (0.2 if mitral else -0.2) * hd, hy - 0.3 * hh)
         for view in scene.views:
             x, y = view_point(view, frontal, lateral)
@@ -241,8 +297,13 @@ def paint_stent(scene: Scene, finding: Finding, rng: np.random.Generator) -> Non
         spine_front = float(lateral_spine_centre(anat, np.array(anat.knob_y))) - 0.045
         lateral = (spine_front - 0.02, anat.knob_y + 0.14, 0.16, 0.018, 1.5)
     elif has_qualifier(finding, "abdomen"):
-        frontal = (anat.midline_x - 0.3 * anat.thorax_half_width, anat.dome_y_right + 0.1, 0.04, 0.008,
-                   rng.uniform(0.3, 1.2))
+        frontal = (
+            anat.midline_x - 0.3 * anat.thorax_half_width,
+            anat.dome_y_right + 0.1,
+            0.04,
+            0.008,
+            rng.uniform(0.3, 1.2),
+        )
         lateral = (anat.lat_front_x + 0.15, anat.dome_y_right + 0.1, 0.04, 0.008, 1.2)
     else:
         y = top + rng.uniform(0.2, 0.5) * (bottom - top)
@@ -293,8 +354,9 @@ def paint_shoulder_prosthesis(scene: Scene, finding: Finding, rng: np.random.Gen
     for side in finding_sides(finding, rng, "right"):
         cx, cy, r = humeral_head(anat, side)
         win = window_around(view, cx, cy, r + 0.01)
-        view.add(win, _METAL * ellipse(win, cx, cy, 0.9 * r, 0.9 * r, view.size)
-                 * soft_edge(win.y - cy + 0.3 * r, view.size))
+        view.add(
+            win, _METAL * ellipse(win, cx, cy, 0.9 * r, 0.9 * r, view.size) * soft_edge(win.y - cy + 0.3 * r, view.size)
+        )
         stroke(view, np.array([[cx + SIGN[side] * 0.01, cy], [cx + SIGN[side] * 0.018, cy + 0.12]]), 4.0, _METAL)
 
 
@@ -317,8 +379,9 @@ def paint_foreign_body(scene: Scene, finding: Finding, rng: np.random.Generator)
         for (frontal, lateral, _, _), offsets, sizes in zip(fragments, shapes, radii):
             x, y = view_point(view, frontal, lateral)
             win = window_around(view, x, y, 0.03)
-            shape = np.max([ellipse(win, x + dx, y + dy, r, r, view.size) for (dx, dy), r in zip(offsets, sizes)],
-                           axis=0)
+            shape = np.max(
+                [ellipse(win, x + dx, y + dy, r, r, view.size) for (dx, dy), r in zip(offsets, sizes)], axis=0
+            )
             view.add(win, _METAL * shape)
 
 

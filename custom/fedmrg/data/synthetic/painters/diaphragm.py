@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (SIGN, Anatomy, diaphragm_y, dome_y, lateral_diaphragm_y,
-                                           lateral_spine_centre, mediastinum_x, raise_dome)
+from fedmrg.data.synthetic.anatomy import (
+    SIGN,
+    Anatomy,
+    diaphragm_y,
+    dome_y,
+    lateral_diaphragm_y,
+    lateral_spine_centre,
+    mediastinum_x,
+    raise_dome,
+)
 from fedmrg.data.synthetic.canvas import stroke
 from fedmrg.data.synthetic.findings import Finding
 from fedmrg.data.synthetic.primitives import catmull_rom, ring_points, soft_edge
@@ -65,8 +73,16 @@ def paint_contrast(scene: Scene, finding: Finding, rng: np.random.Generator) -> 
         width, amount = 5.0, 0.9
     else:
         y = max(anat.dome_y_right, anat.dome_y_left) + 0.12
-        frontal = catmull_rom(np.array([[anat.midline_x - 0.3, y + 0.05], [anat.midline_x, y + rng.uniform(0.0, 0.06)],
-                                         [anat.midline_x + 0.3, y - 0.04]]), 0.02)
+        frontal = catmull_rom(
+            np.array(
+                [
+                    [anat.midline_x - 0.3, y + 0.05],
+                    [anat.midline_x, y + rng.uniform(0.0, 0.06)],
+                    [anat.midline_x + 0.3, y - 0.04],
+                ]
+            ),
+            0.02,
+        )
         lateral = np.array([[anat.lat_front_x + 0.02, y + 0.02], [anat.lat_front_x + 0.3, y + 0.05]])
         width, amount = 9.0, 0.8
     for view in scene.views:

@@ -7,8 +7,18 @@ import dataclasses
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (SIGN, Anatomy, dome_y, heart_half_width, heart_top_bottom, hilum_centre,
-                                           lateral_heart, lateral_hilum_centre, lateral_spine_centre, mediastinum_x)
+from fedmrg.data.synthetic.anatomy import (
+    SIGN,
+    Anatomy,
+    dome_y,
+    heart_half_width,
+    heart_top_bottom,
+    hilum_centre,
+    lateral_heart,
+    lateral_hilum_centre,
+    lateral_spine_centre,
+    mediastinum_x,
+)
 from fedmrg.data.synthetic.canvas import fill_air, stroke
 from fedmrg.data.synthetic.findings import Finding
 from fedmrg.data.synthetic.primitives import ellipse, gaussian, ring_points, soft_edge
@@ -24,7 +34,9 @@ def enlarge_heart(anat: Anatomy, finding: Finding, rng: np.random.Generator) -> 
     right = anat.heart_right * (1 + 0.7 * (growth - 1))
     globular = finding.kind == "pericardial_effusion"
     return dataclasses.replace(
-        anat, heart_right=right, heart_left=max(target, width) - right,
+        anat,
+        heart_right=right,
+        heart_left=max(target, width) - right,
         heart_half_height=anat.heart_half_height * (1 + (0.5 if globular else 0.25) * (growth - 1)),
         heart_roundness=1.0 if globular else anat.heart_roundness,
         lat_heart_depth=anat.lat_heart_depth * (1 + 0.3 * (growth - 1)),
@@ -102,8 +114,10 @@ def paint_pneumomediastinum(scene: Scene, finding: Finding, rng: np.random.Gener
     top, bottom = heart_top_bottom(anat)
     rows = np.linspace(top + 0.02, bottom - 0.04, 12)
     border = np.column_stack([medc + heart_half_width(anat, "left", rows) + 0.006, rows])
-    streaks = [np.array([[medc + dx, anat.apex_y], [medc + dx + rng.normal(0, 0.01), anat.knob_y]])
-               for dx in rng.uniform(-0.04, 0.04, 3)]
+    streaks = [
+        np.array([[medc + dx, anat.apex_y], [medc + dx + rng.normal(0, 0.01), anat.knob_y]])
+        for dx in rng.uniform(-0.04, 0.04, 3)
+    ]
     hx, hy, hd, hh = lateral_heart(anat)
     lateral = ring_points(hx, hy, hd + 0.008, hh + 0.008, -0.5, np.pi, 1.7 * np.pi)
     for view in scene.views:

@@ -7,17 +7,45 @@ import dataclasses
 
 import numpy as np
 
-from fedmrg.data.synthetic.anatomy import (LUNG_SIDES, SIGN, Anatomy, dome_y, hilum_centre, lateral_hilum_centre,
-                                           lung_bounds, mediastinum_x, raise_dome, zone_box)
+from fedmrg.data.synthetic.anatomy import (
+    LUNG_SIDES,
+    SIGN,
+    Anatomy,
+    dome_y,
+    hilum_centre,
+    lateral_hilum_centre,
+    lung_bounds,
+    mediastinum_x,
+    raise_dome,
+    zone_box,
+)
 from fedmrg.data.synthetic.canvas import View, fill_air, stroke
 from fedmrg.data.synthetic.findings import Finding
 from fedmrg.data.synthetic.painters.devices import clip_plan, draw_clips
 from fedmrg.data.synthetic.painters.pleura import paint_effusion
-from fedmrg.data.synthetic.primitives import (Window, catmull_rom, ellipse, gaussian, ring_points, smooth_noise,
-                                              soft_edge)
-from fedmrg.data.synthetic.scene import (ZONES, Scene, finding_sides, has_qualifier, lateral_point, lobules,
-                                         lung_window, opacity_cloud, point_in_zone, view_point, window_around,
-                                         zone_weight)
+from fedmrg.data.synthetic.primitives import (
+    Window,
+    catmull_rom,
+    ellipse,
+    gaussian,
+    ring_points,
+    smooth_noise,
+    soft_edge,
+)
+from fedmrg.data.synthetic.scene import (
+    ZONES,
+    Scene,
+    finding_sides,
+    has_qualifier,
+    lateral_point,
+    lobules,
+    lung_window,
+    opacity_cloud,
+    point_in_zone,
+    view_point,
+    window_around,
+    zone_weight,
+)
 
 
 def hyperinflate(anat: Anatomy, finding: Finding, rng: np.random.Generator) -> Anatomy:
@@ -26,13 +54,16 @@ def hyperinflate(anat: Anatomy, finding: Finding, rng: np.random.Generator) -> A
     drop = 0.04 + 0.06 * sev
     return dataclasses.replace(
         anat,
-        dome_y_right=min(anat.dome_y_right + drop, 0.82), dome_y_left=min(anat.dome_y_left + drop, 0.84),
+        dome_y_right=min(anat.dome_y_right + drop, 0.82),
+        dome_y_left=min(anat.dome_y_left + drop, 0.84),
         sulcus_depth=anat.sulcus_depth * (1 - 0.5 * sev),
         thorax_half_width=anat.thorax_half_width * (1 + 0.03 * sev),
         lung_air=min(anat.lung_air + 0.1 * sev, 0.95),
         marking_gain=anat.marking_gain * (1 - 0.4 * sev),
-        heart_left=anat.heart_left * (1 - 0.15 * sev), heart_right=anat.heart_right * (1 - 0.1 * sev),
-        rib_spacing=anat.rib_spacing * (1 + 0.08 * sev), vertebra_height=anat.vertebra_height * (1 + 0.08 * sev),
+        heart_left=anat.heart_left * (1 - 0.15 * sev),
+        heart_right=anat.heart_right * (1 - 0.1 * sev),
+        rib_spacing=anat.rib_spacing * (1 + 0.08 * sev),
+        vertebra_height=anat.vertebra_height * (1 + 0.08 * sev),
         lat_front_x=anat.lat_front_x - 0.05 * sev,
     )
 
@@ -43,10 +74,13 @@ def hypoinflate(anat: Anatomy, finding: Finding, rng: np.random.Generator) -> An
     rise = 0.035 + 0.06 * sev
     return dataclasses.replace(
         anat,
-        dome_y_right=anat.dome_y_right - rise, dome_y_left=anat.dome_y_left - rise,
-        lung_air=anat.lung_air - 0.07 * sev, marking_gain=anat.marking_gain * (1 + 0.5 * sev),
+        dome_y_right=anat.dome_y_right - rise,
+        dome_y_left=anat.dome_y_left - rise,
+        lung_air=anat.lung_air - 0.07 * sev,
+        marking_gain=anat.marking_gain * (1 + 0.5 * sev),
         heart_left=anat.heart_left * (1 + 0.08 * sev),
-        rib_spacing=anat.rib_spacing * (1 - 0.08 * sev), vertebra_height=anat.vertebra_height * (1 - 0.08 * sev),
+        rib_spacing=anat.rib_spacing * (1 - 0.08 * sev),
+        vertebra_height=anat.vertebra_height * (1 - 0.08 * sev),
     )
 
 
@@ -81,8 +115,11 @@ def paint_airspace(scene: Scene, finding: Finding, rng: np.random.Generator) -> 
         region = finding.region or ZONES[int(rng.integers(3))]
         frontal = point_in_zone(anat, side, region, rng)
         lateral = lateral_point(anat, region, frontal[1], rng)
-        radius = ((0.04 + 0.05 * sev) * (1.4 if confluent else 1.0)
-                  * (0.7 if has_qualifier(finding, "round", "focal") else 1.0))
+        radius = (
+            (0.04 + 0.05 * sev)
+            * (1.4 if confluent else 1.0)
+            * (0.7 if has_qualifier(finding, "round", "focal") else 1.0)
+        )
         blobs = lobules(rng, radius, int(rng.integers(5, 9) if confluent else rng.integers(3, 7)))
         plans.append((side, frontal, lateral, radius, blobs, int(rng.integers(2**31))))
     amount = 0.8 + 0.2 * sev if confluent else 0.55 + 0.4 * sev
@@ -152,8 +189,9 @@ def paint_nodule(scene: Scene, finding: Finding, rng: np.random.Generator) -> No
         for side, frontal, lateral, radius, lobes, lobe_radius in plans:
             x, y = view_point(view, frontal, lateral)
             win = window_around(view, x, y, 2 * radius + 0.01)
-            shape = np.max([ellipse(win, x + dx, y + dy, lobe_radius, lobe_radius, view.size) for dx, dy in lobes],
-                           axis=0)
+            shape = np.max(
+                [ellipse(win, x + dx, y + dy, lobe_radius, lobe_radius, view.size) for dx, dy in lobes], axis=0
+            )
             fill_air(view, side, win, shape, extra=0.25)
 
 
@@ -178,7 +216,7 @@ def paint_granulomas(scene: Scene, finding: Finding, rng: np.random.Generator) -
     count = int(rng.integers(3, 8)) if disease else int(rng.integers(2, 6)) if many else 1
     sides = finding_sides(finding, rng, "bilateral" if disease else "random")
     dots = []
-    for index in range(count):
+    for _ in range(count):
         side = sides[int(rng.integers(len(sides)))]
         zones = ZONES[:2] if disease else ZONES
         region = finding.region or zones[int(rng.integers(len(zones)))]
@@ -216,7 +254,7 @@ def _node_plan(anat: Anatomy, finding: Finding, rng: np.random.Generator) -> lis
 def paint_calcified_nodes(scene: Scene, finding: Finding, rng: np.random.Generator) -> None:
     nodes = _node_plan(scene.anatomy, finding, rng)
     for view in scene.views:
-        for side, frontal, lateral, radius in nodes:
+        for _side, frontal, lateral, radius in nodes:
             x, y = view_point(view, frontal, lateral)
             win = window_around(view, x, y, 3 * radius)
             view.add(win, 0.8 * ellipse(win, x, y, radius, radius, view.size))
@@ -249,7 +287,7 @@ def paint_lucent_lesion(scene: Scene, finding: Finding, rng: np.random.Generator
             if cavity:
                 fill_air(view, side, win, ellipse(win, x, y, radius, radius, view.size) * (1 - inner), extra=0.2)
             else:
-                wall = np.exp(-((np.hypot(win.x - x, win.y - y) - radius) * view.size / 0.9) ** 2) * lung
+                wall = np.exp(-(((np.hypot(win.x - x, win.y - y) - radius) * view.size / 0.9) ** 2)) * lung
                 view.add(win, 0.07 * wall)
             view.add(win, -inner * (view.markings[win.rows, win.cols] + 0.07 * view.body[win.rows, win.cols]))
 
@@ -258,8 +296,10 @@ def paint_edema(scene: Scene, finding: Finding, rng: np.random.Generator) -> Non
     """Prominent upper-zone vessels, perihilar haze (bat wing when severe), Kerley B lines at the
     lateral bases; severe edema adds small effusions."""
     anat, sev = scene.anatomy, finding.severity
-    kerley = {side: [(rng.uniform(0.012, 0.03), rng.uniform(0.02, 0.14)) for _ in range(int(3 + 7 * sev))]
-              for side in LUNG_SIDES}
+    kerley = {
+        side: [(rng.uniform(0.012, 0.03), rng.uniform(0.02, 0.14)) for _ in range(int(3 + 7 * sev))]
+        for side in LUNG_SIDES
+    }
     textures = [int(rng.integers(2**31)) for _ in scene.views]
     haze = 0.12 + 0.6 * sev**1.5
     for index, view in enumerate(scene.views):
@@ -304,14 +344,16 @@ def paint_reticular(scene: Scene, finding: Finding, rng: np.random.Generator) ->
     sides = finding_sides(finding, rng, "bilateral")
     textures = [int(rng.integers(2**31)) for _ in scene.views]
     amount = (0.05 + 0.07 * sev) * (1.4 if fibrosis else 1.0)
-    cell = (10.0 if fibrosis else 7.0)
+    cell = 10.0 if fibrosis else 7.0
     for index, view in enumerate(scene.views):
         for side in sides:
             win = lung_window(view, anat, side)
             lung = view.lung[side][win.rows, win.cols]
             texture_rng = np.random.default_rng([textures[index], LUNG_SIDES.index(side)])
-            net = sum(weight * np.exp(-((smooth_noise(texture_rng, lung.shape, cell * view.size / 256) / 0.2) ** 2))
-                      for weight in (1.0, 0.7))
+            net = sum(
+                weight * np.exp(-((smooth_noise(texture_rng, lung.shape, cell * view.size / 256) / 0.2) ** 2))
+                for weight in (1.0, 0.7)
+            )
             weight = zone_weight(view, anat, side, win, region, hilar)
             view.add(win, amount * net * weight * lung)
             if fibrosis:

@@ -36,8 +36,10 @@ def paint_pneumothorax(scene: Scene, finding: Finding, rng: np.random.Generator)
     factor = 1 - (0.06 + 0.3 * sev)
     for side in finding_sides(finding, rng):
         hx, hy = hilum_centre(anat, side)
-        centres = {"frontal": (hx + SIGN[side] * 0.02, 0.5 * (hy + dome_y(anat, side))),
-                   "lateral": (lateral_hilum_centre(anat)[0], dome_y(anat, side))}
+        centres = {
+            "frontal": (hx + SIGN[side] * 0.02, 0.5 * (hy + dome_y(anat, side))),
+            "lateral": (lateral_hilum_centre(anat)[0], dome_y(anat, side)),
+        }
         for view in scene.views:
             win = lung_window(view, anat, side)
             lung = view.lung[side][win.rows, win.cols]
