@@ -99,28 +99,38 @@ def tiny_base_llm(tiny_bench, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quick_bench(tiny_bench, tiny_base_llm, tmp_path_factory) -> dict[str, Path]:
+def bench_command(tiny_bench, tiny_base_llm):
+    """`fedmrg bench --quick` on the tiny benchmark and base LLM, as a user types it, with more arguments."""
+    import sys
+
+    def command(*args: str) -> list[str]:
+        prefix = [sys.executable, "-m", "fedmrg.cli", "bench", "--quick", "--config", "tiny"]
+        return [*prefix, "--data", str(tiny_bench), "--base-llm", str(tiny_base_llm), *args]
+
+    return command
+
+
+@pytest.fixture(scope="module")
+def site_cfg(tiny_base_llm):
+    """The tiny config for a site trainer: 3 rounds of 2 local steps on the CPU, the tiny base LLM."""
+    from fedmrg.config import load_config
+
+    cfg = load_config("tiny", {"fl.rounds": 3, "fl.local_steps": 2, "train.device": "cpu"})
+    cfg.model.base_llm = str(tiny_base_llm)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def quick_bench(bench_command, tmp_path_factory) -> dict[str, Path]:
     """`fedmrg bench --quick` on the tiny benchmark with local-only and the FedAvg job (one seed), as a user
     types it; also the FedAvg job's simulator run for the job tests. Its paths: work, out, page (results page)."""
     import subprocess
-    import sys
 
     root = tmp_path_factory.mktemp("quick-bench")
     paths = {"work": root / "work", "out": root / "results", "page": root / "docs" / "benchmark.md"}
     paths["page"].parent.mkdir()
     paths["page"].write_text("# Project\n\n## Results\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
-    command = [
-        sys.executable,
-        "-m",
-        "fedmrg.cli",
-        "bench",
-        "--quick",
-        "--config",
-        "tiny",
-        "--data",
-        str(tiny_bench),
-        "--base-llm",
-        str(tiny_base_llm),
+    command = bench_command(
         "--methods",
         "local",
         "fedavg_lora",
@@ -137,7 +147,7 @@ def quick_bench(tiny_bench, tiny_base_llm, tmp_path_factory) -> dict[str, Path]:
         "--jobs",
         str(REPO / "jobs"),
         "--quiet",
-    ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FEDMRG_SITE_SETTINGS", None)
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -300,21 +299,10 @@ def test_the_quick_benchmark_writes_results_table_plots_and_the_results_page_sec
 
 
 @pytest.mark.slow
-def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_bench, tiny_base_llm):
+def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, bench_command):
     record = quick_bench["work"] / "local" / "seed-0" / RUN_FILE
     before = record.stat().st_mtime_ns
-    command = [
-        sys.executable,
-        "-m",
-        "fedmrg.cli",
-        "bench",
-        "--quick",
-        "--config",
-        "tiny",
-        "--data",
-        str(tiny_bench),
-        "--base-llm",
-        str(tiny_base_llm),
+    command = bench_command(
         "--methods",
         "local",
         "--seeds",
@@ -327,7 +315,7 @@ def test_running_the_benchmark_again_reuses_the_finished_runs(quick_bench, tiny_
         str(quick_bench["out"]),
         "--results-page",
         "none",
-    ]
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reusing" in done.stderr and record.stat().st_mtime_ns == before

@@ -324,13 +324,6 @@ def test_submitters_get_distinct_checkpoint_folders():
 
 
 # ----------------------------------------------------------------------------- a faulty server
-@pytest.fixture(scope="module")
-def site_cfg(tiny_base_llm):
-    cfg = load_config("tiny", {"fl.rounds": 3, "fl.local_steps": 1, "train.device": "cpu"})
-    cfg.model.base_llm = str(tiny_base_llm)
-    return cfg
-
-
 def test_a_site_refuses_non_finite_global_weights(site_cfg, tiny_bench, tmp_path):
     site = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
     shared = site.model.shared_state_dict()

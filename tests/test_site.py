@@ -115,13 +115,6 @@ def test_the_state_root_is_the_setting_else_in_the_workspace(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- one round
-@pytest.fixture(scope="module")
-def site_cfg(tiny_base_llm):
-    cfg = load_config("tiny", {"fl.rounds": 3, "fl.local_steps": 2, "train.device": "cpu"})
-    cfg.model.base_llm = str(tiny_base_llm)
-    return cfg
-
-
 def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cfg, tiny_bench, tmp_path):
     site = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
     shared = site.model.shared_state_dict()

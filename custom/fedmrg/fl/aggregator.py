@@ -193,9 +193,8 @@ class UpdateAggregator(ModelAggregator):
             raise ValueError(f"meta '{msg.TRAIN_STUDIES}' must be a positive integer, got {str(studies)[:40]!r}")
         if model.params_type != self.params_type:
             raise ValueError(f"params_type {model.params_type}, expected {self.params_type}")
-        refuse_local_parameters(model.params or {})
         delta = self.decode_params(model.params or {})
-        refuse_local_parameters(delta)
+        refuse_local_parameters(delta)  # the low-rank decoder checks the payload's entry list before decoding
         bank = None
         if msg.PROTOTYPE_SUMS in meta or msg.PROTOTYPE_COUNTS in meta:
             bank = PrototypeBank.from_state(
