@@ -26,7 +26,7 @@ PARTITION ?= style
 
 LINTED := custom tests bench jobs
 
-.PHONY: install test lint format demo clean-demo poc bench
+.PHONY: install test lint format demo clean-demo poc-job poc poc-up poc-down bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,15 +64,26 @@ demo: $(STAMP)
 clean-demo:
 	rm -rf $(DEMO_DIR)
 
-# Benchmark and base LLM of CONFIG (shared with `make demo` for demo), the exported job, then `fedmrg poc`:
-# prepare, wire the sites, start, submit through the FLARE API, follow, download, summary, stop (always).
-poc: $(STAMP)
+# Benchmark and base LLM of CONFIG (shared with `make demo` for demo), the job exported to POC_WS/jobs.
+poc-job: $(STAMP)
 	$(FEDMRG) prepare-data --config $(CONFIG) --out $(POC_DATA)/bench --reuse
 	test -f $(POC_DATA)/base-llm/config.json || $(FEDMRG) make-base-llm --corpus $(POC_DATA)/bench/public --out $(POC_DATA)/base-llm --quiet
 	$(BIN)/python jobs/fedmrg/job.py --config $(CONFIG) --sites $(SITES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
 		--test-limit $(TEST_LIMIT) --export --export-dir $(POC_WS)/jobs
-	OMP_NUM_THREADS=1 $(FEDMRG) poc --job $(POC_WS)/jobs/fedmrg --data $(POC_DATA)/bench --base-llm $(POC_DATA)/base-llm \
-		--sites $(SITES) --workspace $(POC_WS) $(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))
+
+POC_FEDERATION = --data $(POC_DATA)/bench --base-llm $(POC_DATA)/base-llm --sites $(SITES) --workspace $(POC_WS) \
+	$(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))
+
+# `fedmrg poc`: prepare, wire the sites, start, submit through the FLARE API, follow, download, summary, stop (always).
+poc: poc-job
+	OMP_NUM_THREADS=1 $(FEDMRG) poc --job $(POC_WS)/jobs/fedmrg $(POC_FEDERATION)
+
+# A POC federation that stays up for the admin console (it prints the console command); poc-down stops it.
+poc-up: poc-job
+	OMP_NUM_THREADS=1 $(FEDMRG) poc-up --job $(POC_WS)/jobs/fedmrg $(POC_FEDERATION)
+
+poc-down: $(STAMP)
+	$(FEDMRG) poc-down --workspace $(POC_WS)
 
 # Every method x seed on the benchmark (built or reused like `make demo`'s); results in bench/results/,
 # the results section of docs/benchmark.md rewritten. Finished runs are reused: run it again to resume.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,7 +18,19 @@ import yaml
 
 import fedmrg
 from fedmrg.config import config_to_dict, load_config
-from fedmrg.ops.poc import SERVER_PORTS, PocSystem, find_results, port_is_free, processes_under, submit_and_follow
+from fedmrg.ops.poc import (
+    FINISHED_OK,
+    PROJECT_ADMIN,
+    SERVER_PORTS,
+    LogFollower,
+    PocSystem,
+    download_result,
+    find_results,
+    follow_job,
+    port_is_free,
+    processes_under,
+    submit_and_follow,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "provisioning"
@@ -207,6 +220,54 @@ def test_a_resubmitted_job_resumes_on_the_server_and_the_dropped_site_rejoins(po
 def test_everything_is_stopped_and_the_ports_are_free(poc_run):
     assert poc_run["running_before_stop"] > 0  # the check below can see the federation's processes
     assert poc_run["system"].processes() == []
+    assert all(port_is_free(port) for port in SERVER_PORTS)
+
+
+def fedmrg_cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "fedmrg.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def follow_from_the_api(system: PocSystem, job_id: str, download_to: Path, lines: list[str]) -> tuple[str, Path | None]:
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    session = new_secure_session(PROJECT_ADMIN, str(system.admin_kit), timeout=30)
+    try:
+        follower = LogFollower(system.kit("server") / job_id / "log.txt", lines.append)
+        status = follow_job(session, job_id, follower, 600, lines.append)
+        return status, download_result(session, job_id, download_to, lines.append)
+    finally:
+        session.close()
+
+
+def test_a_job_typed_into_the_admin_console_of_a_poc_up_federation_completes(tiny_bench, tiny_base_llm, tmp_path):
+    """What `make poc-up` tells a user to do: open the console with the command it prints and type
+    `submit_job fedmrg` at the prompt. The job completes under the hospital policies (the server's allow
+    list admits FedMRG's controller), and `poc-down` leaves nothing running."""
+    job, ws = export_job(tmp_path / "jobs"), tmp_path / "ws"
+    up = fedmrg_cli("poc-up", "--job", str(job), "--data", str(tiny_bench), "--base-llm", str(tiny_base_llm),
+                "--sites", "2", "--workspace", str(ws), "--policies", str(POLICIES), timeout=300)  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        said = dict(line.split(":", 1) for line in up.stdout.splitlines() if ":" in line)
+        console, typed = said["admin console"].strip(), said["submit the job"].split("(")[0].strip()
+        assert typed == "submit_job fedmrg"
+        assert processes_under(ws)  # still running after poc-up returned
+        session = subprocess.run(
+            ["bash", "-c", console], input=typed + "\n", capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        submitted = re.search(r"Submitted job: ([0-9a-f-]{36})", session.stdout)
+        assert submitted, session.stdout[-2000:] + session.stderr[-2000:]
+        status, downloaded = follow_from_the_api(PocSystem(ws, []), submitted[1], tmp_path / "results", lines)
+    finally:
+        down = fedmrg_cli("poc-down", "--workspace", str(ws), timeout=180)
+    assert status == FINISHED_OK, lines
+    results = json.loads((find_results(downloaded) / "results.json").read_text(encoding="utf-8"))
+    assert sorted(results["rounds"][0]["accepted"]) == ["site-1", "site-2"]
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert processes_under(ws) == []
     assert all(port_is_free(port) for port in SERVER_PORTS)
 
 

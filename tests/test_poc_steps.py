@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedmrg.errors import ConfigError
-from fedmrg.ops.poc import PocRun, end_processes, processes_under
+from fedmrg.ops.poc import PocRun, end_processes, poc_down, processes_under
 
 
 def job_folder(tmp_path: Path, **meta) -> Path:
@@ -79,3 +79,9 @@ def test_processes_left_under_a_folder_are_ended_and_others_spared(tmp_path):
         for proc in procs.values():
             proc.kill()
             proc.wait()
+
+
+def test_poc_down_where_no_federation_was_started_says_so_and_succeeds(tmp_path):
+    said: list[str] = []
+    assert poc_down(tmp_path / "ws", said.append)
+    assert said == [f"no POC federation in {tmp_path / 'ws'} (no poc/ folder); nothing to stop"]

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -20,6 +21,9 @@ from fedmrg import __version__
 from fedmrg.config import config_to_dict, load_config, named_configs
 from fedmrg.errors import FedMRGError
 from fedmrg.io import write_json
+
+if TYPE_CHECKING:
+    from fedmrg.ops.poc import PocRun
 
 log = logging.getLogger("fedmrg")
 
@@ -611,6 +615,53 @@ def _cmd_server_kit(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _poc_federation_arguments(p: argparse.ArgumentParser) -> None:
+    """What `poc` and `poc-up` share: the job, the sites' data and policies, the workspace."""
+    p.add_argument("--job", required=True, metavar="JOB_DIR", help="an exported job (jobs/<job>/job.py --export)")
+    p.add_argument("--data", required=True, metavar="BENCH_DIR", help="benchmark folder with site-1, site-2, ...")
+    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder every site uses")
+    p.add_argument("--sites", type=_positive_int, default=2, help="number of sites (default: 2)")
+    _poc_workspace_argument(p)
+    p.add_argument(
+        "--policies",
+        metavar="DIR",
+        help="install DIR's authorization.json, privacy.json, resources.json at every site (e.g. provisioning/)",
+    )
+
+
+def _poc_workspace_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workspace",
+        metavar="WS",
+        default="data/poc",
+        help="where the POC system, the job's download and nvflare's HOME go (default: data/poc)",
+    )
+
+
+def _poc_plan(args: argparse.Namespace, **extra) -> PocRun:
+    from fedmrg.ops.poc import PocRun
+
+    return PocRun(
+        workspace=Path(args.workspace),
+        job_dir=Path(args.job),
+        data=Path(args.data),
+        sites=args.sites,
+        base_llm=Path(args.base_llm) if args.base_llm else None,
+        policies=Path(args.policies) if args.policies else None,
+        **extra,
+    )
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def interrupted(signum, frame):  # SIGTERM stops the federation the same way Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    logging.getLogger("nvflare").setLevel(logging.WARNING)  # FLARE API connection chatter
+
+
 def _poc_parser(sub) -> None:
     p = sub.add_parser(
         "poc",
@@ -622,21 +673,7 @@ def _poc_parser(sub) -> None:
         "it started, also when a step fails or on Ctrl-C. nvflare runs with HOME=WS/home, so the "
         "user's ~/.nvflare is left alone. Exit status 0 when the job ends FINISHED:COMPLETED.",
     )
-    p.add_argument("--job", required=True, metavar="JOB_DIR", help="an exported job (jobs/<job>/job.py --export)")
-    p.add_argument("--data", required=True, metavar="BENCH_DIR", help="benchmark folder with site-1, site-2, ...")
-    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder every site uses")
-    p.add_argument("--sites", type=_positive_int, default=2, help="number of sites (default: 2)")
-    p.add_argument(
-        "--workspace",
-        metavar="WS",
-        default="data/poc",
-        help="where the POC system, the job's download and nvflare's HOME go (default: data/poc)",
-    )
-    p.add_argument(
-        "--policies",
-        metavar="DIR",
-        help="install DIR's authorization.json, privacy.json, resources.json at every site (e.g. provisioning/)",
-    )
+    _poc_federation_arguments(p)
     p.add_argument(
         "--timeout",
         type=_positive_int,
@@ -646,29 +683,56 @@ def _poc_parser(sub) -> None:
     p.set_defaults(handler=_cmd_poc)
 
 
-def _cmd_poc(args: argparse.Namespace) -> int:
-    import signal
-
-    from fedmrg.fl.results import read_results, site_examples, summary_markdown
-    from fedmrg.ops.poc import PocRun, find_results, run_poc
-
-    def interrupted(signum, frame):  # SIGTERM stops the federation the same way Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    logging.getLogger("nvflare").setLevel(logging.WARNING)  # FLARE API connection chatter
-    workspace = Path(args.workspace)
-    outcome = run_poc(
-        PocRun(
-            workspace=workspace,
-            job_dir=Path(args.job),
-            data=Path(args.data),
-            sites=args.sites,
-            base_llm=Path(args.base_llm) if args.base_llm else None,
-            policies=Path(args.policies) if args.policies else None,
-            timeout=args.timeout,
-        )
+def _poc_up_parser(sub) -> None:
+    p = sub.add_parser(
+        "poc-up",
+        help="start a local FLARE POC federation and leave it running for the admin console (make poc-up)",
+        description="Prepare, wire and start a POC federation as `fedmrg poc` does, copy the job into the "
+        "admin kit's transfer/ folder, print the console command and what to type to submit the job, "
+        "and leave everything running; `fedmrg poc-down` stops it. A failed step stops what had started.",
     )
+    _poc_federation_arguments(p)
+    p.set_defaults(handler=_cmd_poc_up)
+
+
+def _poc_down_parser(sub) -> None:
+    p = sub.add_parser(
+        "poc-down",
+        help="stop the POC federation that `poc-up` started (make poc-down)",
+        description="nvflare poc stop in WS, then terminate and kill any process still running from it, "
+        "and check that ports 8002/8003 are free. Exit status 0 when nothing is left running.",
+    )
+    _poc_workspace_argument(p)
+    p.set_defaults(handler=_cmd_poc_down)
+
+
+def _cmd_poc_up(args: argparse.Namespace) -> int:
+    from fedmrg.ops.poc import poc_up
+
+    _stop_on_sigterm()
+    console = poc_up(_poc_plan(args))
+    print(f"the federation is up and stays up (workspace {args.workspace})")
+    print(f"admin console:  {console.command}")
+    print(f"submit the job: submit_job {console.job_name}    (the job is in {console.transfer_dir})")
+    make_down = "make poc-down" + ("" if args.workspace == "data/poc" else f" POC_WS={args.workspace}")
+    print(f"stop it:        {make_down}  (or fedmrg poc-down --workspace {args.workspace})")
+    return 0
+
+
+def _cmd_poc_down(args: argparse.Namespace) -> int:
+    from fedmrg.ops.poc import poc_down
+
+    _stop_on_sigterm()
+    return 0 if poc_down(Path(args.workspace)) else 1
+
+
+def _cmd_poc(args: argparse.Namespace) -> int:
+    from fedmrg.fl.results import read_results, site_examples, summary_markdown
+    from fedmrg.ops.poc import find_results, run_poc
+
+    _stop_on_sigterm()
+    workspace = Path(args.workspace)
+    outcome = run_poc(_poc_plan(args, timeout=args.timeout))
     run_dir = find_results(outcome.result_dir)
     if run_dir is not None:
         results = read_results(run_dir / "results.json")
@@ -827,6 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
         _site_check_parser,
         _server_kit_parser,
         _poc_parser,
+        _poc_up_parser,
+        _poc_down_parser,
         _bench_parser,
     ):
         add(sub)

@@ -39,6 +39,7 @@ from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.packaging import allow_fedmrg_components
 from fedmrg.fl.results import RESULTS_FILE
 from fedmrg.fl.site import DEFAULT_STATE_DIR, SETTINGS_FILE
+from fedmrg.io import replace_directory
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class PocSystem:
         if busy:
             raise PocError(
                 f"port {busy[0]} is in use (another POC or FLARE server?); stop it first "
-                f"(`nvflare poc stop` in its workspace) and try again"
+                f"(`make poc-down`, or `nvflare poc stop` in its workspace) and try again"
             )
         self.nvflare("poc", "prepare", "-c", *self.sites, "--force")
         allow_fedmrg_components(self.kit("server") / "local")  # the server runs FedMRG's controller in every job
@@ -497,26 +498,78 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def bring_up(plan: PocRun, system: PocSystem, echo: Callable[[str], None] = print) -> None:
+    """Prepare the POC system, give each site its data (and the policies), and start it."""
+    echo(f"preparing a POC federation with {plan.sites} sites in {system.poc_dir}")
+    system.prepare()
+    sites = {
+        site: system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies) for site in system.sites
+    }
+    (system.workspace / "sites.yaml").write_text(yaml.safe_dump(sites), encoding="utf-8")
+    if plan.policies:
+        echo(f"site policies from {plan.policies} installed at every site")
+        if system.secure_server(plan.policies):
+            echo(f"the server's authorization policy from {plan.policies} (no job may bring code)")
+    echo("starting the server and the sites (nvflare poc start)")
+    system.start()
+
+
 def run_poc(plan: PocRun, echo: Callable[[str], None] = print) -> JobOutcome:
     """Prepare, wire, start, submit, follow, download, and stop: the returned outcome has the final
     status and the downloaded folder. Every process started is stopped before this returns or raises."""
     plan.validate()
     system = PocSystem(plan.workspace, plan.site_names())
     with system:
-        echo(f"preparing a POC federation with {plan.sites} sites in {system.poc_dir}")
-        system.prepare()
-        sites = {
-            site: system.wire_site(site, Path(plan.data) / site, plan.base_llm, plan.policies) for site in system.sites
-        }
-        (system.workspace / "sites.yaml").write_text(yaml.safe_dump(sites), encoding="utf-8")
-        if plan.policies:
-            echo(f"site policies from {plan.policies} installed at every site")
-            if system.secure_server(plan.policies):
-                echo(f"the server's authorization policy from {plan.policies} (no job may bring code)")
-        echo("starting the server and the sites (nvflare poc start)")
-        system.start()
+        bring_up(plan, system, echo)
         outcome = submit_and_follow(
             system, Path(plan.job_dir).resolve(), plan.timeout, system.workspace / "results", echo
         )
         echo("stopping the POC federation")
     return outcome
+
+
+@dataclass
+class Console:
+    """How to reach a running POC federation from FLARE's admin console."""
+
+    command: str  # a shell line that opens the console as the project admin
+    job_name: str  # what to type after submit_job (the job's folder in the console's upload folder)
+    transfer_dir: Path
+
+
+def poc_up(plan: PocRun, echo: Callable[[str], None] = print) -> Console:
+    """Bring a POC federation up and leave it running for the admin console: the job is copied into
+    the admin kit's ``transfer/`` folder (the console's upload folder), so ``submit_job <job name>``
+    finds it. A failed step stops whatever had started; :func:`poc_down` stops the rest later."""
+    plan.validate()
+    system = PocSystem(plan.workspace, plan.site_names())
+    try:
+        bring_up(plan, system, echo)
+    except BaseException:
+        system.stop()
+        raise
+    job_dir = Path(plan.job_dir).resolve()
+    transfer = system.admin_kit / "transfer"
+    replace_directory(transfer / job_dir.name, lambda staging: shutil.copytree(job_dir, staging, dirs_exist_ok=True))
+    bin_dir = Path(system.python).parent
+    return Console(
+        command=f"PATH={bin_dir}:$PATH {system.admin_kit / 'startup' / 'fl_admin.sh'}",
+        job_name=job_dir.name,
+        transfer_dir=transfer,
+    )
+
+
+def poc_down(workspace: Path, echo: Callable[[str], None] = print) -> bool:
+    """Stop the POC federation of ``workspace`` (``nvflare poc stop``, then end what is left).
+    True when nothing of it runs any more and its ports are free."""
+    system = PocSystem(workspace, [])
+    if not system.poc_dir.is_dir():
+        echo(f"no POC federation in {system.workspace} (no {system.poc_dir.name}/ folder); nothing to stop")
+        return True
+    if not system.processes():
+        echo(f"no process of the POC federation in {system.workspace} is running")
+    system.started = True  # started by an earlier `poc-up`: stop() ends it
+    system.stop()
+    stopped = not system.processes() and all(port_is_free(port) for port in SERVER_PORTS)
+    echo(f"POC federation in {system.workspace} {'stopped' if stopped else 'NOT fully stopped (see the log above)'}")
+    return stopped
