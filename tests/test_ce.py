@@ -8,7 +8,7 @@ import pytest
 from fedmrg.errors import DataError
 from fedmrg.eval import ce
 from fedmrg.eval.ce import ce_from_texts, ce_scores
-from fedmrg.labels.observations import MICRO5, OBSERVATIONS
+from fedmrg.labels.observations import ABNORMAL, MICRO5, OBSERVATIONS
 
 COL = {name: k for k, name in enumerate(OBSERVATIONS)}
 
@@ -62,6 +62,38 @@ def test_micro5_ignores_the_other_columns():
     others = [COL[name] for name in OBSERVATIONS if name not in MICRO5]
     noisy[:, others] = 1
     assert ce_scores(noisy, REF)["micro5"] == ce_scores(PRED, REF)["micro5"]
+
+
+def test_abnormal_is_micro_without_no_finding():
+    # Four reports (predicted / reference):
+    #   0: No Finding / No Finding;  1: No Finding / Cardiomegaly;
+    #   2: Cardiomegaly, Fracture / Cardiomegaly;  3: Pleural Effusion / No Finding.
+    pred = labels({"No Finding": 1}, {"No Finding": 1}, {"Cardiomegaly": 1, "Fracture": 1}, {"Pleural Effusion": 1})
+    ref = labels({"No Finding": 1}, {"Cardiomegaly": 1}, {"Cardiomegaly": 1}, {"No Finding": 1})
+    scores = ce_scores(pred, ref)
+    # Abnormal (13 findings): TP Cardiomegaly(2) = 1; FP Fracture(2), Pleural Effusion(3) = 2;
+    # FN Cardiomegaly(1) = 1.  P = 1/3, R = 1/2, F1 = 1 / (1 + 3/2) = 2/5.
+    assert prf(scores["abnormal"]) == pytest.approx((1 / 3, 1 / 2, 2 / 5))
+    # Micro adds No Finding: TP (0), FP (1), FN (3) -> TP 2, FP 3, FN 2: P = 2/5, R = 1/2, F1 = 2 / 4.5 = 4/9.
+    assert prf(scores["micro"]) == pytest.approx((2 / 5, 1 / 2, 4 / 9))
+    assert len(ABNORMAL) == 13 and "No Finding" not in ABNORMAL
+
+
+NORMAL = "the heart is normal. the lungs are clear. no pleural effusion or pneumothorax."
+
+
+def test_a_normal_report_copied_to_every_study_scores_0_on_abnormal():
+    references = {
+        "normal-1": "heart size is normal. no acute cardiopulmonary abnormality.",
+        "normal-2": "the lungs are clear. no pneumothorax.",
+        "effusion": "the heart is enlarged. small left pleural effusion.",
+        "edema": "there is mild pulmonary edema. no pneumothorax.",
+    }
+    scores = ce_from_texts(dict.fromkeys(references, NORMAL), references, dataset="iu_xray")
+    assert prf(scores["abnormal"]) == (0.0, 0.0, 0.0)
+    # "No Finding" is right on the two normal studies: micro and example give it credit.
+    assert scores["micro"]["f1"] > 0 and scores["example"]["f1"] > 0
+    assert scores["per_observation"]["No Finding"]["support"] == 2
 
 
 def test_uncertain_and_blank_count_as_negative():

@@ -141,10 +141,10 @@ def test_score_end_to_end(tmp_path, capsys, no_java):
     assert scores["n"] == 3
     assert list(scores["nlg"]) == list(NLG) and scores["nlg"]["METEOR"] is None
     assert all(0 <= scores["nlg"][m] <= 1 for m in NLG if m not in ("METEOR", "CIDEr"))
-    assert set(scores["ce"]) == {"micro", "macro", "example", "micro5"}
+    assert set(scores["ce"]) == {"micro", "macro", "example", "micro5", "abnormal"}
     assert all(set(v) == {"precision", "recall", "f1"} for v in scores["ce"].values())
     assert set(scores["per_study"]) == set(PRED) and set(scores["ce_per_observation"]) == set(OBSERVATIONS)
-    for word in ("BLEU-4", "METEOR", "n/a", "CIDEr", "micro5", "precision", str(out)):
+    for word in ("BLEU-4", "METEOR", "n/a", "CIDEr", "micro5", "abnormal", "precision", str(out)):
         assert word in printed
 
 
@@ -226,19 +226,19 @@ def test_score_missing_file(tmp_path, capsys):
 # --- report ----------------------------------------------------------------------------------
 
 
-def _scores(meteor: float | None, f1: float) -> dict:
+CE_VARIANTS = ("micro", "macro", "example", "micro5", "abnormal")
+
+
+def _scores(meteor: float | None, f1: float, variants: tuple[str, ...] = CE_VARIANTS) -> dict:
     nlg = {m: 0.1 * (k + 1) for k, m in enumerate(NLG)} | {"METEOR": meteor}
-    return {
-        "n": 42,
-        "nlg": nlg,
-        "ce": {v: {"precision": f1, "recall": f1, "f1": f1} for v in ("micro", "macro", "example", "micro5")},
-    }
+    return {"n": 42, "nlg": nlg, "ce": {v: {"precision": f1, "recall": f1, "f1": f1} for v in variants}}
 
 
 def test_report_end_to_end(tmp_path, capsys):
     (tmp_path / "site-1").mkdir()
     first = write_json(tmp_path / "site-1" / "scores.json", _scores(0.25, 0.5))
-    second = write_json(tmp_path / "global.json", _scores(None, 0.123456))
+    # A scores file written before the abnormal variant existed: read, its abnormal column n/a.
+    second = write_json(tmp_path / "global.json", _scores(None, 0.123456, CE_VARIANTS[:-1]))
     out = tmp_path / "out" / "report.md"
     code, printed, _ = run(capsys, "report", first, second, "--out", out)
     assert code == 0
@@ -246,12 +246,14 @@ def test_report_end_to_end(tmp_path, capsys):
     assert str(out) in printed and str(png) in printed
     text = out.read_text()
     assert "| result | n | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr | CE-F1 micro |" in text
+    assert "| CE-F1 micro5 | CE-F1 abnormal |" in text
     assert (
-        "| site-1 | 42 | 0.100 | 0.200 | 0.300 | 0.400 | 0.250 | 0.600 | 0.700 | 0.500 | 0.500 | 0.500 | 0.500 |"
-        in text
+        "| site-1 | 42 | 0.100 | 0.200 | 0.300 | 0.400 | 0.250 | 0.600 | 0.700 "
+        "| 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |" in text
     )
     assert (
-        "| global | 42 | 0.100 | 0.200 | 0.300 | 0.400 | n/a | 0.600 | 0.700 | 0.123 | 0.123 | 0.123 | 0.123 |" in text
+        "| global | 42 | 0.100 | 0.200 | 0.300 | 0.400 | n/a | 0.600 | 0.700 | 0.123 | 0.123 | 0.123 | 0.123 | n/a |"
+        in text
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -263,7 +265,11 @@ def test_report_of_a_real_scores_file(tmp_path, capsys, no_java):
     assert "| fedavg | 3 |" in (tmp_path / "r.md").read_text()
 
 
-@pytest.mark.parametrize("data", [{"s1": "a report"}, {"n": 3, "nlg": {"BLEU-1": 0.1}, "ce": {}}, [1, 2]])
+BAD_ABNORMAL = _scores(0.2, 0.3, CE_VARIANTS[:-1])
+BAD_ABNORMAL["ce"]["abnormal"] = {"precision": 0.3}  # present, but without an f1
+
+
+@pytest.mark.parametrize("data", [{"s1": "a report"}, {"n": 3, "nlg": {"BLEU-1": 0.1}, "ce": {}}, [1, 2], BAD_ABNORMAL])
 def test_report_rejects_other_files(tmp_path, capsys, data):
     good = write_json(tmp_path / "good.json", _scores(0.2, 0.3))
     bad = write_json(tmp_path / "pred.json", data)

@@ -25,13 +25,25 @@ from fedmrg.experiments.runner import (
     round_traffic,
     run_config,
 )
+from fedmrg.fl.results import summary_markdown
 
 
-def scores(ce_example: float, bleu4: float, cider: float = 0.5) -> dict:
+def scores(ce_example: float, bleu4: float, cider: float = 0.5, abnormal: float | None = 0.2) -> dict:
+    """Scores with the given values; ``abnormal`` None: scored before that CE variant existed."""
     nlg = {"BLEU-1": 0.4, "BLEU-2": 0.3, "BLEU-3": 0.2, "BLEU-4": bleu4, "METEOR": None, "ROUGE-L": 0.3, "CIDEr": cider}
     ce = {v: {"precision": 0.5, "recall": 0.5, "f1": 0.5} for v in ("micro", "macro", "micro5")}
     ce["example"] = {"precision": ce_example, "recall": ce_example, "f1": ce_example}
+    if abnormal is not None:
+        ce["abnormal"] = {"precision": abnormal, "recall": abnormal, "f1": abnormal}
     return {"n": 10, "nlg": nlg, "ce": ce}
+
+
+def predating_abnormal(record: dict) -> dict:
+    """The record as a run scored before the abnormal CE variant existed would have left it."""
+    for group in (*record["sites"].values(), record["test_global"]):
+        for site_scores in group.values():
+            del site_scores["ce"]["abnormal"]
+    return record
 
 
 def record(method: str, seed: int, site_values: dict, up: int | None = None, personalized: dict | None = None) -> dict:
@@ -95,6 +107,8 @@ def test_the_summary_averages_each_sites_deployed_model_over_sites_then_seeds(su
     assert summary["fedavg_lora"]["BLEU-4_sd"] == 0.0 and summary["fedmrg"]["METEOR"] is None
     assert summary["fedmrg"]["test-global-CE-F1-example"] == pytest.approx(0.40)
     assert summary["fedmrg"]["per_site"]["site-2"]["BLEU-4"] == pytest.approx(0.12)
+    assert summary["fedmrg"]["CE-F1-abnormal"] == pytest.approx(0.2) and "CE-F1-abnormal" in br.KEY_METRICS
+    assert summary["fedmrg"]["per_site"]["site-1"]["CE-F1-abnormal"] == pytest.approx(0.2)
     assert summary["fedmrg"]["seeds"] == [0, 1] and summary["fedmrg"]["curves"] == {"val_lm_generic": [3.0, 2.5]}
 
 
@@ -131,7 +145,8 @@ def test_a_claim_needing_a_method_that_was_not_run_is_not_measured(summary):
 def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(summary):
     effects = {row["ablation"]: row for row in br.ablation_effects(summary)}
     assert effects["fedmrg-no-compression"]["CE-F1-example"] == pytest.approx(0.10)
-    assert effects["fedmrg-no-compression"]["verdict"].startswith("fedmrg's mechanism helps (2 of 3")  # CIDEr level
+    # CE-F1-abnormal and CIDEr level: 2 of the 4 key metrics clearly
+    assert effects["fedmrg-no-compression"]["verdict"].startswith("fedmrg's mechanism helps (2 of 4")
     assert effects["fedmrg-no-compression"]["bytes_up_ratio"] == pytest.approx(50.0)
     assert effects["fedmrg-no-contrastive"]["verdict"] == "no clear effect"  # 0.60 vs 0.60 ± 0.014
     for entry in summary.values():  # one seed: no spread
@@ -139,8 +154,9 @@ def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(s
     assert {row["verdict"] for row in br.ablation_effects(summary)} == {"one seed: no spread to judge by"}
 
 
-def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
-    results = {
+def results_of(summary: dict) -> dict:
+    """The results file's content around ``summary``, as ``fedmrg bench`` writes it."""
+    return {
         "name": "t",
         "summary": summary,
         "claims": br.claims(summary),
@@ -160,13 +176,42 @@ def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
             "benchmark": {"source": "synthetic", "sites": 2, "partition": "style", "train_studies": 63},
         },
     }
-    text = br.markdown(results, image_dir="bench/results/")
+
+
+def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
+    text = br.markdown(results_of(summary), image_dir="bench/results/")
     rows = [line for line in text.splitlines() if line.startswith("| fedmrg |")]
     assert len(rows) == 2 and "0.600 ± 0.000" in rows[0]  # quality, then costs
     assert rows[1] == "| fedmrg | 19.53 KiB | 195.31 KiB | 78.12 KiB | 781.25 KiB | 5.0 | 1000.00 MiB | 10 |"
     assert "fedmrg beats fedavg_lora on the site mean of CE-F1 (example) and BLEU-4: **yes**" in text
     assert "| fedmrg-no-contrastive |" in text and "2 rounds x 10 local steps" in text
     assert "![per-site quality](bench/results/t-sites.png)" in text
+    assert "| method | setting | CE-F1-example | CE-F1-abnormal | BLEU-4 | CIDEr |" in text
+    assert "| ablation | removes | ΔCE-F1-example | ΔCE-F1-abnormal | ΔBLEU-4 | ΔCIDEr | verdict |" in text
+
+
+def test_runs_scored_before_the_abnormal_variant_existed_give_n_a_not_an_error():
+    old = [predating_abnormal(r) for r in two_seeds("fedmrg", [(0.6, 0.1), (0.6, 0.1)], up=20_000)]
+    mixed = [predating_abnormal(record("local", 0, {"site-1": (0.5, 0.1)})), record("local", 1, {"site-1": (0.5, 0.1)})]
+    summary = br.summarize([*old, *mixed, *two_seeds("fedmrg-no-compression", [(0.5, 0.1), (0.5, 0.1)], up=1)])
+    assert summary["fedmrg"]["CE-F1-abnormal"] is None and summary["fedmrg"]["CE-F1-example"] == pytest.approx(0.6)
+    assert summary["local"]["CE-F1-abnormal"] == pytest.approx(0.2)  # the one seed that has it
+    effect = br.ablation_effects(summary)[0]
+    assert effect["CE-F1-abnormal"] is None and effect["verdict"].startswith("fedmrg's mechanism helps (1 of 3")
+    row = next(line for line in br.markdown(results_of(summary)).splitlines() if line.startswith("| fedmrg |"))
+    assert row.startswith("| fedmrg | federated | 0.600 ± 0.000 | n/a | ")
+
+
+def test_the_fl_summary_shows_every_ce_variant_abnormal_included():
+    results = {
+        "job": "fedmrg",
+        "rounds": [],
+        "final": {"site-1": {"generic": scores(0.4, 0.1, abnormal=None), "personalized": scores(0.6, 0.1)}},
+    }
+    lines = summary_markdown(results).splitlines()
+    assert lines[2].endswith("| CE-F1 example | CE-F1 micro5 | CE-F1 abnormal |")
+    assert lines[4].startswith("| site-1 | generic |") and lines[4].endswith("| 0.500 | 0.400 | 0.500 | n/a |")
+    assert lines[5].endswith("| 0.500 | 0.600 | 0.500 | 0.200 |")
 
 
 def test_the_results_page_section_between_the_markers_is_replaced_and_the_rest_kept(tmp_path):

@@ -8,7 +8,10 @@ as negative, as R2Gen and PromptMRG do. Precision, recall and F1 then come in na
 - ``macro``: P/R/F1 per observation, averaged over the 14 observations;
 - ``example``: P/R/F1 per report, averaged over the reports (PromptMRG's example-based CE);
 - ``micro5``: ``micro`` restricted to atelectasis, cardiomegaly, consolidation, edema and pleural
-  effusion.
+  effusion;
+- ``abnormal``: ``micro`` restricted to the 13 findings, every observation but "No Finding". A
+  report that calls every study normal has no positive finding, so it scores 0 here, however
+  many studies are normal (on ``micro`` and ``example`` it gets credit for each "No Finding").
 
 F1 is TP / (TP + (FP + FN) / 2), the harmonic mean of P and R. A ratio whose denominator is 0
 (no predicted positives, no reference positives) is 0.
@@ -25,12 +28,13 @@ from fedmrg.errors import DataError
 from fedmrg.eval.nlg import prepare_text
 from fedmrg.io import some
 from fedmrg.labels.labeler import label_matrix
-from fedmrg.labels.observations import MICRO5, OBSERVATIONS, POSITIVE, label_array
+from fedmrg.labels.observations import ABNORMAL, MICRO5, OBSERVATIONS, POSITIVE, label_array
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("micro", "macro", "example", "micro5")
+VARIANTS = ("micro", "macro", "example", "micro5", "abnormal")
 _MICRO5_COLUMNS = [OBSERVATIONS.index(name) for name in MICRO5]
+_ABNORMAL_COLUMNS = [OBSERVATIONS.index(name) for name in ABNORMAL]
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -53,6 +57,13 @@ def _counts(pred: np.ndarray, ref: np.ndarray, axis: int | None) -> tuple[np.nda
     return (pred & ref).sum(axis=axis), (pred & ~ref).sum(axis=axis), (~pred & ref).sum(axis=axis)
 
 
+def _micro(pred: np.ndarray, ref: np.ndarray, columns: list[int] | None = None) -> dict[str, float]:
+    """P/R/F1 of the counts summed over every report and the given columns (None: all 14)."""
+    if columns is not None:
+        pred, ref = pred[:, columns], ref[:, columns]
+    return _as_dict(*_prf(*_counts(pred, ref, axis=None)))
+
+
 def _positive(labels: np.ndarray, name: str) -> np.ndarray:
     return label_array(labels, name) == POSITIVE  # NaN == 1 is False: not mentioned counts as negative
 
@@ -70,12 +81,12 @@ def ce_scores(pred_labels: np.ndarray, ref_labels: np.ndarray) -> dict:
         raise ValueError("no reports to score")
     per_obs = _prf(*_counts(pred, ref, axis=0))
     per_report = _prf(*_counts(pred, ref, axis=1))
-    five = _MICRO5_COLUMNS
     scores = {
-        "micro": _as_dict(*_prf(*_counts(pred, ref, axis=None))),
+        "micro": _micro(pred, ref),
         "macro": _as_dict(*(values.mean() for values in per_obs)),
         "example": _as_dict(*(values.mean() for values in per_report)),
-        "micro5": _as_dict(*_prf(*_counts(pred[:, five], ref[:, five], axis=None))),
+        "micro5": _micro(pred, ref, _MICRO5_COLUMNS),
+        "abnormal": _micro(pred, ref, _ABNORMAL_COLUMNS),
     }
     support = ref.sum(axis=0)
     scores["per_observation"] = {

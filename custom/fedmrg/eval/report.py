@@ -2,8 +2,9 @@
 
 A scores file is ``{"n": N, "nlg": {metric: value}, "ce": {variant: {"precision", "recall",
 "f1"}}, "ce_per_observation": {...}}`` plus ``"per_study"`` on request; METEOR is ``null`` when
-Java was unavailable. The report is a markdown table with one row per scores file and a grouped
-bar plot (PNG) beside it.
+Java was unavailable. Files written before the ``abnormal`` CE variant existed lack it and are
+still read: their value for it is ``n/a``. The report is a markdown table with one row per
+scores file and a grouped bar plot (PNG) beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from fedmrg.errors import DataError
 from fedmrg.eval.ce import VARIANTS, ce_from_texts
 from fedmrg.eval.nlg import METRICS, nlg_scores
 from fedmrg.io import load_json, write_json
+
+# CE variants added after scores files were first written: an older file without one is read, the value is n/a.
+LATER_VARIANTS = frozenset({"abnormal"})
 
 
 def score_reports(
@@ -55,8 +59,10 @@ def format_scores(scores: Mapping[str, Any]) -> str:
     lines += [f"  {metric:<10} {_value(scores['nlg'][metric], 4)}" for metric in METRICS]
     lines += ["", f"  {'CE':<10} {'precision':>9} {'recall':>9} {'f1':>9}"]
     for variant in VARIANTS:
-        row = scores["ce"][variant]
-        lines.append(f"  {variant:<10} " + " ".join(f"{row[k]:>9.4f}" for k in ("precision", "recall", "f1")))
+        row = scores["ce"].get(variant, {})
+        lines.append(
+            f"  {variant:<10} " + " ".join(f"{_value(row.get(k), 4):>9}" for k in ("precision", "recall", "f1"))
+        )
     return "\n".join(lines)
 
 
@@ -84,7 +90,9 @@ def _scores_problem(data: Any) -> str | None:
     ):
         return f"'nlg' must hold {', '.join(METRICS)}"
     if not isinstance(ce, dict) or not all(
-        isinstance(ce.get(v), dict) and _is_number(ce[v].get("f1")) for v in VARIANTS
+        isinstance(ce.get(v), dict) and _is_number(ce[v].get("f1"))
+        for v in VARIANTS
+        if v in ce or v not in LATER_VARIANTS
     ):
         return f"'ce' must hold {', '.join(VARIANTS)} with an 'f1'"
     return None
@@ -99,12 +107,19 @@ def result_label(path: str | os.PathLike) -> str:
 COLUMNS = (*METRICS, *(f"CE-F1 {variant}" for variant in VARIANTS))
 
 
+def ce_f1(scores: Mapping[str, Any], variant: str) -> float | None:
+    """The CE F1 of ``variant``; None where the scores predate it (see ``LATER_VARIANTS``)."""
+    row = scores["ce"].get(variant) if variant in LATER_VARIANTS else scores["ce"][variant]
+    return None if row is None else row["f1"]
+
+
 def row_values(scores: Mapping[str, Any]) -> list[float | None]:
-    return [*(scores["nlg"][m] for m in METRICS), *(scores["ce"][v]["f1"] for v in VARIANTS)]
+    """The values of ``COLUMNS``: the NLG metrics, then the CE F1 of each variant (None: n/a)."""
+    return [*(scores["nlg"][m] for m in METRICS), *(ce_f1(scores, v) for v in VARIANTS)]
 
 
 def markdown_table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """One row per (label, scores): n, the 7 NLG metrics and the CE-F1 variants, 3 decimals."""
+    """One row per (label, scores): n, the 7 NLG metrics and the CE-F1 variants, 3 decimals (n/a: none)."""
     header = ["result", "n", *COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
     for label, scores in results:

@@ -7,6 +7,8 @@ and seed); ``fedmrg bench`` run again over finished runs only redoes this report
 Per run, a method's quality at a site is that of the model the site deploys: generic+specialized
 adapters where the method trains both, the generic one otherwise. The summary averages over the
 sites first, then gives the mean and the sample standard deviation over seeds (``<metric>_sd``).
+A run recorded before a CE variant existed (``CE-F1-abnormal``) has None for it, left out of the
+means (n/a when no run has it); a results file written before it is still rendered, with n/a.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from fedmrg.experiments.methods import BY_NAME
 from fedmrg.io import write_json
 
 METRICS = tuple(column.replace(" ", "-") for column in COLUMNS)  # "CE-F1-example", "BLEU-4", ...
-KEY_METRICS = ("CE-F1-example", "BLEU-4", "CIDEr")
+# CE-F1-abnormal leaves out "No Finding": a model that calls every study normal scores 0 on it.
+KEY_METRICS = ("CE-F1-example", "CE-F1-abnormal", "BLEU-4", "CIDEr")
 # The results page's section that `fedmrg bench` rewrites lies between these markers.
 RESULTS_BEGIN, RESULTS_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 # The headline claims' bars: fedmrg within 5% of centralized CE-F1 (example), 25x less upload than FedAvg.
@@ -268,7 +271,7 @@ def _bytes(value: float | None) -> str:
 
 def _with_sd(entry: Mapping[str, Any], key: str) -> str:
     sd = entry.get(f"{key}_sd")
-    return _fmt(entry[key]) + ("" if sd is None else f" ± {sd:.3f}")
+    return _fmt(entry.get(key)) + ("" if sd is None else f" ± {sd:.3f}")
 
 
 def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
@@ -283,7 +286,9 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
         _settings_line(settings),
         "",
         "Site means of each site's deployed model, mean ± sd over seeds. `normal-report` is no model: "
-        "every study gets the site's best-matching normal training report (the floor).",
+        "every study gets the site's best-matching normal training report (the floor). CE-F1-abnormal "
+        "leaves out No Finding, so a report that calls every study normal scores 0 on it (n/a: runs "
+        "recorded before this variant existed).",
         "",
         "| " + " | ".join(header) + " |",
         "|---|---|" + "---:|" * (len(header) - 2),
@@ -293,7 +298,7 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
             method,
             entry["setting"],
             *(_with_sd(entry, m) for m in KEY_METRICS),
-            *(_fmt(entry[m]) for m in plain),
+            *(_fmt(entry.get(m)) for m in plain),
             _with_sd(entry, "test-global-CE-F1-example"),
             _with_sd(entry, "test-global-BLEU-4"),
         ]
@@ -327,13 +332,13 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
             "",
             "Ablations: fedmrg minus the ablation (> 0: the mechanism it removes helps).",
             "",
-            "| ablation | removes | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict | upload vs fedmrg |",
-            "|---|---|---:|---:|---:|---|---:|",
+            "| ablation | removes | " + " | ".join(f"Δ{m}" for m in KEY_METRICS) + " | verdict | upload vs fedmrg |",
+            "|---|---|" + "---:|" * len(KEY_METRICS) + "---|---:|",
         ]
         for row in effects:
             lines.append(
                 f"| {row['ablation']} | {row['removes']} | "
-                + " | ".join(_fmt(row[m], "+.3f") for m in KEY_METRICS)
+                + " | ".join(_fmt(row.get(m), "+.3f") for m in KEY_METRICS)
                 + f" | {row['verdict']} | {_times(row['bytes_up_ratio'])} |"
             )
     lines += [""] + [f"![{title}]({image_dir}{Path(path).name})" for title, path in results.get("plots", {}).items()]

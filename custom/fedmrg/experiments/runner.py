@@ -302,7 +302,8 @@ def normal_report_floor(request: BenchRequest, sites: list[str]) -> dict:
     """A run record for "every test study gets the site's best-matching normal training report".
 
     No model: the floor any generator must clear. On a benchmark where most studies are normal,
-    it already scores a high CE-F1 (example); a method at this level has learned no findings.
+    it already scores a high CE-F1 (example), while CE-F1 (abnormal), which leaves No Finding out,
+    stays at 0 where the copied reports state no finding; a method at this level has learned no findings.
     """
 
     cfg = load_config(request.config, {**request.preset.overrides, **request.extra_overrides})

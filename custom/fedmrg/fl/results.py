@@ -8,8 +8,9 @@
      "final": {site: {"generic": scores, "personalized": scores}},
      "global_model": path, "best_model": {"round", "value", "metric", "path"}}
 
-``scores`` are ``fedmrg evaluate``'s (``{"n", "nlg", "ce", "ce_per_observation"}``); ``dense_bytes_up``
-is what fp32 FedAvg of the same parameters would have sent.
+``scores`` are ``fedmrg evaluate``'s (``{"n", "nlg", "ce", "ce_per_observation"}``, ``ce`` holding
+every CE variant; a run scored before the ``abnormal`` variant existed lacks it and shows n/a);
+``dense_bytes_up`` is what fp32 FedAvg of the same parameters would have sent.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
 
 
 def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, str]]] | None = None) -> str:
-    """Quality per site (generic / personalized), bytes moved, and a few reports beside their references."""
+    """Quality per site (generic / personalized): the NLG metrics and the CE F1 of every variant (``abnormal``
+    among them: 0 for a model that calls every study normal); bytes moved; a few reports beside their references."""
 
     n_rounds = len(results["rounds"])
     lines = [f"## {results['job']}: {n_rounds} round{'' if n_rounds == 1 else 's'}", ""]
