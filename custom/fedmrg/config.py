@@ -57,7 +57,8 @@ class BenchmarkConfig:
     seed: int = 0
     dirichlet_alpha: float = 0.5  # label skew for partition=label (smaller = more skewed)
     test_global_fraction: float = 0.1  # held out from every site
-    public_fraction: float = 0.15  # reports only, for the demo tokenizer and base LLM
+    public_fraction: float = 0.15  # no site's: the demo tokenizer, base LLM and base encoder learn from them
+    public_renders: int = 0  # renders of each public report (other patients and hospitals) for the base encoder
     splits: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test per site
     workers: int = 0  # rendering processes; 0 = one per CPU core
 
@@ -75,6 +76,7 @@ class BenchmarkConfig:
             "must be three non-negative fractions (train, val, test) that sum to 1",
         )
         _require(self.workers >= 0, where, "workers", "must be >= 0")
+        _require(0 <= self.public_renders <= 50, where, "public_renders", "must be in [0, 50]")
         _require(0 <= self.seed < 2**32, where, "seed", "must be in [0, 2**32)")
         _require(self.test_global_fraction > 0, where, "test_global_fraction", "must be > 0 (the held-out test set)")
 
@@ -85,22 +87,64 @@ AdapterMode = Literal["single", "dual"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
+BackboneKind = Literal["vit", "cnn", "hf"]
+
+
+BASE_ENCODER_WEIGHTS = "model.safetensors"  # the weights in a `fedmrg make-base-encoder` folder
+
+
 @dataclass
 class EncoderConfig:
-    """The learnable MONAI ViT (2-D) that encodes every view of a study."""
+    """The learnable image encoder applied to every view of a study.
 
+    ``backbone`` picks it: ``vit`` a MONAI ViT trained from scratch or from a state-dict file,
+    ``cnn`` a MONAI DenseNet (a CNN a hospital may already have trained on its own X-rays), ``hf``
+    a Hugging Face vision model from a local folder (ViT, Swin, DINOv2 such as RAD-DINO, SigLIP
+    or CLIP vision tower).
+    """
+
+    backbone: BackboneKind = "vit"
+    # vit only (ignored by cnn and hf, whose sizes come from their own fields or folder):
     patch_size: int = 16
     hidden_size: int = 256
     mlp_dim: int = 512
     layers: int = 4
     heads: int = 4
-    dropout: float = 0.0
-    pretrained: str | None = None  # local file of ViT weights (.safetensors, .pt, .pth); never a hub id
+    # cnn only: the DenseNet's size (the defaults are DenseNet-121's)
+    init_features: int = 64
+    growth_rate: int = 32
+    block_config: list[int] = field(default_factory=lambda: [6, 12, 24, 16])  # dense layers per block
+    dropout: float = 0.0  # vit and cnn; ignored by hf (the folder's config sets its dropout)
+    # vit, cnn: optional local state-dict file (.safetensors, .pt, .pth) of the backbone or encoder.
+    # hf: required local folder written by `save_pretrained` (config.json + weights). Never a hub id.
+    pretrained: str | None = None
+    # Keep the pretrained backbone fixed (a foundation model used as is): not trained, not sent; like
+    # the base LLM, every site and every saved model takes it from `pretrained`. The view embedding
+    # and everything after the backbone still learn.
+    freeze: bool = False
 
     def check(self, where: str) -> None:
-        for key in ("patch_size", "hidden_size", "mlp_dim", "layers", "heads"):
-            _require(getattr(self, key) >= 1, where, key, "must be at least 1")
-        _require(self.hidden_size % self.heads == 0, where, "hidden_size", "must be divisible by heads")
+        _require(not self.freeze or bool(self.pretrained), where, "freeze", "needs pretrained weights to keep")
+        if self.backbone == "vit":
+            for key in ("patch_size", "hidden_size", "mlp_dim", "layers", "heads"):
+                _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+            _require(self.hidden_size % self.heads == 0, where, "hidden_size", "must be divisible by heads")
+        if self.backbone == "cnn":
+            for key in ("init_features", "growth_rate"):
+                _require(getattr(self, key) >= 1, where, key, "must be at least 1")
+            _require(
+                len(self.block_config) >= 1 and all(n >= 1 for n in self.block_config),
+                where,
+                "block_config",
+                "must list at least one dense block, each of at least 1 layer",
+            )
+        if self.backbone == "hf":
+            _require(
+                bool(self.pretrained),
+                where,
+                "pretrained",
+                "backbone 'hf' needs a local Hugging Face model folder (config.json + weights)",
+            )
         _require(0 <= self.dropout < 1, where, "dropout", "must be in [0, 1)")
 
 
