@@ -7,8 +7,10 @@ the tests, which must run offline on a CPU, this module builds a stand-in from t
 - a byte-level BPE tokenizer trained on the cleaned reports (any text can be encoded, so the
   instruction and the diagnosis prompt need no special vocabulary); ``tokenizer(text)`` prepends
   ``<s>`` (bos) and never appends ``</s>`` (eos), as LLaMA's tokenizer does; decoding round-trips;
-- a ``LlamaForCausalLM`` trained as a causal LM on ``<s> report </s>``, one report per row, so
-  greedy decoding from bos writes a report-like text and stops.
+- a ``LlamaForCausalLM`` trained as a causal LM on ``<s> diagnosis: ... . report: report </s>``, one
+  report per row, the prompt stating the findings the labeler reads in the report in the words of
+  the report generator's diagnosis prompt (the loss covers the report only): the LLM learns to
+  write the findings it is told, which the generator's decoder then builds on.
 
 Reports are cleaned with the R2Gen rules (:func:`fedmrg.data.cleaning.clean_report`), as the
 report generator's targets are. The build is deterministic for a seed on a given device. The
@@ -37,6 +39,10 @@ from fedmrg import __version__
 from fedmrg.data.cleaning import CLEANERS, clean_report
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import read_utf8, replacing_directory, write_json
+from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.labels.states import BLANK, STATE_NEGATIVE, STATE_POSITIVE, states_from_labels
+from fedmrg.model.diagnosis import prompt_text
 from fedmrg.model.llm import resolve_device  # first: it quiets a bitsandbytes notice that importing transformers logs
 
 log = logging.getLogger(__name__)
@@ -167,10 +173,24 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int = MAX_POS
     )
 
 
-def _encode(texts: list[str], tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> list[list[int]]:
-    """``bos text eos`` per report, cut to ``max_tokens`` (a cut report keeps no eos)."""
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [([tokenizer.bos_token_id] + row + [tokenizer.eos_token_id])[:max_tokens] for row in ids]
+@dataclass
+class Row:
+    ids: list[int]  # bos, the findings prompt, the report, eos
+    prompt: int  # how many leading ids are not learned (bos and the prompt)
+
+
+def _encode(texts: list[str], tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> list[Row]:
+    """``bos prompt report eos`` per report, the prompt stating the findings the labeler reads in it (as
+    the report generator's diagnosis prompt does), so that the LLM learns to write what it is told.
+    The report is cut to fit ``max_tokens`` (a cut report keeps no eos)."""
+    prompts = [prompt_text(row) for row in states_from_labels(label_matrix(texts)).tolist()]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    report_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    rows = []
+    for prompt, report in zip(prompt_ids, report_ids):
+        head = [tokenizer.bos_token_id, *prompt]
+        rows.append(Row((head + report + [tokenizer.eos_token_id])[: max(max_tokens, len(head) + 8)], len(head)))
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,31 +215,33 @@ def _build_model(size: BaseLLMSize, tokenizer: PreTrainedTokenizerFast) -> Llama
     return LlamaForCausalLM(config)
 
 
-def _batches(rows: list[list[int]], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+def _batches(rows: list[Row], batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Shuffled batches of row indices, each of rows of similar length (less padding)."""
     order = torch.randperm(len(rows), generator=generator).tolist()
     pool = batch_size * 8
     batches = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: len(rows[i]))
+        chunk = sorted(order[start : start + pool], key=lambda i: len(rows[i].ids))
         batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _collate(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(row) for row in rows)
+def _collate(rows: list[Row], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(row.ids) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    learned = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
+        ids[i, : len(row.ids)] = torch.tensor(row.ids)
+        mask[i, : len(row.ids)] = 1
+        learned[i, row.prompt : len(row.ids)] = True
+    labels = ids.masked_fill(~learned, -100)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def _train(
     model: LlamaForCausalLM,
-    rows: list[list[int]],
+    rows: list[Row],
     size: BaseLLMSize,
     epochs: int,
     pad_id: int,
@@ -253,10 +275,15 @@ def _train(
     return losses
 
 
+SAMPLE_FINDINGS = {"Cardiomegaly": STATE_POSITIVE, "Pleural Effusion": STATE_POSITIVE, "Pneumothorax": STATE_NEGATIVE}
+
+
 @torch.no_grad()
 def greedy_sample(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, max_new_tokens: int) -> str:
-    """What the model writes from bos alone, greedily."""
-    start = torch.tensor([[tokenizer.bos_token_id]], device=model.device)
+    """What the model writes, greedily, when told ``SAMPLE_FINDINGS``."""
+    states = [SAMPLE_FINDINGS.get(name, BLANK) for name in OBSERVATIONS]
+    prompt = tokenizer(prompt_text(states), add_special_tokens=False)["input_ids"]
+    start = torch.tensor([[tokenizer.bos_token_id, *prompt]], device=model.device)
     out = model.generate(
         start,
         attention_mask=torch.ones_like(start),
@@ -264,7 +291,7 @@ def greedy_sample(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, m
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return tokenizer.decode(out[0], skip_special_tokens=True)
+    return tokenizer.decode(out[0, start.shape[1] :], skip_special_tokens=True)
 
 
 @contextlib.contextmanager
@@ -359,12 +386,13 @@ def make_base_llm(
         "seed": seed,
         "epochs": epochs,
         "reports": len(rows),
-        "tokens": sum(len(row) for row in rows),
+        "tokens": sum(len(row.ids) for row in rows),
         "vocab_size": len(tokenizer),
         "params": model.num_parameters(),
         "first_loss": round(losses[0], 4),
         "final_loss": round(losses[-1], 4),
         "losses": [round(loss, 4) for loss in losses],
+        "sample_prompt": prompt_text([SAMPLE_FINDINGS.get(name, BLANK) for name in OBSERVATIONS]),
         "sample": sample,
         "seconds": round(time.time() - started, 1),
     }

@@ -30,6 +30,11 @@ def diagnosis_prompt(states_row: Sequence[int]) -> str:
     return "; ".join(parts) or NOTHING_MENTIONED
 
 
+def prompt_text(states_row: Sequence[int]) -> str:
+    """The text between the image part of the generator's input and the report it writes."""
+    return f" diagnosis: {diagnosis_prompt(states_row)}. report:"
+
+
 def class_counts(states: Tensor) -> Tensor:
     """State indices [N, 14] -> counts [14, 4] (long)."""
     check_states(states)
