@@ -77,6 +77,9 @@ def _prepare_data_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (the build is deterministic for a seed)")
     p.add_argument("--dirichlet-alpha", type=float, help="label skew for --partition label")
     p.add_argument("--workers", type=int, help="rendering processes (0 = one per core)")
+    p.add_argument(
+        "--public-renders", type=int, help="renders of each public report, for `fedmrg make-base-encoder` (0 = none)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--reuse", action="store_true", help="keep an existing build of the same request")
@@ -100,6 +103,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
             "seed",
             "dirichlet_alpha",
             "workers",
+            "public_renders",
         )
     }
     cfg = load_config(args.config, overrides)
@@ -180,7 +184,7 @@ def _score_parser(sub) -> None:
         "score",
         help="NLG metrics and clinical efficacy of generated reports against references",
         description="BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen protocol) and CE precision/recall/F1 "
-        "(micro, macro, example, micro5) of generated reports against references.",
+        "(micro, macro, example, micro5, abnormal) of generated reports against references.",
     )
     p.add_argument("--pred", required=True, help="JSON object mapping id to generated report")
     p.add_argument(
@@ -238,6 +242,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     table, plot = write_report(args.results, args.out)
     print(f"report written to {table}, plot to {plot}")
+    return 0
+
+
+def _review_page_parser(sub) -> None:
+    p = sub.add_parser(
+        "review-page",
+        help="a static HTML page to review generated reports: images, both reports, findings",
+        description="Write one self-contained HTML file showing, per study, every view, the reference and the "
+        "generated report and the 14 CheXpert findings the labeler reads in each (missed / extra marked), "
+        "with the CE scores of all predictions. Studies with an abnormal reference come first.",
+    )
+    p.add_argument("--pred", required=True, help="JSON object mapping study id to generated report")
+    p.add_argument("--data", required=True, help="site or split folder with annotation.json and images/")
+    p.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="rows the ids belong to (default: test)"
+    )
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--limit", type=_positive_int, default=50, help="studies shown at most (default: 50)")
+    p.add_argument(
+        "--dataset",
+        default="iu_xray",
+        choices=["iu_xray", "mimic_cxr"],
+        help="whose text cleaning to apply before labeling, as 'fedmrg score' does (default: iu_xray)",
+    )
+    p.set_defaults(handler=_cmd_review_page)
+
+
+def _cmd_review_page(args: argparse.Namespace) -> int:
+    from fedmrg.eval.review_page import write_review_page
+
+    page = write_review_page(args.pred, args.data, args.out, args.split, args.limit, args.dataset)
+    unreadable = f"; {page.unreadable_views} views could not be read (marked)" if page.unreadable_views else ""
+    print(f"review page written to {page.path}: {page.shown} of {page.total} studies{unreadable}")
     return 0
 
 
@@ -306,6 +343,43 @@ def _cmd_make_base_llm(args: argparse.Namespace) -> int:
         f"in {summary['seconds']} s\nsample: {summary['sample']}"
     )
     print(f"base LLM written to {args.out} (summary in base_llm.json)")
+    return 0
+
+
+def _make_base_encoder_parser(sub) -> None:
+    p = sub.add_parser(
+        "make-base-encoder",
+        help="pretrain the demo image backbone on renders of the public reports",
+        description="Pretrain the backbone of the config's model.encoder (vit or cnn) on BENCH/public "
+        "(renders of reports that belong to no site: prepare-data --public-renders N), supervised by the "
+        "finding categories drawn and the abnormal observations the labeler reads; print the probe's AUC "
+        "per finding on BENCH/test-global; save model.safetensors (for model.encoder.pretrained or a "
+        "job's --base-encoder) and base_encoder.json. A stand-in for a hospital's pretrained backbone.",
+    )
+    p.add_argument("--config", default="demo", help="named config or YAML file (default: demo)")
+    p.add_argument("--data", required=True, metavar="BENCH_DIR", help="the benchmark folder (public/, test-global/)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--epochs", type=_positive_int, default=6, help="training epochs (default: 6)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule; default: 3e-3)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_make_base_encoder)
+
+
+def _cmd_make_base_encoder(args: argparse.Namespace) -> int:
+    from fedmrg.model.base_encoder import make_base_encoder
+
+    cfg = load_config(args.config)
+    summary = make_base_encoder(
+        cfg, args.data, args.out, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet
+    )
+    for group, aucs in summary["test_global_auc"].items():
+        print(f"test-global AUC ({group}): " + ", ".join(f"{name} {auc:.2f}" for name, auc in aucs.items()))
+    print(
+        f"{summary['public_studies']} public studies, {summary['params']:,} parameters, "
+        f"loss {summary['losses'][0]:.3f} -> {summary['losses'][-1]:.3f} in {summary['seconds']} s"
+    )
+    print(f"base encoder written to {args.out} (weights model.safetensors, summary base_encoder.json)")
     return 0
 
 
@@ -882,7 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
         _label_parser,
         _score_parser,
         _report_parser,
+        _review_page_parser,
         _make_base_llm_parser,
+        _make_base_encoder_parser,
         _train_parser,
         _generate_parser,
         _evaluate_parser,

@@ -13,7 +13,8 @@ Layout of ``OUT``::
 
     site-K/annotation.json, site-K/images/<id>/<view>.png|dcm   (R2Gen layout, train/val/test)
     test-global/annotation.json, test-global/images/...       (held out from every site; test split)
-    public/reports.jsonl                                      (reports only: tokenizer, base LLM)
+    public/reports.jsonl                                      (reports and their MeSH terms)
+    public/annotation.json, public/images/...                 (with public_renders: renders of them, train split)
     benchmark.json                                            (counts, prevalence, profiles, skipped, seed, checksum)
 
 The build runs in a temporary sibling folder renamed to ``OUT`` only when complete, so a failed or
@@ -60,7 +61,7 @@ from fedmrg.io import load_json, replacing_directory, write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: public rows carry mesh_major and categories (the base encoder renders them)
 TEST_GLOBAL = "test-global"
 PUBLIC = "public"
 DEFAULT_SYNTHETIC_STUDIES = 200
@@ -135,7 +136,8 @@ def build_benchmark(
         groups = {site_name(s): (site_members[s], [profiles[s]] * len(site_members[s])) for s in range(cfg.sites)}
         held_out_profiles = [profiles[int(p)] for p in rng.integers(cfg.sites, size=len(test_global))]
         groups[TEST_GLOBAL] = (test_global, held_out_profiles)
-        image_paths = _render_all(studies, groups, cfg, tmp, progress)
+        public_renders = _public_renders(studies, public, cfg)
+        image_paths = _render_all(studies, groups, cfg, tmp, progress, public_renders)
         counts = {}
         for group, (members, group_profiles) in groups.items():
             splits = _group_splits(group, members, keys, cfg, rng)
@@ -153,6 +155,10 @@ def build_benchmark(
             counts[group]["views"] = sum(len(image_paths[studies[i].report.uid]) for i in members)
         _write_public(tmp / PUBLIC, [studies[i] for i in public])
         counts[PUBLIC] = {"reports": len(public)}
+        if public_renders:
+            rows = [_public_row(studies[i], uid, image_paths[uid]) for uid, i, _ in public_renders]
+            write_annotation(tmp / PUBLIC / "annotation.json", {"train": rows})
+            counts[PUBLIC]["renders"] = len(rows)
         summary = {
             "format_version": FORMAT_VERSION,
             "created_by": f"fedmrg {__version__}",
@@ -280,7 +286,8 @@ def _write_public(folder: Path, studies: list[_Study]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "reports.jsonl", "w", encoding="utf-8") as handle:
         for study in studies:
-            handle.write(json.dumps({"id": study.report.uid, "report": study.text}) + "\n")
+            row = {"id": study.report.uid, "report": study.text, "mesh_major": study.report.mesh_major}
+            handle.write(json.dumps({**row, "categories": study.categories}) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,26 +311,55 @@ def _render_and_store(job: _RenderJob) -> tuple[str, list[str]]:
     return job.uid, paths
 
 
+PUBLIC_PROFILES = 6  # acquisition profiles of hospitals outside the federation, for the public renders
+
+
+def _public_renders(
+    studies: list[_Study], public: list[int], cfg: BenchmarkConfig
+) -> list[tuple[str, int, AcquisitionProfile]]:
+    """(render id, study index, profile) of every public render: ``public_renders`` other patients per
+    report (a seed per render), each acquired by one of ``PUBLIC_PROFILES`` hospitals that are no site."""
+    if not cfg.public_renders:
+        return []
+    profiles = site_profiles(cfg.sites + PUBLIC_PROFILES, cfg.seed)[cfg.sites :]
+    rng = np.random.default_rng([cfg.seed, 0x9B1C])
+    return [
+        (f"{studies[i].report.uid}-r{k}", i, profiles[int(rng.integers(len(profiles)))])
+        for i in public
+        for k in range(cfg.public_renders)
+    ]
+
+
+def _public_row(study: _Study, uid: str, paths: list[str]) -> dict[str, Any]:
+    row = {"id": uid, "report": study.text, "image_path": paths, "mesh_major": study.report.mesh_major}
+    return {**row, "categories": study.categories}
+
+
 def _render_all(
     studies: list[_Study],
     groups: dict[str, tuple[list[int], list[AcquisitionProfile]]],
     cfg: BenchmarkConfig,
     tmp: Path,
     progress: bool,
+    public_renders: list[tuple[str, int, AcquisitionProfile]],
 ) -> dict[str, list[str]]:
-    jobs = [
-        _RenderJob(
-            uid=studies[i].report.uid,
-            findings=tuple(studies[i].findings),
-            n_views=studies[i].n_views,
+    def job(uid: str, study: _Study, profile: AcquisitionProfile, group: str) -> _RenderJob:
+        return _RenderJob(
+            uid=uid,
+            findings=tuple(study.findings),
+            n_views=study.n_views,
             size=cfg.image_size,
             profile=profile,
             folder=str(tmp / group / "images"),
-            seed=study_seed(cfg.seed, studies[i].report.uid),
+            seed=study_seed(cfg.seed, uid),
         )
+
+    jobs = [
+        job(studies[i].report.uid, studies[i], profile, group)
         for group, (members, profiles) in groups.items()
         for i, profile in zip(members, profiles)
     ]
+    jobs += [job(uid, studies[i], profile, PUBLIC) for uid, i, profile in public_renders]
     total_views = sum(j.n_views for j in jobs)
     bar = tqdm(total=total_views, desc="rendering radiographs", unit="view", disable=not progress)
     paths: dict[str, list[str]] = {}

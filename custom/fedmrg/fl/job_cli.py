@@ -27,7 +27,7 @@ import yaml
 from nvflare.recipe import ProdEnv, SimEnv
 from nvflare.recipe.spec import DEFAULT_EXPORT_DIR, Recipe, _peek_recipe_args
 
-from fedmrg.config import Config, load_config
+from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, load_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.controller import RESULTS_ROOT_ENV
 from fedmrg.fl.packaging import allow_fedmrg_components, ship_package
@@ -55,6 +55,11 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
         "kept under it, so a job resubmitted with the same name and config resumes",
     )
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder")
+    p.add_argument(
+        "--base-encoder",
+        metavar="PATH",
+        help="pretrained encoder weights (model.encoder.pretrained): a file, or a `fedmrg make-base-encoder` folder",
+    )
     p.add_argument(
         "--workspace",
         metavar="WS",
@@ -98,7 +103,19 @@ def job_arguments(job: str, description: str, argv: list[str] | None = None) -> 
         raise ConfigError("--ship-code applies to --export (submit the exported folder with its code)")
     args.workspace = Path(args.workspace).resolve()
     args.base_llm = _resolved(args.base_llm)
+    args.base_encoder = _resolved(encoder_weights(args.base_encoder) if args.base_encoder else None)
     return args
+
+
+def encoder_weights(path: str) -> str:
+    """The weights file of ``--base-encoder``: the path itself, or the weights in a base-encoder folder."""
+    folder = Path(path)
+    if folder.is_dir():
+        weights = folder / BASE_ENCODER_WEIGHTS
+        if not weights.is_file():
+            raise ConfigError(f"--base-encoder {path}: no {BASE_ENCODER_WEIGHTS} in the folder")
+        return str(weights)
+    return path
 
 
 def job_overrides(job_dir: str | os.PathLike) -> dict[str, Any]:
@@ -117,7 +134,10 @@ def job_overrides(job_dir: str | os.PathLike) -> dict[str, Any]:
 
 def job_config(args: argparse.Namespace, job_dir: str | os.PathLike) -> Config:
     """The config a job runs with: the named/YAML config, the job's own settings, then ``--rounds``."""
-    return load_config(args.config, {**job_overrides(job_dir), "fl.rounds": args.rounds})
+    return load_config(
+        args.config,
+        {**job_overrides(job_dir), "fl.rounds": args.rounds, "model.encoder.pretrained": args.base_encoder},
+    )
 
 
 def simulated(args: argparse.Namespace) -> bool:

@@ -73,6 +73,7 @@ class FedMRGRecipe(Recipe):
         gpus_per_site: int = 0,
         gpu_mem_gib: float | None = None,
     ) -> None:
+        refuse_unfederated_statistics(cfg)
         config = config_to_dict(cfg)
         fl = cfg.fl
         job = FedJob(name=name, min_clients=fl.min_sites or sites, meta_props=installed_versions())
@@ -114,3 +115,15 @@ class FedMRGRecipe(Recipe):
         job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
         super().__init__(job)
         add_experiment_tracking(self, "tensorboard")
+
+
+def refuse_unfederated_statistics(cfg: Config) -> None:
+    """A trained DenseNet keeps BatchNorm statistics, which are buffers, not parameters: the sites would
+    each keep their own and the global model would have none. Federate it only frozen."""
+    encoder = cfg.model.encoder
+    if encoder.backbone == "cnn" and not encoder.freeze:
+        raise ConfigError(
+            "model.encoder.backbone: cnn is federated only with freeze: true (its BatchNorm statistics are "
+            "not shared, so a trained one would leave the global model without them); train it at one site "
+            "with `fedmrg train`, or use vit or hf"
+        )

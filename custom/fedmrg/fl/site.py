@@ -66,6 +66,7 @@ class SiteSettings:
 
     data_dir: str  # the site's benchmark-layout folder (annotation.json + images)
     base_llm: str | None = None  # local copy of the base LLM; None = the path the job names
+    base_encoder: str | None = None  # local copy of the pretrained encoder weights; None = the job's
     device: str | None = None  # cpu, cuda, cuda:N; None = the config's train.device
     batch_size: int | None = None
     num_workers: int | None = None
@@ -135,7 +136,7 @@ def _parse_settings(path: Path, site: str) -> SiteSettings:
         value = raw.get(key)
         if value is not None and (type(value) is not int or value < minimum):
             raise ConfigError(f"{path}: {key}: must be an integer >= {minimum}, got {value!r}")
-    for key in ("data_dir", "base_llm", "device", "state_dir"):
+    for key in ("data_dir", "base_llm", "base_encoder", "device", "state_dir"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(f"{path}: {key}: must be a string, got {raw[key]!r}")
     if not isinstance(raw.get("require_dp", False), bool):
@@ -166,6 +167,8 @@ def apply_site_settings(cfg: Config, settings: SiteSettings) -> Config:
             setattr(cfg.train, key, getattr(settings, key))
     if settings.base_llm:
         cfg.model.base_llm = settings.base_llm
+    if settings.base_encoder:
+        cfg.model.encoder = dataclasses.replace(cfg.model.encoder, pretrained=settings.base_encoder)
     return cfg
 
 

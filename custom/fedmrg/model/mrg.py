@@ -47,7 +47,7 @@ from fedmrg.model.adapters import (
 )
 from fedmrg.model.contrastive import ContrastiveHeads, info_nce, prototype_nce
 from fedmrg.model.customizer import PromptCustomizer
-from fedmrg.model.diagnosis import DiagnosisHead, diagnosis_prompt
+from fedmrg.model.diagnosis import DiagnosisHead, prompt_text
 from fedmrg.model.encoder import StudyEncoder, load_encoder_weights
 from fedmrg.model.layout import (
     ADAPTERS_DIR,
@@ -286,7 +286,7 @@ class MRGModel(nn.Module):
     def _diagnosis_text(self, states_row: torch.Tensor) -> str:
         if self.diagnosis is None:
             return " report:"
-        return f" diagnosis: {diagnosis_prompt(states_row.tolist())}. report:"
+        return prompt_text(states_row.tolist())
 
     def report_ids(self, texts: list[str]) -> list[list[int]]:
         """Target token ids of reports: truncated to ``model.max_report_tokens``, then eos."""
@@ -418,7 +418,9 @@ class MRGModel(nn.Module):
         directory = Path(directory)
         meta = read_model_file(directory)
         cfg = parse_config(meta["config"], f"{directory / MODEL_FILE}: config")
-        cfg.model.encoder.pretrained = None  # the trained encoder is in modules.safetensors
+        encoder = cfg.model.encoder
+        if not (encoder.freeze or encoder.backbone == "hf"):
+            encoder.pretrained = None  # the trained encoder is in modules.safetensors
         if site_adapter is not None:
             cfg.model.adapters = "dual"
         llm_path = base_llm or meta["llm"]["path"]
