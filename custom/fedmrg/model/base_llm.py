@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
@@ -40,7 +41,7 @@ from fedmrg.data.cleaning import CLEANERS, clean_report
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import read_utf8, replacing_directory, write_json
 from fedmrg.labels.labeler import label_matrix
-from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.labels.observations import ABNORMAL_COLUMNS, OBSERVATIONS, POSITIVE
 from fedmrg.labels.states import BLANK, STATE_NEGATIVE, STATE_POSITIVE, states_from_labels
 from fedmrg.model.diagnosis import prompt_text
 from fedmrg.model.llm import resolve_device  # first: it quiets a bitsandbytes notice that importing transformers logs
@@ -67,6 +68,7 @@ class BaseLLMSize:
     batch_size: int
     lr: float
     max_tokens: int  # longer reports are truncated (bos + text + eos)
+    recombined_copies: int  # corpus-sized sets of recombined reports trained on besides the corpus
     cpu_threads: int | None  # torch threads when training on the CPU; None = torch's default
 
 
@@ -83,6 +85,7 @@ BASE_LLM_SIZES: dict[str, BaseLLMSize] = {
         batch_size=16,
         lr=4e-3,
         max_tokens=128,
+        recombined_copies=3,
         cpu_threads=1,
     ),
     "small": BaseLLMSize(
@@ -95,6 +98,7 @@ BASE_LLM_SIZES: dict[str, BaseLLMSize] = {
         batch_size=16,
         lr=1e-3,
         max_tokens=160,
+        recombined_copies=3,
         cpu_threads=None,
     ),
 }
@@ -171,6 +175,38 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int = MAX_POS
         unk_token=UNK,
         model_max_length=max_length,
     )
+
+
+def recombined_reports(texts: list[str], copies: int, seed: int) -> list[str]:
+    """``copies`` x ``len(texts)`` more reports, each a public report with one or two of its sentences
+    replaced by sentences that state an abnormal finding, taken from other public reports.
+
+    A small corpus has few positive findings, each in a few fixed contexts: an LLM trained on it writes
+    the common normal report whatever its prompt says. Recombined reports show every finding sentence
+    beside many others, each with the prompt the labeler reads in the result, so the LLM learns to
+    write the findings it is told. A base report's sentences that mention an observation the inserted
+    sentence mentions are dropped first, so that the result does not contradict itself.
+    """
+    if copies < 1:
+        return []
+    split = [[s.strip() for s in text.split(" . ") if s.strip(" .")] for text in texts]
+    sentences = sorted({sentence.rstrip(" .") for report in split for sentence in report})
+    labels = label_matrix([sentence + " ." for sentence in sentences])
+    mentioned = {sentence: set(np.flatnonzero(~np.isnan(row))) for sentence, row in zip(sentences, labels)}
+    abnormal = [sentence for sentence, row in zip(sentences, labels) if (row[ABNORMAL_COLUMNS] == POSITIVE).any()]
+    if not abnormal:
+        return []
+    rng = np.random.default_rng([seed, 0x5E47])
+    out = []
+    for _ in range(copies):
+        for report in split:
+            inserted = [abnormal[i] for i in rng.choice(len(abnormal), size=int(rng.integers(1, 3)), replace=False)]
+            covered = set().union(*(mentioned[s] for s in inserted))
+            kept = [s.rstrip(" .") for s in report if not mentioned.get(s.rstrip(" ."), set()) & covered]
+            for sentence in inserted:
+                kept.insert(int(rng.integers(0, len(kept) + 1)), sentence)
+            out.append(" . ".join(kept) + " .")
+    return out
 
 
 @dataclass
@@ -358,7 +394,7 @@ def make_base_llm(
     started = time.time()
     texts = [clean_report(report, dataset) for report in read_reports(source)]
     tokenizer = train_tokenizer(texts, spec.vocab_size)
-    rows = _encode(texts, tokenizer, spec.max_tokens)
+    rows = _encode(texts + recombined_reports(texts, spec.recombined_copies, seed), tokenizer, spec.max_tokens)
     target = resolve_device(device)
     with torch.random.fork_rng(devices=[]), _cpu_threads(spec.cpu_threads, target):
         torch.manual_seed(seed)
