@@ -55,9 +55,12 @@ demo: $(STAMP)
 	$(FEDMRG) prepare-data --config demo --out $(DEMO_DIR)/bench --reuse
 	$(FEDMRG) show-data $(DEMO_DIR)/bench --out $(DEMO_DIR)/preview.png
 	test -f $(DEMO_DIR)/base-llm/config.json || $(FEDMRG) make-base-llm --corpus $(DEMO_DIR)/bench/public --out $(DEMO_DIR)/base-llm --quiet
+	test -f $(DEMO_DIR)/base-encoder/model.safetensors || $(FEDMRG) make-base-encoder --config demo --data $(DEMO_DIR)/bench \
+		--out $(DEMO_DIR)/base-encoder --quiet
 	@echo "federated run in the FLARE simulator (3 sites); full log: $(DEMO_DIR)/fedmrg.log"
 	OMP_NUM_THREADS=1 $(BIN)/python jobs/fedmrg/job.py --data $(DEMO_DIR)/bench --sites 3 --config demo \
-		--base-llm $(DEMO_DIR)/base-llm --workspace $(FL_WS) --test-limit 100 2>&1 | tee $(DEMO_DIR)/fedmrg.log \
+		--base-llm $(DEMO_DIR)/base-llm --base-encoder $(DEMO_DIR)/base-encoder --workspace $(FL_WS) --test-limit 100 \
+		2>&1 | tee $(DEMO_DIR)/fedmrg.log \
 		| grep --line-buffered -E "initial global|round [0-9]+/|refused:|results in|rror"
 	$(FEDMRG) fl-report $(FL_WS) --out $(RESULTS)/summary.md
 

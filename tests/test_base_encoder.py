@@ -98,10 +98,13 @@ def test_a_frozen_backbone_is_not_trained_not_shared_and_comes_back_from_its_fil
 
 
 def test_freeze_without_weights_and_a_trained_cnn_in_a_federation_are_refused():
+    frozen = cnn_config(**{"model.encoder.freeze": True})
     with pytest.raises(ConfigError, match="model.encoder.freeze: needs pretrained weights"):
-        cnn_config(**{"model.encoder.freeze": True})
+        StudyEncoder(frozen.model.encoder, frozen.data.image_size, frozen.data.max_views)
     from fedmrg.fl.recipe import FedMRGRecipe
 
+    with pytest.raises(ConfigError, match="no pretrained weights for the frozen backbone"):
+        FedMRGRecipe(frozen, sites=2)
     with pytest.raises(ConfigError, match="cnn is federated only with freeze: true"):
         FedMRGRecipe(cnn_config(), sites=2)
 

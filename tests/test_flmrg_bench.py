@@ -371,10 +371,11 @@ def test_another_partition_gets_its_own_benchmark_and_base_llm(tmp_path, monkeyp
     from fedmrg.experiments.runner import prepare_inputs
 
     monkeypatch.setenv("FEDMRG_DATA_DIR", str(tmp_path))
-    bench, llm = prepare_inputs("tiny", "iid", progress=False)
+    bench, llm, encoder = prepare_inputs("tiny", "iid", progress=False)
     assert bench == tmp_path / "tiny-iid" / "bench" and llm == tmp_path / "tiny-iid" / "base-llm"
     assert json.loads((bench / "benchmark.json").read_text())["request"]["partition"] == "iid"
     assert (llm / "config.json").is_file() and benchmark_sites(bench) == ["site-1", "site-2"]
     made = (llm / "config.json").stat().st_mtime_ns
-    assert prepare_inputs("tiny", "iid", progress=False) == (bench, llm)  # reused, not rebuilt
+    assert encoder is None  # the tiny config trains its ViT from scratch
+    assert prepare_inputs("tiny", "iid", progress=False) == (bench, llm, None)  # reused, not rebuilt
     assert (llm / "config.json").stat().st_mtime_ns == made

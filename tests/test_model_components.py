@@ -182,8 +182,29 @@ def test_diagnosis_losses_differ_once_counts_are_skewed_and_predict_uses_raw_log
         head.set_class_counts(counts)
     losses = [head.loss(logits, states).item() for head in heads.values()]
     assert len(set(losses)) == 3
-    assert torch.equal(heads["logit_adjusted"].predict(logits), logits.argmax(dim=-1))
+    assert torch.equal(heads["logit_adjusted"].predict(logits), heads["ce"].predict(logits))  # the raw logits
     assert torch.equal(heads["balanced"].state_dict()["class_counts"], counts.float())
+
+
+def test_calibrated_thresholds_decide_when_the_prompt_says_positive():
+    head = DiagnosisHead(8)
+    cardio = OBSERVATIONS.index("Cardiomegaly")
+    # Cardiomegaly: the positives have probabilities 0.35 and 0.4, the negatives 0.1, 0.2 and 0.3:
+    # every threshold in (0.3, 0.35] separates them (F1 1); the lowest candidate there is 0.35.
+    probability = torch.zeros(5, 14)
+    probability[:, cardio] = torch.tensor([0.35, 0.4, 0.1, 0.2, 0.3])
+    positive = torch.zeros(5, 14, dtype=torch.bool)
+    positive[:2, cardio] = True
+    chosen = head.calibrate(probability, positive)
+    assert chosen == {"Cardiomegaly": 0.35}  # the other observations had no positive: left at 0.5
+    assert head.thresholds[cardio].item() == pytest.approx(0.35) and head.thresholds[0].item() == 0.5
+    # logits whose positive-state probability is 0.4 (the rest: blank 0.45, negative and uncertain 0.075)
+    logits = torch.log(torch.tensor([0.45, 0.4, 0.075, 0.075])).expand(1, 14, 4)
+    states = head.predict(logits)
+    assert STATES[states[0, cardio]] == "positive"  # 0.4 >= 0.35, though blank is more likely
+    assert STATES[states[0, 0]] == "blank"  # 0.4 < 0.5: the most likely of the other states
+    head.loss(head(torch.randn(3, 8)), states.expand(3, -1)).backward()
+    assert head.thresholds.grad is None and head.classifier.weight.grad is not None  # no optimizer step moves it
 
 
 # --- contrastive ---------------------------------------------------------------------------------

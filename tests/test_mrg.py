@@ -52,8 +52,10 @@ def model(tiny_base_llm):
 
 
 def losses_of(model, batch, seed=0):
+    """The training losses (the reference findings in the prompt, as in training), with the same dropout
+    masks for the same seed: comparable before and after training, whatever the head now predicts."""
     torch.manual_seed(seed)
-    model.eval()  # no dropout: the same batch gives the same losses
+    model.train()
     with torch.no_grad():
         return {key: float(value) for key, value in model(batch).items()}
 

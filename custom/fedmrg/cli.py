@@ -423,6 +423,7 @@ def _train_parser(sub) -> None:
         help="a site folder (annotation.json + images); repeat for several",
     )
     p.add_argument("--base-llm", metavar="DIR", help="local Hugging Face checkpoint of the frozen LLM (model.base_llm)")
+    _add_base_encoder_flag(p)
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (model, checkpoint/, tb/)")
     p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps")
     p.add_argument("--epochs", type=_positive_int, help="override train.epochs")
@@ -431,10 +432,30 @@ def _train_parser(sub) -> None:
     p.set_defaults(handler=_cmd_train)
 
 
+def _add_base_encoder_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-encoder",
+        metavar="PATH",
+        help="pretrained encoder weights (model.encoder.pretrained): a file, or a `fedmrg make-base-encoder` folder",
+    )
+
+
+def _base_encoder_override(args: argparse.Namespace) -> dict[str, str]:
+    from fedmrg.config import encoder_weights
+
+    return (
+        {"model.encoder.pretrained": str(Path(encoder_weights(args.base_encoder)).resolve())}
+        if args.base_encoder
+        else {}
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from fedmrg.model.training import SUMMARY_FILE, train_centralized
 
-    cfg = load_config(args.config, {"train.epochs": args.epochs, "train.device": args.device})
+    cfg = load_config(
+        args.config, {"train.epochs": args.epochs, "train.device": args.device, **_base_encoder_override(args)}
+    )
     summary = train_centralized(
         cfg, args.data, args.out, base_llm=args.base_llm, max_steps=args.max_steps, progress=not args.quiet
     )
@@ -855,6 +876,7 @@ def _bench_parser(sub) -> None:
         "--data", metavar="BENCH_DIR", help="a benchmark folder (default: built or reused under $FEDMRG_DATA_DIR)"
     )
     p.add_argument("--base-llm", metavar="DIR", help="base LLM checkpoint (default: the benchmark's demo LLM)")
+    _add_base_encoder_flag(p)
     p.add_argument(
         "--llm-1b",
         action="store_true",
@@ -911,9 +933,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         data, base_llm = Path(args.data), args.base_llm
         if base_llm is None:
             raise FedMRGError("--data needs --base-llm (the LLM the benchmark's runs start from)")
+        encoder = _base_encoder_override(args)
     else:
-        data, default_llm = prepare_inputs(args.config, partition, progress=not args.quiet)
+        data, default_llm, default_encoder = prepare_inputs(args.config, partition, progress=not args.quiet)
         base_llm = args.base_llm or default_llm
+        encoder = _base_encoder_override(args) or (
+            {"model.encoder.pretrained": str(default_encoder)} if default_encoder else {}
+        )
     work = Path(args.work) if args.work else data_dir() / "bench" / name
     if args.llm_1b:
         base_llm = random_llama_1b(Path(base_llm), work / "llama-1b")
@@ -927,7 +953,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         work=work,
         jobs_dir=Path(args.jobs),
         progress=not args.quiet,
-        extra_overrides={"train.device": args.device} if args.device else {},
+        extra_overrides={**encoder, **({"train.device": args.device} if args.device else {})},
     )
     records = run_benchmark(request)
     results = bench_results(name, request, records)

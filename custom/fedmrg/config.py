@@ -93,6 +93,17 @@ BackboneKind = Literal["vit", "cnn", "hf"]
 BASE_ENCODER_WEIGHTS = "model.safetensors"  # the weights in a `fedmrg make-base-encoder` folder
 
 
+def encoder_weights(path: str) -> str:
+    """The weights file a ``--base-encoder`` names: the path itself, or the weights in a base-encoder folder."""
+    folder = Path(path)
+    if folder.is_dir():
+        weights = folder / BASE_ENCODER_WEIGHTS
+        if not weights.is_file():
+            raise ConfigError(f"--base-encoder {path}: no {BASE_ENCODER_WEIGHTS} in the folder")
+        return str(weights)
+    return path
+
+
 @dataclass
 class EncoderConfig:
     """The learnable image encoder applied to every view of a study.
@@ -124,7 +135,6 @@ class EncoderConfig:
     freeze: bool = False
 
     def check(self, where: str) -> None:
-        _require(not self.freeze or bool(self.pretrained), where, "freeze", "needs pretrained weights to keep")
         if self.backbone == "vit":
             for key in ("patch_size", "hidden_size", "mlp_dim", "layers", "heads"):
                 _require(getattr(self, key) >= 1, where, key, "must be at least 1")

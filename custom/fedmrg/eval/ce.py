@@ -28,13 +28,12 @@ from fedmrg.errors import DataError
 from fedmrg.eval.nlg import prepare_text
 from fedmrg.io import some
 from fedmrg.labels.labeler import label_matrix
-from fedmrg.labels.observations import ABNORMAL, MICRO5, OBSERVATIONS, POSITIVE, label_array
+from fedmrg.labels.observations import ABNORMAL_COLUMNS, MICRO5, OBSERVATIONS, POSITIVE, label_array
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("micro", "macro", "example", "micro5", "abnormal")
 _MICRO5_COLUMNS = [OBSERVATIONS.index(name) for name in MICRO5]
-_ABNORMAL_COLUMNS = [OBSERVATIONS.index(name) for name in ABNORMAL]
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -86,7 +85,7 @@ def ce_scores(pred_labels: np.ndarray, ref_labels: np.ndarray) -> dict:
         "macro": _as_dict(*(values.mean() for values in per_obs)),
         "example": _as_dict(*(values.mean() for values in per_report)),
         "micro5": _micro(pred, ref, _MICRO5_COLUMNS),
-        "abnormal": _micro(pred, ref, _ABNORMAL_COLUMNS),
+        "abnormal": _micro(pred, ref, ABNORMAL_COLUMNS),
     }
     support = ref.sum(axis=0)
     scores["per_observation"] = {

@@ -40,7 +40,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from fedmrg.config import Config, config_to_dict, load_config
+from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, config_to_dict, load_config
 from fedmrg.data.benchmark import TEST_GLOBAL, build_benchmark, load_benchmark
 from fedmrg.data.iuxray import data_dir
 from fedmrg.data.loaders import loader_records, split_records, study_loader
@@ -52,6 +52,7 @@ from fedmrg.experiments.report import ablation_effects, claims, summarize
 from fedmrg.fl.job_cli import job_overrides
 from fedmrg.fl.results import RESULTS_FILE, read_results
 from fedmrg.io import load_json, write_json
+from fedmrg.model.base_encoder import make_base_encoder
 from fedmrg.model.base_llm import make_base_llm
 from fedmrg.model.inference import adapter_scores
 from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
@@ -381,8 +382,9 @@ def round_curves(rounds: list[dict]) -> dict[str, list[float | None]]:
     return curves
 
 
-def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[Path, Path]:
-    """The benchmark (built, or reused when already built the same way) and its demo base LLM.
+def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[Path, Path, Path | None]:
+    """The benchmark (built, or reused when already built the same way), its demo base LLM and, for a
+    config whose frozen backbone names no weights, its demo base encoder's weights (else None).
 
     ``style`` shares ``$FEDMRG_DATA_DIR/<config name>/`` with ``make demo``; another partition gets
     ``$FEDMRG_DATA_DIR/<config name>-<partition>/``.
@@ -394,7 +396,13 @@ def prepare_inputs(config: str, partition: str, progress: bool = True) -> tuple[
     build_benchmark(cfg.benchmark, bench, include_impression=cfg.data.include_impression, reuse=True, progress=progress)
     if not (base_llm / "config.json").is_file():
         make_base_llm(bench / "public", base_llm, dataset=cfg.data.dataset, progress=progress)
-    return bench, base_llm
+    encoder = cfg.model.encoder
+    if not encoder.freeze or encoder.pretrained or encoder.backbone == "hf":
+        return bench, base_llm, None
+    base_encoder = root / "base-encoder"
+    if not (base_encoder / BASE_ENCODER_WEIGHTS).is_file():
+        make_base_encoder(cfg, bench, base_encoder, progress=progress)
+    return bench, base_llm, base_encoder / BASE_ENCODER_WEIGHTS
 
 
 def random_llama_1b(tokenizer_dir: Path, out: Path) -> Path:

@@ -27,7 +27,7 @@ import yaml
 from nvflare.recipe import ProdEnv, SimEnv
 from nvflare.recipe.spec import DEFAULT_EXPORT_DIR, Recipe, _peek_recipe_args
 
-from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, load_config
+from fedmrg.config import Config, encoder_weights, load_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.controller import RESULTS_ROOT_ENV
 from fedmrg.fl.packaging import allow_fedmrg_components, ship_package
@@ -105,17 +105,6 @@ def job_arguments(job: str, description: str, argv: list[str] | None = None) -> 
     args.base_llm = _resolved(args.base_llm)
     args.base_encoder = _resolved(encoder_weights(args.base_encoder) if args.base_encoder else None)
     return args
-
-
-def encoder_weights(path: str) -> str:
-    """The weights file of ``--base-encoder``: the path itself, or the weights in a base-encoder folder."""
-    folder = Path(path)
-    if folder.is_dir():
-        weights = folder / BASE_ENCODER_WEIGHTS
-        if not weights.is_file():
-            raise ConfigError(f"--base-encoder {path}: no {BASE_ENCODER_WEIGHTS} in the folder")
-        return str(weights)
-    return path
 
 
 def job_overrides(job_dir: str | os.PathLike) -> dict[str, Any]:

@@ -284,6 +284,8 @@ class SiteTrainer:
             self.trainer.run_epoch(self.train_loader, progress=False, abort=stop)
         if abort and abort():
             raise InterruptedError(f"site {self.site}: round {round_number} aborted")
+        if self.val_loader is not None:
+            self.trainer.calibrate(self.val_loader)  # the head's thresholds: averaged into the global model
         after = self.model.shared_state_dict()
         private = self.dp_noise is not None  # then no prototype sums and no study count leave the site
         bank = self.trainer.prototype_bank if self.cfg.model.contrastive and not private else None

@@ -24,6 +24,7 @@ OBSERVATIONS: tuple[str, ...] = (
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1  # "not mentioned" is None (blank in CSV, NaN in arrays)
 MICRO5: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 ABNORMAL: tuple[str, ...] = tuple(name for name in OBSERVATIONS if name != "No Finding")  # a normal report names none
+ABNORMAL_COLUMNS: list[int] = [OBSERVATIONS.index(name) for name in ABNORMAL]
 
 
 def label_array(labels: np.ndarray, name: str = "labels") -> np.ndarray:

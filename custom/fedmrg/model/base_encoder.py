@@ -35,7 +35,7 @@ from fedmrg.data.loaders import study_loader
 from fedmrg.data.synthetic import CATEGORIES
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import replacing_directory, write_json
-from fedmrg.labels.observations import ABNORMAL, OBSERVATIONS
+from fedmrg.labels.observations import ABNORMAL, ABNORMAL_COLUMNS
 from fedmrg.labels.states import STATE_POSITIVE
 from fedmrg.model.encoder import build_backbone
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "base_encoder.json"
 KIND = "fedmrg-base-encoder"
-ABNORMAL_COLUMNS = [OBSERVATIONS.index(name) for name in ABNORMAL]
 
 
 class PretrainingNet(nn.Module):

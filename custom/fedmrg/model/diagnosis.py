@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmrg.labels.observations import OBSERVATIONS
-from fedmrg.labels.states import BLANK, STATES, check_states
+from fedmrg.labels.states import BLANK, STATE_POSITIVE, STATES, check_states
 
 LOSSES = ("ce", "balanced", "logit_adjusted")
+DEFAULT_THRESHOLD = 0.5  # before calibration: positive when it is more likely than all else together
+CANDIDATE_THRESHOLDS = torch.linspace(0.05, 0.95, 19)
 NOTHING_MENTIONED = "no observations mentioned"  # the prompt when every observation is blank
 
 
@@ -65,6 +67,10 @@ class DiagnosisHead(nn.Module):
         self.tau = tau
         self.classifier = nn.Linear(in_dim, len(OBSERVATIONS) * len(STATES))
         self.register_buffer("class_counts", torch.zeros(len(OBSERVATIONS), len(STATES)))
+        # Per observation, the positive-state probability from which the prompt says "positive". In no
+        # loss (so no optimizer step moves it): :meth:`calibrate` sets it on validation studies. A
+        # parameter, so that a federation averages the sites' calibrations into the global model.
+        self.thresholds = nn.Parameter(torch.full((len(OBSERVATIONS),), DEFAULT_THRESHOLD))
 
     def forward(self, pooled: Tensor) -> Tensor:
         """[B, in_dim] -> logits [B, 14, 4]."""
@@ -93,5 +99,32 @@ class DiagnosisHead(nn.Module):
         return nll.mean()
 
     def predict(self, logits: Tensor) -> Tensor:
-        """State indices [B, 14]: argmax of the unadjusted logits."""
-        return logits.argmax(dim=-1)
+        """State indices [B, 14]: positive where its probability reaches the observation's threshold,
+        else the most likely of the other states (of the unadjusted logits)."""
+        positive = self.positive_probability(logits) >= self.thresholds.detach()
+        others = logits.detach().clone()
+        others[..., STATE_POSITIVE] = float("-inf")
+        return torch.where(positive, torch.full_like(positive, STATE_POSITIVE, dtype=torch.long), others.argmax(-1))
+
+    @staticmethod
+    def positive_probability(logits: Tensor) -> Tensor:
+        """[B, 14] probability of the positive state (softmax over the four states)."""
+        return torch.softmax(logits.detach().float(), dim=-1)[..., STATE_POSITIVE]
+
+    @torch.no_grad()
+    def calibrate(self, probability: Tensor, positive: Tensor, min_positives: int = 2) -> dict[str, float]:
+        """Set each observation's threshold to the one that maximises the F1 of "positive" on the given
+        studies (probabilities [N, 14] against the reference's positives [N, 14]); an observation with
+        fewer than ``min_positives`` positives keeps its threshold. The thresholds set, by name."""
+        chosen = {}
+        for k, name in enumerate(OBSERVATIONS):
+            truth = positive[:, k].bool()
+            if int(truth.sum()) < min_positives:
+                continue
+            predicted = probability[:, k, None] >= CANDIDATE_THRESHOLDS[None, :]  # [N, T]
+            tp = (predicted & truth[:, None]).sum(0).float()
+            f1 = 2 * tp / (predicted.sum(0) + truth.sum()).clamp(min=1)
+            best = CANDIDATE_THRESHOLDS[int(f1.argmax())]  # the lowest of equally good thresholds
+            self.thresholds[k] = best
+            chosen[name] = round(float(best), 2)
+        return chosen

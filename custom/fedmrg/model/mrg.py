@@ -323,18 +323,27 @@ class MRGModel(nn.Module):
         if self.diagnosis is None:
             return None
         with self._evaluating():
-            encoded = self.encoder(self._to_device(batch["image"]), self._to_device(batch["view_mask"]))
-            return self.diagnosis.predict(self.diagnosis(encoded.pooled)).cpu()
+            return self.diagnosis.predict(self.diagnosis_logits(batch)).cpu()
 
-    def generate(self, batch: dict, adapters: str = "auto", **overrides) -> list[str]:
+    def diagnosis_logits(self, batch: dict) -> torch.Tensor:
+        """The diagnosis head's state logits ``[B, 14, 4]`` for a batch (in the current mode)."""
+        encoded = self.encoder(self._to_device(batch["image"]), self._to_device(batch["view_mask"]))
+        return self.diagnosis(encoded.pooled)
+
+    def generate(
+        self, batch: dict, adapters: str = "auto", states: torch.Tensor | None = None, **overrides
+    ) -> list[str]:
         """Reports for a batch of studies (beam search; ``overrides`` replace ``cfg.generate`` fields).
 
         ``adapters``: "generic" (a site without its own adapter), "dual" (generic + specialized),
-        or "auto" (dual when the model has a specialized adapter).
+        or "auto" (dual when the model has a specialized adapter). ``states`` ([B, 14]) replaces the
+        head's predicted findings in the diagnosis prompt: does the decoder write what it is told?
         """
         with self._evaluating():
             encoded = self.encoder(self._to_device(batch["image"]), self._to_device(batch["view_mask"]))
-            if self.diagnosis is not None:
+            if states is not None:
+                states = self._to_device(states.long())
+            elif self.diagnosis is not None:
                 states = self.diagnosis.predict(self.diagnosis(encoded.pooled))
             else:
                 states = torch.zeros(encoded.pooled.shape[0], len(OBSERVATIONS), dtype=torch.long)

@@ -32,6 +32,7 @@ from fedmrg.data.loaders import loader_records, study_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import recover_directory, replace_directory, write_json
 from fedmrg.labels.observations import OBSERVATIONS
+from fedmrg.labels.states import STATE_POSITIVE
 from fedmrg.model.diagnosis import class_counts
 from fedmrg.model.layout import MODEL_FILE
 from fedmrg.model.mrg import MRGModel
@@ -239,6 +240,25 @@ class Trainer:
                     sums[name] += float(value)
         return {name: total / max(1, batches) for name, total in sums.items()}
 
+    @torch.no_grad()
+    def calibrate(self, loader: DataLoader) -> dict[str, float]:
+        """Calibrate the diagnosis head's thresholds on ``loader``'s studies (validation); those set."""
+        head = self.model.diagnosis
+        if head is None:
+            return {}
+        self.model.eval()
+        probabilities, positives = [], []
+        for batch in loader:
+            if not self._usable(batch):
+                continue
+            probabilities.append(head.positive_probability(self.model.diagnosis_logits(batch)).cpu())
+            positives.append(batch["states"] == STATE_POSITIVE)
+        if not probabilities:
+            return {}
+        chosen = head.calibrate(torch.cat(probabilities), torch.cat(positives))
+        log.info("diagnosis thresholds calibrated on %d studies: %s", sum(len(p) for p in positives), chosen)
+        return chosen
+
     def state_dict(self) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
@@ -303,6 +323,7 @@ def train_centralized(
         train_loader.generator.manual_seed(cfg.train.seed + epoch)
         trainer.run_epoch(train_loader, progress=progress)
         if val_loader is not None:
+            trainer.calibrate(val_loader)
             val = trainer.evaluate_loss(val_loader)
             trainer.state.history[-1].update({f"val_{k}": v for k, v in val.items()})
             for name, value in val.items():
