@@ -62,7 +62,13 @@ demo: $(STAMP)
 		--base-llm $(DEMO_DIR)/base-llm --base-encoder $(DEMO_DIR)/base-encoder --workspace $(FL_WS) --test-limit 100 \
 		2>&1 | tee $(DEMO_DIR)/fedmrg.log \
 		| grep --line-buffered -E "initial global|round [0-9]+/|refused:|results in|rror"
-	$(FEDMRG) fl-report $(FL_WS) --out $(RESULTS)/summary.md
+	@echo "the global model on the whole test-global split (held out from every site)"
+	$(FEDMRG) evaluate --model $(FL_WS)/global_model --data $(DEMO_DIR)/bench/test-global --adapters generic \
+		--out $(RESULTS)/test-global.json --quiet > /dev/null
+	$(FEDMRG) review-page --pred $(RESULTS)/test-global.predictions.json --data $(DEMO_DIR)/bench/test-global \
+		--out $(RESULTS)/test-global.review.html
+	$(FEDMRG) fl-report $(FL_WS) --out $(RESULTS)/summary.md \
+		--held-out $(RESULTS)/test-global.json --held-out-data $(DEMO_DIR)/bench/test-global
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -43,7 +43,8 @@ def built(tmp_path_factory):
 def test_summary_is_returned_and_written(built):
     out, summary = built
     assert json.loads((out / "base_llm.json").read_text()) == summary
-    assert summary["reports"] == 54 and summary["size"] == "tiny" and summary["epochs"] == 4
+    assert summary["reports"] == 54 and summary["recombined_reports"] == 3 * 54
+    assert summary["size"] == "tiny" and summary["epochs"] == 4
     assert summary["vocab_size"] == len(AutoTokenizer.from_pretrained(out))
     assert summary["tokens"] > summary["reports"] * 3 and summary["params"] > 0
     assert summary["sample"].strip()
@@ -135,3 +136,35 @@ def test_missing_corpus_and_unknown_size_are_refused(tmp_path):
         make_base_llm(tmp_path, tmp_path / "out", progress=False)
     with pytest.raises(ConfigError, match="'huge'"):
         make_base_llm(write_corpus(tmp_path / "public"), tmp_path / "out", "huge", progress=False)
+
+
+def test_recombined_reports_state_findings_from_other_reports_without_contradicting_themselves():
+    from fedmrg.labels.labeler import label_matrix
+    from fedmrg.labels.observations import ABNORMAL_COLUMNS, OBSERVATIONS, POSITIVE
+    from fedmrg.model.base_llm import recombined_reports
+
+    texts = [clean_report(r) for r in REPORTS]
+    made = recombined_reports(texts, copies=2, seed=0)
+    assert len(made) == 2 * len(texts) and made == recombined_reports(texts, copies=2, seed=0)
+    assert set(made) - set(texts)  # new combinations, not copies
+    labels = label_matrix(made)
+    assert ((labels[:, ABNORMAL_COLUMNS] == POSITIVE).any(axis=1)).all()  # each states a finding
+    effusion = OBSERVATIONS.index("Pleural Effusion")
+    for text, row in zip(made, labels):
+        if "small right pleural effusion" in text:
+            assert row[effusion] == POSITIVE and "no pleural effusion" not in text
+
+
+def test_training_rows_learn_the_report_after_its_findings_prompt_wherever_it_starts(built):
+    from fedmrg.model.base_llm import _collate, _encode
+
+    out, _ = built
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rows = _encode([clean_report(REPORTS[4])], tokenizer, 128)
+    prompt = tokenizer.decode(rows[0].ids[: rows[0].prompt], skip_special_tokens=True)
+    assert prompt == " diagnosis: cardiomegaly: negative; pleural effusion: positive. report:"
+    batch = _collate(rows * 2, tokenizer.pad_token_id, torch.device("cpu"), shifts=[0, 5])
+    learned = batch["labels"] != -100
+    assert learned.sum(1).tolist() == [len(rows[0].ids) - rows[0].prompt] * 2  # the report and eos only
+    assert batch["attention_mask"].sum(1).tolist() == [len(rows[0].ids)] * 2
+    assert batch["position_ids"][:, 0].tolist() == [0, 5] and (batch["position_ids"].diff(dim=1) == 1).all()

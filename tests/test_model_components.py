@@ -189,14 +189,18 @@ def test_diagnosis_losses_differ_once_counts_are_skewed_and_predict_uses_raw_log
 def test_calibrated_thresholds_decide_when_the_prompt_says_positive():
     head = DiagnosisHead(8)
     cardio = OBSERVATIONS.index("Cardiomegaly")
-    # Cardiomegaly: the positives have probabilities 0.35 and 0.4, the negatives 0.1, 0.2 and 0.3:
+    edema = OBSERVATIONS.index("Edema")
+    # Cardiomegaly: the positives have probabilities 0.35, 0.4 and 0.45, the negatives 0.1, 0.2 and 0.3:
     # every threshold in (0.3, 0.35] separates them (F1 1); the lowest candidate there is 0.35.
-    probability = torch.zeros(5, 14)
-    probability[:, cardio] = torch.tensor([0.35, 0.4, 0.1, 0.2, 0.3])
-    positive = torch.zeros(5, 14, dtype=torch.bool)
-    positive[:2, cardio] = True
+    # Edema: the same positives, ranked below every negative (AUC 0): the head cannot tell, and the
+    # best F1 (call all six positive) would put edema in every prompt; its threshold stays.
+    probability = torch.zeros(6, 14)
+    probability[:, cardio] = torch.tensor([0.35, 0.4, 0.45, 0.1, 0.2, 0.3])
+    probability[:, edema] = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.3, 0.3])
+    positive = torch.zeros(6, 14, dtype=torch.bool)
+    positive[:3, cardio] = positive[:3, edema] = True
     chosen = head.calibrate(probability, positive)
-    assert chosen == {"Cardiomegaly": 0.35}  # the other observations had no positive: left at 0.5
+    assert chosen == {"Cardiomegaly": 0.35}  # the others had no positive, or no ranking: left at 0.5
     assert head.thresholds[cardio].item() == pytest.approx(0.35) and head.thresholds[0].item() == 0.5
     # logits whose positive-state probability is 0.4 (the rest: blank 0.45, negative and uncertain 0.075)
     logits = torch.log(torch.tensor([0.45, 0.4, 0.075, 0.075])).expand(1, 14, 4)

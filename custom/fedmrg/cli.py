@@ -290,6 +290,13 @@ def _fl_report_parser(sub) -> None:
     p.add_argument("workspace", metavar="WS", help="the --workspace of the job run")
     p.add_argument("--examples", type=int, default=2, help="generated reports shown per site (default: 2)")
     p.add_argument("--out", help="markdown file (default: WS/summary.md)")
+    p.add_argument(
+        "--held-out",
+        metavar="SCORES",
+        help="`fedmrg evaluate`'s scores of the global model on a held-out split (its reports beside it): "
+        "a section with its figures and a few abnormal studies; needs --held-out-data",
+    )
+    p.add_argument("--held-out-data", metavar="DIR", help="the held-out split's folder (annotation.json)")
     p.set_defaults(handler=_cmd_fl_report)
 
 
@@ -299,12 +306,26 @@ def _cmd_fl_report(args: argparse.Namespace) -> int:
     workspace = Path(args.workspace)
     results = read_results(workspace / "results.json")
     text = summary_markdown(results, site_examples(workspace, results["job"], args.examples))
+    if args.held_out:
+        text += "\n" + _held_out_section(Path(args.held_out), args.held_out_data)
     out = Path(args.out) if args.out else workspace / "summary.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(text)
     print(f"summary written to {out}; per-round plot: {workspace / 'rounds.png'}")
     return 0
+
+
+def _held_out_section(scores_file: Path, data: str | None) -> str:
+    from fedmrg.eval.texts import read_id_texts, read_references
+    from fedmrg.fl.results import held_out_markdown
+    from fedmrg.io import load_json
+
+    if not data:
+        raise FedMRGError("--held-out needs --held-out-data (the split folder the scores are of)")
+    predictions = read_id_texts(scores_file.with_name(f"{scores_file.stem}.predictions.json"))
+    references = read_references(Path(data) / "annotation.json", "test")
+    return held_out_markdown(Path(data).name, load_json(scores_file), predictions, references)
 
 
 def _make_base_llm_parser(sub) -> None:
@@ -359,7 +380,7 @@ def _make_base_encoder_parser(sub) -> None:
     p.add_argument("--config", default="demo", help="named config or YAML file (default: demo)")
     p.add_argument("--data", required=True, metavar="BENCH_DIR", help="the benchmark folder (public/, test-global/)")
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--epochs", type=_positive_int, default=6, help="training epochs (default: 6)")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="training epochs (default: 5)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule; default: 3e-3)")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -25,6 +25,8 @@ from fedmrg.errors import DataError
 from fedmrg.eval.report import COLUMNS, row_values
 from fedmrg.eval.texts import read_references
 from fedmrg.io import load_json
+from fedmrg.labels.labeler import label_matrix
+from fedmrg.labels.observations import ABNORMAL, ABNORMAL_COLUMNS, POSITIVE
 
 RESULTS_FILE = "results.json"
 
@@ -110,6 +112,60 @@ def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, st
         for generated, reference in pairs:
             lines += [f"- generated: {generated}", f"  reference: {reference}"]
     return "\n".join(lines) + "\n"
+
+
+def held_out_markdown(
+    name: str, scores: Mapping, predictions: Mapping[str, str], references: Mapping[str, str], count: int = 3
+) -> str:
+    """The global model on a held-out split (``fedmrg evaluate``'s scores and reports): its figures and
+    the first ``count`` studies (by id) whose reference names an abnormal finding, each report with the
+    findings the labeler reads in it, so that a reader sees whether the findings come through."""
+    ce = scores["ce"]
+    nlg = scores["nlg"]
+    abnormal = ce.get("abnormal", {})
+    lines = [
+        f"## The global model on {name} ({scores['n']} studies, held out from every site)",
+        "",
+        "| BLEU-4 | METEOR | ROUGE-L | CIDEr | CE-F1 example | CE abnormal P | CE abnormal R | CE abnormal F1 |",
+        "|---|---|---|---|---|---|---|---|",
+        "| "
+        + " | ".join(
+            "n/a" if v is None else f"{v:.3f}"
+            for v in (
+                nlg.get("BLEU-4"),
+                nlg.get("METEOR"),
+                nlg.get("ROUGE-L"),
+                nlg.get("CIDEr"),
+                ce["example"]["f1"],
+                abnormal.get("precision"),
+                abnormal.get("recall"),
+                abnormal.get("f1"),
+            )
+        )
+        + " |",
+    ]
+    ids = sorted(key for key in predictions if key in references)
+    found = dict(zip(ids, abnormal_findings([references[k] for k in ids])))
+    said = dict(zip(ids, abnormal_findings([predictions[k] for k in ids])))
+    shown = [key for key in ids if found[key]][:count]
+    if shown:
+        lines += [
+            "",
+            f"### {name}: studies whose reference names an abnormal finding (the first {len(shown)} by id)",
+            "",
+        ]
+    for key in shown:
+        lines += [
+            f"- {key}, generated ({', '.join(said[key]) or 'no abnormal finding'}): {predictions[key]}",
+            f"  reference ({', '.join(found[key])}): {references[key]}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def abnormal_findings(texts: list[str]) -> list[list[str]]:
+    """The abnormal observations the labeler reads as positive in each text."""
+    positive = label_matrix(texts) == POSITIVE
+    return [[ABNORMAL[j] for j, k in enumerate(ABNORMAL_COLUMNS) if row[k]] for row in positive]
 
 
 def site_examples(workspace: str | os.PathLike, job: str, count: int) -> dict[str, list[tuple[str, str]]]:

@@ -76,7 +76,7 @@ def make_base_encoder(
     bench: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    epochs: int = 6,
+    epochs: int = 5,
     lr: float = 3e-3,
     seed: int = 0,
     progress: bool = True,

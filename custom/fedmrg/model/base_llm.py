@@ -53,6 +53,9 @@ KIND = "fedmrg-base-llm"
 FORMAT_VERSION = 1
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 MAX_POSITIONS = 1024  # room for instruction + prompts + visual tokens + report in the generator
+# A training row's positions start anywhere from 0 to this: in the report generator, the instruction,
+# the instance prompts and the visual tokens (about 50 positions in the demo) come first.
+PROMPT_SHIFT = 96
 
 
 @dataclass(frozen=True)
@@ -262,17 +265,23 @@ def _batches(rows: list[Row], batch_size: int, generator: torch.Generator) -> li
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _collate(rows: list[Row], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def _collate(rows: list[Row], pad_id: int, device: torch.device, shifts: list[int]) -> dict[str, torch.Tensor]:
+    """Left-padded rows whose positions start at ``shifts[i]`` instead of 0, as the report generator's
+    prompt starts after its image part (the positions skipped cost nothing)."""
     width = max(len(row.ids) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     learned = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row.ids)] = torch.tensor(row.ids)
-        mask[i, : len(row.ids)] = 1
-        learned[i, row.prompt : len(row.ids)] = True
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, shift) in enumerate(zip(rows, shifts)):
+        start = width - len(row.ids)
+        ids[i, start:] = torch.tensor(row.ids)
+        mask[i, start:] = 1
+        learned[i, start + row.prompt :] = True
+        positions[i, start:] = torch.arange(len(row.ids)) + shift
     labels = ids.masked_fill(~learned, -100)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _train(
@@ -296,7 +305,8 @@ def _train(
         for epoch in range(epochs):
             epoch_loss = 0.0
             for batch in _batches(rows, size.batch_size, generator):
-                loss = model(**_collate([rows[i] for i in batch], pad_id, device)).loss
+                shifts = torch.randint(0, PROMPT_SHIFT + 1, (len(batch),), generator=generator).tolist()
+                loss = model(**_collate([rows[i] for i in batch], pad_id, device, shifts)).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -394,7 +404,8 @@ def make_base_llm(
     started = time.time()
     texts = [clean_report(report, dataset) for report in read_reports(source)]
     tokenizer = train_tokenizer(texts, spec.vocab_size)
-    rows = _encode(texts + recombined_reports(texts, spec.recombined_copies, seed), tokenizer, spec.max_tokens)
+    recombined = recombined_reports(texts, spec.recombined_copies, seed)
+    rows = _encode(texts + recombined, tokenizer, spec.max_tokens)
     target = resolve_device(device)
     with torch.random.fork_rng(devices=[]), _cpu_threads(spec.cpu_threads, target):
         torch.manual_seed(seed)
@@ -421,7 +432,8 @@ def make_base_llm(
         "architecture": asdict(spec),
         "seed": seed,
         "epochs": epochs,
-        "reports": len(rows),
+        "reports": len(texts),
+        "recombined_reports": len(recombined),
         "tokens": sum(len(row.ids) for row in rows),
         "vocab_size": len(tokenizer),
         "params": model.num_parameters(),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from fedmrg.labels.observations import OBSERVATIONS
@@ -21,6 +22,7 @@ from fedmrg.labels.states import BLANK, STATE_POSITIVE, STATES, check_states
 LOSSES = ("ce", "balanced", "logit_adjusted")
 DEFAULT_THRESHOLD = 0.5  # before calibration: positive when it is more likely than all else together
 CANDIDATE_THRESHOLDS = torch.linspace(0.05, 0.95, 19)
+MIN_CALIBRATION_AUC = 0.75  # below, the validation studies say the head cannot tell: its threshold stays
 NOTHING_MENTIONED = "no observations mentioned"  # the prompt when every observation is blank
 
 
@@ -112,14 +114,19 @@ class DiagnosisHead(nn.Module):
         return torch.softmax(logits.detach().float(), dim=-1)[..., STATE_POSITIVE]
 
     @torch.no_grad()
-    def calibrate(self, probability: Tensor, positive: Tensor, min_positives: int = 2) -> dict[str, float]:
+    def calibrate(self, probability: Tensor, positive: Tensor, min_positives: int = 3) -> dict[str, float]:
         """Set each observation's threshold to the one that maximises the F1 of "positive" on the given
-        studies (probabilities [N, 14] against the reference's positives [N, 14]); an observation with
-        fewer than ``min_positives`` positives keeps its threshold. The thresholds set, by name."""
+        studies (probabilities [N, 14] against the reference's positives [N, 14]). An observation keeps
+        its threshold when the studies hold fewer than ``min_positives`` positives, or when the head
+        ranks them no better than ``MIN_CALIBRATION_AUC``: for a head that cannot tell, the best F1 is
+        to call every study positive, which would put that finding in every prompt. The thresholds
+        set, by name."""
         chosen = {}
         for k, name in enumerate(OBSERVATIONS):
             truth = positive[:, k].bool()
-            if int(truth.sum()) < min_positives:
+            if int(truth.sum()) < min_positives or truth.all():
+                continue
+            if roc_auc_score(truth.numpy(), probability[:, k].numpy()) < MIN_CALIBRATION_AUC:
                 continue
             predicted = probability[:, k, None] >= CANDIDATE_THRESHOLDS[None, :]  # [N, T]
             tp = (predicted & truth[:, None]).sum(0).float()

@@ -83,8 +83,10 @@ class MRGModel(nn.Module):
         self.encoder = StudyEncoder(m.encoder, cfg.data.image_size, cfg.data.max_views)
         if m.encoder.pretrained:
             load_encoder_weights(self.encoder, m.encoder.pretrained)
-        self.projector = VisualProjector(self.encoder.out_dim, embed_dim, self.encoder.grid, m.visual_tokens)
         init_std = float(self._embedding().weight[:8192].float().std())  # a sample: no fp32 copy of a big table
+        self.projector = VisualProjector(
+            self.encoder.out_dim, embed_dim, self.encoder.grid, m.visual_tokens, init_std=init_std
+        )
         self.customizer = PromptCustomizer(
             m.prompt_mode,
             m.num_prompts,
@@ -476,12 +478,18 @@ class MRGModel(nn.Module):
         if shared_only:
             shared = self._shared_parameters()
             missing = [k for k in missing if k in shared]
+        if UNCALIBRATED in missing:  # saved before the thresholds existed: they stay at their default
+            log.warning("%s: no diagnosis thresholds (an older model); the uncalibrated default applies", path)
+            missing.remove(UNCALIBRATED)
         if missing or unexpected:
             raise ConfigError(
                 f"{path}: does not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         if prototypes is not None and available is not None:
             self.set_prototypes(prototypes, available)
+
+
+UNCALIBRATED = "diagnosis.thresholds"
 
 
 def llm_fingerprint(path: str | os.PathLike) -> str:

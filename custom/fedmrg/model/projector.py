@@ -14,10 +14,15 @@ class VisualProjector(nn.Module):
     """Pool each view's patch grid to g x g, then Linear + LayerNorm into the LLM's embedding space.
 
     Pooling comes first so that the Linear runs on ``g*g`` tokens per view, not on every patch, and
-    the LLM sees ``g*g`` tokens per view (``tokens_per_view = 0`` keeps every patch).
+    the LLM sees ``g*g`` tokens per view (``tokens_per_view = 0`` keeps every patch). The LayerNorm's
+    gain starts at ``init_std``, the spread of the LLM's own token embeddings: at a gain of 1 the
+    visual tokens would be about ``1 / init_std`` times larger than any word (14x for the demo LLM,
+    50x for LLaMA-sized ones), and would drown the text prompt around them.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, grid: tuple[int, int], tokens_per_view: int) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, grid: tuple[int, int], tokens_per_view: int, init_std: float = 1.0
+    ) -> None:
         super().__init__()
         self.grid = grid
         self.side = math.isqrt(tokens_per_view)
@@ -31,6 +36,7 @@ class VisualProjector(nn.Module):
         self.tokens_per_view: int = tokens_per_view or grid[0] * grid[1]
         self.proj = nn.Linear(in_dim, out_dim)
         self.norm = nn.LayerNorm(out_dim)
+        nn.init.constant_(self.norm.weight, init_std)
 
     def forward(self, tokens: Tensor, view_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``tokens`` [B, V, N, H] -> embeds [B, V*M, D] and mask [B, V*M] (False for padded views)."""
