@@ -438,3 +438,34 @@ def test_a_run_killed_before_its_first_checkpoint_can_start_again(tiny_base_llm,
     (run / "tb").mkdir(parents=True)  # what a run killed during its first epoch leaves
     summary = train_centralized(tiny_cfg(), [site], run, base_llm=tiny_base_llm, max_steps=1, progress=False)
     assert summary["steps"] == 1 and not summary["resumed"]
+
+
+def test_a_site_calibrates_the_prompts_findings_on_its_validation_studies(tiny_base_llm, site, monkeypatch):
+    """The trainer's calibration reads the head on validation studies and moves the thresholds that the
+    predicted prompt then uses; the new thresholds are part of the shared state a site sends."""
+    from fedmrg.labels.observations import OBSERVATIONS
+    from fedmrg.labels.states import STATE_POSITIVE
+
+    torch.manual_seed(0)
+    variant = MRGModel.build(tiny_cfg(), tiny_base_llm, device="cpu")
+    loader = study_loader(variant.cfg, [site], "train", train=False, batch_size=8)
+    k = OBSERVATIONS.index("Lung Opacity")
+    positives = sum(int((b["states"][:, k] == STATE_POSITIVE).sum()) for b in loader)
+    assert positives >= 3  # the tiny benchmark's train split has some
+
+    def separable(batch):  # a head that ranks Lung Opacity perfectly, at probabilities 0.26 vs 0.096
+        logits = torch.zeros(len(batch["id"]), 14, 4)
+        logits[..., 0] = 2.0
+        chosen = batch["states"][:, k] == STATE_POSITIVE
+        logits[:, k, STATE_POSITIVE] = torch.where(chosen, torch.tensor(1.2), torch.tensor(0.0))
+        return logits
+
+    monkeypatch.setattr(variant, "diagnosis_logits", separable)
+    before = variant.shared_state_dict()["diagnosis.thresholds"].clone()
+    chosen = Trainer(variant, variant.cfg, total_steps=1).calibrate(loader)
+    assert list(chosen) == ["Lung Opacity"] and 0.096 < chosen["Lung Opacity"] <= 0.26
+    after = variant.shared_state_dict()["diagnosis.thresholds"]
+    assert after[k] == pytest.approx(chosen["Lung Opacity"]) and torch.equal(after[:k], before[:k])
+    batch = next(iter(loader))
+    predicted = variant.diagnosis.predict(separable(batch))
+    assert torch.equal(predicted[:, k] == STATE_POSITIVE, batch["states"][:, k] == STATE_POSITIVE)

@@ -420,7 +420,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{group:<12}{counts['train']:>7}{counts['val']:>6}{counts['test']:>6}{counts['views']:>7}  "
             f"{storage:<12} normal {prevalence['normal']:.0%}; {findings}"
         )
-    lines.append(f"{PUBLIC:<12} {summary['counts'][PUBLIC]['reports']} reports (tokenizer / base LLM only)")
+    public = summary["counts"][PUBLIC]
+    renders = f", {public['renders']} renders of them (base encoder)" if public.get("renders") else ""
+    lines.append(f"{PUBLIC:<12} {public['reports']} reports (tokenizer, base LLM){renders}")
     skipped = summary["skipped"]
     if skipped["count"]:
         reasons = "; ".join(f"{n} {reason}" for reason, n in skipped["by_reason"].items())
