@@ -19,6 +19,8 @@ TEST_LIMIT ?= 100
 POLICIES ?= provisioning
 POC_WS ?= $(DATA)/poc
 POC_DATA = $(DATA)/$(CONFIG)
+# the demo config encodes with a frozen pretrained encoder (`fedmrg make-base-encoder`); tiny trains its ViT
+POC_ENCODER = $(if $(filter demo,$(CONFIG)),$(POC_DATA)/base-encoder)
 
 # make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid; CONFIG as above).
 PRESET ?= quick
@@ -77,8 +79,10 @@ clean-demo:
 poc-job: $(STAMP)
 	$(FEDMRG) prepare-data --config $(CONFIG) --out $(POC_DATA)/bench --reuse
 	test -f $(POC_DATA)/base-llm/config.json || $(FEDMRG) make-base-llm --corpus $(POC_DATA)/bench/public --out $(POC_DATA)/base-llm --quiet
+	$(if $(POC_ENCODER),test -f $(POC_ENCODER)/model.safetensors || $(FEDMRG) make-base-encoder --config $(CONFIG) \
+		--data $(POC_DATA)/bench --out $(POC_ENCODER) --quiet)
 	$(BIN)/python jobs/fedmrg/job.py --config $(CONFIG) --sites $(SITES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
-		--test-limit $(TEST_LIMIT) --export --export-dir $(POC_WS)/jobs
+		--test-limit $(TEST_LIMIT) $(if $(POC_ENCODER),--base-encoder $(POC_ENCODER)) --export --export-dir $(POC_WS)/jobs
 
 POC_FEDERATION = --data $(POC_DATA)/bench --base-llm $(POC_DATA)/base-llm --sites $(SITES) --workspace $(POC_WS) \
 	$(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))

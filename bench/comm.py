@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from fedmrg.config import Config, load_config
+from fedmrg.config import Config, encoder_weights, load_config
 from fedmrg.fl.codec import (
     CodecSpec,
     Factored,
@@ -331,10 +331,13 @@ def main() -> None:
     parser.add_argument("--energy", type=float, help="keep the smallest rank reaching this energy share")
     parser.add_argument("--decay", type=float, default=0.7, help="spectrum decay of the simulated deltas")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-encoder", help="weights of a frozen encoder (default: data/demo/base-encoder)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
 
-    cfg = load_config(args.config, {"fl.rank": args.rank, "fl.precision": args.precision, "fl.energy": args.energy})
+    encoder = encoder_weights(args.base_encoder or "data/demo/base-encoder")
+    overrides = {"fl.rank": args.rank, "fl.precision": args.precision, "fl.energy": args.energy}
+    cfg = load_config(args.config, {**overrides, "model.encoder.pretrained": encoder})
     spec = CodecSpec(rank=cfg.fl.rank, precision=cfg.fl.precision, energy=cfg.fl.energy, dense_below=cfg.fl.dense_below)
     reduction = demo_section(cfg, spec, args.decay, args.seed)
     lora_7b_section(spec, args.seed)

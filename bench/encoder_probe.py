@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = load_config(args.config, {"data.augment": False})
+    cfg = load_config(args.config, {"data.augment": False, "model.encoder.freeze": False})  # trained from scratch
     train = study_loader(cfg, [args.data], "train", train=True)
     test = study_loader(cfg, [args.data], "test", train=False)
     categories = sorted({c for record in loader_records(train) for c in record.get("categories", [])})

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fedmrg.config import load_config
+from fedmrg.config import encoder_weights, load_config
 from fedmrg.data.loaders import study_loader
 from fedmrg.model.adapters import active_adapters, adapter_names, attach_adapters
 from fedmrg.model.base_llm import make_base_llm
@@ -130,11 +130,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--base-encoder", help="weights of a frozen encoder (default: data/demo/base-encoder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
 
-    cfg = load_config(args.config, {"train.device": args.device, "train.batch_size": args.batch_size})
+    encoder = {"model.encoder.pretrained": encoder_weights(args.base_encoder or "data/demo/base-encoder")}
+    cfg = load_config(args.config, {"train.device": args.device, "train.batch_size": args.batch_size, **encoder})
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(args.base_llm) if args.base_llm else Path(tmp) / "base"
         if not args.base_llm:
@@ -152,7 +154,7 @@ def main() -> None:
         peer_times = {
             passes: peer(
                 checkpoint,
-                load_config(args.config, {"train.device": args.device}),
+                load_config(args.config, {"train.device": args.device, **encoder}),
                 len(batch["report"]),
                 sequence_length,
                 report_tokens,
