@@ -125,3 +125,39 @@ def test_a_job_takes_a_base_encoder_folder_or_file(base_encoder, tmp_path):
     assert job_config(args, tmp_path).model.encoder.pretrained == args.base_encoder
     with pytest.raises(ConfigError, match=f"no {BASE_ENCODER_WEIGHTS} in the folder"):
         job_arguments("fedmrg", "", ["--base-encoder", str(tmp_path)])
+
+
+def test_a_saved_model_finds_its_frozen_encoder_where_it_moved(base_encoder, tiny_base_llm, tmp_path):
+    import shutil
+
+    from fedmrg.model.mrg import MRGModel
+
+    out, _ = base_encoder
+    moved = tmp_path / "first-home" / BASE_ENCODER_WEIGHTS
+    moved.parent.mkdir()
+    shutil.copy(out / BASE_ENCODER_WEIGHTS, moved)
+    cfg = cnn_config(**{"model.encoder.pretrained": str(moved), "model.encoder.freeze": True})
+    model = MRGModel.build(cfg, base_llm=tiny_base_llm, device="cpu")
+    model.save(tmp_path / "run")
+    shutil.move(moved.parent, tmp_path / "new-home")  # the weights moved (another host, another disk)
+    with pytest.raises(ConfigError, match="first-home"):
+        MRGModel.load(tmp_path / "run", base_llm=tiny_base_llm)
+    loaded = MRGModel.load(tmp_path / "run", base_llm=tiny_base_llm, base_encoder=tmp_path / "new-home" / moved.name)
+    assert loaded.cfg.model.encoder.pretrained == str(tmp_path / "new-home" / moved.name)
+    trained = MRGModel.build(cnn_config(**{"model.encoder.backbone": "vit"}), base_llm=tiny_base_llm, device="cpu")
+    trained.save(tmp_path / "vit-run")
+    with pytest.raises(ConfigError, match="applies to a frozen or hf encoder only"):
+        MRGModel.load(tmp_path / "vit-run", base_llm=tiny_base_llm, base_encoder=moved)
+
+
+def test_base_encoder_names_the_weights_of_a_build_folder_and_keeps_a_hugging_face_folder(base_encoder, tmp_path):
+    from fedmrg.config import encoder_weights
+
+    out, _ = base_encoder
+    assert encoder_weights(str(out)) == str(out / BASE_ENCODER_WEIGHTS)
+    hf = tmp_path / "rad-dino"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / BASE_ENCODER_WEIGHTS).write_bytes(b"")
+    assert encoder_weights(str(hf)) == str(hf)  # loaded whole by backbone: hf
+    assert encoder_weights("/weights/encoder.pt") == "/weights/encoder.pt"

@@ -407,6 +407,7 @@ def _cmd_make_base_encoder(args: argparse.Namespace) -> int:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="RUN", help="a model folder written by `fedmrg train`")
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
+    _add_base_encoder_flag(p)
     p.add_argument(
         "--site-adapter",
         metavar="DIR",
@@ -422,9 +423,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace):
+    from fedmrg.config import encoder_weights
     from fedmrg.model.mrg import MRGModel
 
-    return MRGModel.load(args.model, base_llm=args.base_llm, device=args.device, site_adapter=args.site_adapter)
+    encoder = str(Path(encoder_weights(args.base_encoder)).resolve()) if args.base_encoder else None
+    return MRGModel.load(
+        args.model, base_llm=args.base_llm, base_encoder=encoder, device=args.device, site_adapter=args.site_adapter
+    )
 
 
 def _train_parser(sub) -> None:
@@ -457,7 +462,8 @@ def _add_base_encoder_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-encoder",
         metavar="PATH",
-        help="pretrained encoder weights (model.encoder.pretrained): a file, or a `fedmrg make-base-encoder` folder",
+        help="pretrained encoder weights (model.encoder.pretrained; for a saved model, where its frozen or hf "
+        "encoder is now): a file, a `fedmrg make-base-encoder` folder, or a Hugging Face model folder",
     )
 
 
@@ -593,6 +599,7 @@ def _retrieve_parser(sub) -> None:
         help="sites whose train reports are retrieved from (default: --data); repeat for several",
     )
     p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint, if it moved since training")
+    _add_base_encoder_flag(p)
     p.add_argument("--device", help="cpu, cuda, cuda:N")
     p.add_argument("--config", default="demo", help="config for --oracle / --normal (text cleaning, image size)")
     _add_split_flags(p)

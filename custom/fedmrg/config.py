@@ -94,9 +94,10 @@ BASE_ENCODER_WEIGHTS = "model.safetensors"  # the weights in a `fedmrg make-base
 
 
 def encoder_weights(path: str) -> str:
-    """The weights file a ``--base-encoder`` names: the path itself, or the weights in a base-encoder folder."""
+    """The weights a ``--base-encoder`` names: the weights in a base-encoder folder, else the path itself
+    (a state-dict file, or a Hugging Face model folder, which holds a config.json)."""
     folder = Path(path)
-    if folder.is_dir():
+    if folder.is_dir() and not (folder / "config.json").is_file():
         weights = folder / BASE_ENCODER_WEIGHTS
         if not weights.is_file():
             raise ConfigError(f"--base-encoder {path}: no {BASE_ENCODER_WEIGHTS} in the folder")

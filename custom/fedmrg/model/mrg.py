@@ -418,10 +418,12 @@ class MRGModel(nn.Module):
         directory: str | os.PathLike,
         *,
         base_llm: str | os.PathLike | None = None,
+        base_encoder: str | os.PathLike | None = None,
         device: str | None = None,
         site_adapter: str | os.PathLike | None = None,
     ) -> MRGModel:
-        """Rebuild a saved model (``base_llm`` overrides the recorded LLM path, e.g. on another host).
+        """Rebuild a saved model (``base_llm`` overrides the recorded LLM path, e.g. on another host, and
+        ``base_encoder`` the recorded weights of a frozen or ``hf`` encoder, which are not in the folder).
 
         ``site_adapter``: a folder holding a specialized adapter (PEFT format) to use instead of the
         saved one, e.g. a hospital's own adapter on top of a federated global model.
@@ -430,7 +432,14 @@ class MRGModel(nn.Module):
         meta = read_model_file(directory)
         cfg = parse_config(meta["config"], f"{directory / MODEL_FILE}: config")
         encoder = cfg.model.encoder
-        if not (encoder.freeze or encoder.backbone == "hf"):
+        if base_encoder is not None:
+            if not (encoder.freeze or encoder.backbone == "hf"):
+                raise ConfigError(
+                    f"{directory}: its encoder was trained and is saved in the folder; a base encoder applies "
+                    "to a frozen or hf encoder only"
+                )
+            encoder.pretrained = str(base_encoder)
+        elif not (encoder.freeze or encoder.backbone == "hf"):
             encoder.pretrained = None  # the trained encoder is in modules.safetensors
         if site_adapter is not None:
             cfg.model.adapters = "dual"
