@@ -6,8 +6,8 @@ the generated report, and how the rule-based labeler reads each of them for the 
 observations (positive / negative / uncertain / not mentioned). Agreement is judged as CE judges
 it, positive iff the label is 1: a finding positive in both reports, *missed* (in the reference
 only) or *extra* (in the generated report only). The header gives the split, the counts and the CE
-scores of the whole prediction set (:func:`fedmrg.eval.ce.ce_from_texts`, every variant it
-returns).
+scores of the whole prediction set (:func:`fedmrg.eval.ce.ce_scores` of those labels, every variant
+it returns).
 
 Studies whose reference has a positive finding come first, and within each group those with the
 most missed findings, then the most extra findings: the cases a reviewer most needs to see are at
@@ -34,7 +34,7 @@ import numpy as np
 from fedmrg.data.annotation import SPLITS, Annotation, read_annotation
 from fedmrg.data.images import load_image
 from fedmrg.errors import DataError
-from fedmrg.eval.ce import ce_from_texts
+from fedmrg.eval.ce import ce_scores
 from fedmrg.eval.nlg import prepare_text
 from fedmrg.eval.texts import check_nonempty, read_id_texts
 from fedmrg.io import atomic_write, some
@@ -129,9 +129,9 @@ def _check_ids(
 
 def read_studies(
     pred_path: str | os.PathLike, data: str | os.PathLike, split: str = "test", dataset: str = "iu_xray"
-) -> tuple[list[Study], dict[str, str], dict[str, str], int]:
-    """The predicted studies of ``split`` with their labels, the id -> text of both sides, and the
-    split's size. Labels are read from the texts as CE reads them (cleaned for ``dataset``)."""
+) -> tuple[list[Study], int, Path]:
+    """The predicted studies of ``split`` with their labels, the split's size and the annotation file.
+    Labels are read from the texts as CE reads them (cleaned for ``dataset``)."""
     predictions = read_id_texts(pred_path)
     if not predictions:
         raise DataError(f"{pred_path}: no predictions (an empty JSON object)")
@@ -155,7 +155,7 @@ def read_studies(
         )
         for i, key in enumerate(ids)
     ]
-    return studies, {key: predictions[key] for key in ids}, references, len(annotation.rows(split))
+    return studies, len(annotation.rows(split)), annotation.path
 
 
 def _natural_key(text: str) -> list[int | str]:
@@ -362,8 +362,9 @@ def write_review_page(
     """Read predictions and the split, write the review page to ``out`` (one self-contained HTML file)."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    studies, predictions, references, split_size = read_studies(pred, data, split, dataset)
-    ce = ce_from_texts(predictions, references, dataset=dataset)
+    studies, split_size, annotation_file = read_studies(pred, data, split, dataset)
+    # CE of the labels already read, as ce_from_texts would compute them from the same cleaned texts
+    ce = ce_scores(np.stack([s.gen_labels for s in studies]), np.stack([s.ref_labels for s in studies]))
     shown = review_order(studies)[:limit]
     unreadable = 0
     for study in shown:
@@ -373,7 +374,7 @@ def write_review_page(
             unreadable += not readable
         if not study.image_paths:
             study.views.append('<div class="noimg">no image in the annotation row</div>')
-    sources = {"predictions": str(pred), "data": str(annotation_path(data))}
+    sources = {"predictions": str(pred), "data": str(annotation_file)}
     page = render_page(shown, studies, split, split_size, ce, sources)
     with atomic_write(out) as handle:
         handle.write(page.encode("utf-8"))
