@@ -103,8 +103,8 @@ def test_freeze_without_weights_and_a_trained_cnn_in_a_federation_are_refused():
         StudyEncoder(frozen.model.encoder, frozen.data.image_size, frozen.data.max_views)
     from fedmrg.fl.recipe import FedMRGRecipe
 
-    with pytest.raises(ConfigError, match="no pretrained weights for the frozen backbone"):
-        FedMRGRecipe(frozen, sites=2)
+    with pytest.raises(ConfigError, match="model.encoder.freeze: needs pretrained weights"):
+        FedMRGRecipe(frozen, sites=2)  # refused when the job is built, before any site runs it
     with pytest.raises(ConfigError, match="cnn is federated only with freeze: true"):
         FedMRGRecipe(cnn_config(), sites=2)
 

@@ -135,6 +135,15 @@ class EncoderConfig:
     # and everything after the backbone still learn.
     freeze: bool = False
 
+    def check_frozen_weights(self) -> None:
+        """A frozen backbone must come from somewhere: a random one would stay random. (Not in
+        :meth:`check`: a config may leave the weights to the job, which names them later.)"""
+        if self.freeze and not self.pretrained:
+            raise ConfigError(
+                "model.encoder.freeze: needs pretrained weights (model.encoder.pretrained, a job's --base-encoder, "
+                "or a site's base_encoder setting)"
+            )
+
     def check(self, where: str) -> None:
         if self.backbone == "vit":
             for key in ("patch_size", "hidden_size", "mlp_dim", "layers", "heads"):

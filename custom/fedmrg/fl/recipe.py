@@ -121,10 +121,7 @@ def refuse_unfederated_statistics(cfg: Config) -> None:
     """A frozen backbone needs its weights named; a trained DenseNet keeps BatchNorm statistics, which are
     buffers, not parameters: the sites would each keep their own and the global model would have none."""
     encoder = cfg.model.encoder
-    if encoder.freeze and not encoder.pretrained:
-        raise ConfigError(
-            "model.encoder.freeze: the job names no pretrained weights for the frozen backbone (--base-encoder)"
-        )
+    encoder.check_frozen_weights()
     if encoder.backbone == "cnn" and not encoder.freeze:
         raise ConfigError(
             "model.encoder.backbone: cnn is federated only with freeze: true (its BatchNorm statistics are "

@@ -356,15 +356,6 @@ def build_backbone(cfg: EncoderConfig, image_size: int) -> nn.Module:
     raise ConfigError(f"model.encoder.backbone: {cfg.backbone!r} is not one of 'vit', 'cnn', 'hf'")
 
 
-def check_frozen_weights(cfg: EncoderConfig) -> None:
-    """A frozen backbone must come from somewhere: a random one would stay random."""
-    if cfg.freeze and not cfg.pretrained:
-        raise ConfigError(
-            "model.encoder.freeze: needs pretrained weights (model.encoder.pretrained, a job's --base-encoder, "
-            "or a site's base_encoder setting)"
-        )
-
-
 # --------------------------------------------------------------------------------------- encoder
 @dataclass
 class EncodedStudy:
@@ -382,7 +373,7 @@ class StudyEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, image_size: int, max_views: int) -> None:
         super().__init__()
-        check_frozen_weights(cfg)
+        cfg.check_frozen_weights()
         self.backbone_kind: str = cfg.backbone
         backbone = build_backbone(cfg, image_size)
         self.add_module(self.backbone_kind, backbone)
