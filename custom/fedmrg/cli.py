@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedmrg")
 
+DEFAULT_POC_WS = "data/poc"  # the Makefile's POC_WS
+
 
 def _positive_int(text: str) -> int:
     return _bounded_int(text, 1)
@@ -323,7 +325,7 @@ def _held_out_section(scores_file: Path, data: str | None) -> str:
 
     if not data:
         raise FedMRGError("--held-out needs --held-out-data (the split folder the scores are of)")
-    predictions = read_id_texts(scores_file.with_name(f"{scores_file.stem}.predictions.json"))
+    predictions = read_id_texts(_beside(scores_file, "predictions"))
     references = read_references(Path(data) / "annotation.json", "test")
     return held_out_markdown(Path(data).name, load_json(scores_file), predictions, references)
 
@@ -423,12 +425,14 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from fedmrg.config import encoder_weights
     from fedmrg.model.mrg import MRGModel
 
-    encoder = str(Path(encoder_weights(args.base_encoder)).resolve()) if args.base_encoder else None
     return MRGModel.load(
-        args.model, base_llm=args.base_llm, base_encoder=encoder, device=args.device, site_adapter=args.site_adapter
+        args.model,
+        base_llm=args.base_llm,
+        base_encoder=_base_encoder_path(args),
+        device=args.device,
+        site_adapter=args.site_adapter,
     )
 
 
@@ -467,14 +471,16 @@ def _add_base_encoder_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _base_encoder_override(args: argparse.Namespace) -> dict[str, str]:
+def _base_encoder_path(args: argparse.Namespace) -> str | None:
+    """The weights ``--base-encoder`` names, as an absolute path (None without the option)."""
     from fedmrg.config import encoder_weights
 
-    return (
-        {"model.encoder.pretrained": str(Path(encoder_weights(args.base_encoder)).resolve())}
-        if args.base_encoder
-        else {}
-    )
+    return str(Path(encoder_weights(args.base_encoder)).resolve()) if args.base_encoder else None
+
+
+def _base_encoder_override(args: argparse.Namespace) -> dict[str, str]:
+    path = _base_encoder_path(args)
+    return {"model.encoder.pretrained": path} if path else {}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -557,6 +563,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
 
+def _beside(scores_file: Path, kind: str) -> Path:
+    """``NAME.KIND.json`` beside ``NAME.json``: the reports (``predictions``) and the rest of a scored run."""
+    return scores_file.with_name(f"{scores_file.stem}.{kind}.json")
+
+
 def _score_and_write(args: argparse.Namespace, predictions: dict, loader, dataset: str, extra: dict) -> int:
     """Score ``predictions`` against the loader's references; write scores, reports and ``extra`` beside."""
     from fedmrg.data.loaders import loader_records
@@ -565,12 +576,12 @@ def _score_and_write(args: argparse.Namespace, predictions: dict, loader, datase
     references = {str(r["id"]): r["report"] for r in loader_records(loader)}
     out = Path(args.out)
     kind = "findings" if args.handler is _cmd_evaluate else "retrieved"
-    write_json(out.with_name(f"{out.stem}.predictions.json"), predictions)  # kept even if scoring fails
-    write_json(out.with_name(f"{out.stem}.{kind}.json"), extra)
+    write_json(_beside(out, "predictions"), predictions)  # kept even if scoring fails
+    write_json(_beside(out, kind), extra)
     scores = score_reports(predictions, references, dataset=dataset)
     write_scores(out, scores)
     print(format_scores(scores))
-    print(f"scores written to {out}; reports to {out.with_name(out.stem + '.predictions.json')}")
+    print(f"scores written to {out}; reports to {_beside(out, 'predictions')}")
     return 0
 
 
@@ -756,7 +767,7 @@ def _poc_workspace_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workspace",
         metavar="WS",
-        default="data/poc",
+        default=DEFAULT_POC_WS,
         help="where the POC system, the job's download and nvflare's HOME go (default: data/poc)",
     )
 
@@ -837,7 +848,7 @@ def _cmd_poc_up(args: argparse.Namespace) -> int:
     print(f"the federation is up and stays up (workspace {args.workspace})")
     print(f"admin console:  {console.command}")
     print(f"submit the job: submit_job {console.job_name}    (the job is in {console.transfer_dir})")
-    make_down = "make poc-down" + ("" if args.workspace == "data/poc" else f" POC_WS={args.workspace}")
+    make_down = "make poc-down" + ("" if args.workspace == DEFAULT_POC_WS else f" POC_WS={args.workspace}")
     print(f"stop it:        {make_down}  (or fedmrg poc-down --workspace {args.workspace})")
     return 0
 
