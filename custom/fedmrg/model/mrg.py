@@ -432,14 +432,15 @@ class MRGModel(nn.Module):
         meta = read_model_file(directory)
         cfg = parse_config(meta["config"], f"{directory / MODEL_FILE}: config")
         encoder = cfg.model.encoder
+        backbone_outside = encoder.freeze or encoder.backbone == "hf"  # not in the folder: read from `pretrained`
+        if base_encoder is not None and not backbone_outside:
+            raise ConfigError(
+                f"{directory}: its encoder was trained and is saved in the folder; a base encoder applies "
+                "to a frozen or hf encoder only"
+            )
         if base_encoder is not None:
-            if not (encoder.freeze or encoder.backbone == "hf"):
-                raise ConfigError(
-                    f"{directory}: its encoder was trained and is saved in the folder; a base encoder applies "
-                    "to a frozen or hf encoder only"
-                )
             encoder.pretrained = str(base_encoder)
-        elif not (encoder.freeze or encoder.backbone == "hf"):
+        elif not backbone_outside:
             encoder.pretrained = None  # the trained encoder is in modules.safetensors
         if site_adapter is not None:
             cfg.model.adapters = "dual"
