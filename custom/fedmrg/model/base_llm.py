@@ -192,8 +192,8 @@ def recombined_reports(texts: list[str], copies: int, seed: int) -> list[str]:
     """
     if copies < 1:
         return []
-    split = [[s.strip() for s in text.split(" . ") if s.strip(" .")] for text in texts]
-    sentences = sorted({sentence.rstrip(" .") for report in split for sentence in report})
+    split = [[s.strip().rstrip(" .") for s in text.split(" . ") if s.strip(" .")] for text in texts]
+    sentences = sorted({sentence for report in split for sentence in report})
     labels = label_matrix([sentence + " ." for sentence in sentences])
     mentioned = {sentence: set(np.flatnonzero(~np.isnan(row))) for sentence, row in zip(sentences, labels)}
     abnormal = [sentence for sentence, row in zip(sentences, labels) if (row[ABNORMAL_COLUMNS] == POSITIVE).any()]
@@ -205,7 +205,7 @@ def recombined_reports(texts: list[str], copies: int, seed: int) -> list[str]:
         for report in split:
             inserted = [abnormal[i] for i in rng.choice(len(abnormal), size=int(rng.integers(1, 3)), replace=False)]
             covered = set().union(*(mentioned[s] for s in inserted))
-            kept = [s.rstrip(" .") for s in report if not mentioned.get(s.rstrip(" ."), set()) & covered]
+            kept = [s for s in report if not mentioned[s] & covered]
             for sentence in inserted:
                 kept.insert(int(rng.integers(0, len(kept) + 1)), sentence)
             out.append(" . ".join(kept) + " .")
@@ -322,13 +322,13 @@ def _train(
 
 
 SAMPLE_FINDINGS = {"Cardiomegaly": STATE_POSITIVE, "Pleural Effusion": STATE_POSITIVE, "Pneumothorax": STATE_NEGATIVE}
+SAMPLE_PROMPT = prompt_text([SAMPLE_FINDINGS.get(name, BLANK) for name in OBSERVATIONS])
 
 
 @torch.no_grad()
 def greedy_sample(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, max_new_tokens: int) -> str:
     """What the model writes, greedily, when told ``SAMPLE_FINDINGS``."""
-    states = [SAMPLE_FINDINGS.get(name, BLANK) for name in OBSERVATIONS]
-    prompt = tokenizer(prompt_text(states), add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(SAMPLE_PROMPT, add_special_tokens=False)["input_ids"]
     start = torch.tensor([[tokenizer.bos_token_id, *prompt]], device=model.device)
     out = model.generate(
         start,
@@ -440,7 +440,7 @@ def make_base_llm(
         "first_loss": round(losses[0], 4),
         "final_loss": round(losses[-1], 4),
         "losses": [round(loss, 4) for loss in losses],
-        "sample_prompt": prompt_text([SAMPLE_FINDINGS.get(name, BLANK) for name in OBSERVATIONS]),
+        "sample_prompt": SAMPLE_PROMPT,
         "sample": sample,
         "seconds": round(time.time() - started, 1),
     }
