@@ -156,7 +156,9 @@ def build_benchmark(
         _write_public(tmp / PUBLIC, [studies[i] for i in public])
         counts[PUBLIC] = {"reports": len(public)}
         if public_renders:
-            rows = [_public_row(studies[i], uid, image_paths[uid]) for uid, i, _ in public_renders]
+            rows = [
+                {**_row(studies[i], image_paths[uid], profile, PUBLIC), "id": uid} for uid, i, profile in public_renders
+            ]
             write_annotation(tmp / PUBLIC / "annotation.json", {"train": rows})
             counts[PUBLIC]["renders"] = len(rows)
         summary = {
@@ -328,11 +330,6 @@ def _public_renders(
         for i in public
         for k in range(cfg.public_renders)
     ]
-
-
-def _public_row(study: _Study, uid: str, paths: list[str]) -> dict[str, Any]:
-    row = {"id": uid, "report": study.text, "image_path": paths, "mesh_major": study.report.mesh_major}
-    return {**row, "categories": study.categories}
 
 
 def _render_all(
