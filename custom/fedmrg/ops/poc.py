@@ -543,14 +543,16 @@ def poc_up(plan: PocRun, echo: Callable[[str], None] = print) -> Console:
     finds it. A failed step stops whatever had started; :func:`poc_down` stops the rest later."""
     plan.validate()
     system = PocSystem(plan.workspace, plan.site_names())
+    job_dir = Path(plan.job_dir).resolve()
+    transfer = system.admin_kit / "transfer"
     try:
         bring_up(plan, system, echo)
+        replace_directory(
+            transfer / job_dir.name, lambda staging: shutil.copytree(job_dir, staging, dirs_exist_ok=True)
+        )
     except BaseException:
         system.stop()
         raise
-    job_dir = Path(plan.job_dir).resolve()
-    transfer = system.admin_kit / "transfer"
-    replace_directory(transfer / job_dir.name, lambda staging: shutil.copytree(job_dir, staging, dirs_exist_ok=True))
     bin_dir = Path(system.python).parent
     return Console(
         command=f"PATH={bin_dir}:$PATH {system.admin_kit / 'startup' / 'fl_admin.sh'}",
