@@ -19,8 +19,10 @@ TEST_LIMIT ?= 100
 POLICIES ?= provisioning
 POC_WS ?= $(DATA)/poc
 POC_DATA = $(DATA)/$(CONFIG)
-# the demo config encodes with a frozen pretrained encoder (`fedmrg make-base-encoder`); tiny trains its ViT
+# the demo config encodes with a frozen pretrained encoder (`fedmrg make-base-encoder`) and rehearses the
+# benchmark's public studies at every site; tiny trains its ViT on the sites' studies only
 POC_ENCODER = $(if $(filter demo,$(CONFIG)),$(POC_DATA)/base-encoder)
+POC_PUBLIC = $(if $(filter demo,$(CONFIG)),$(POC_DATA)/bench/public)
 
 # make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid; CONFIG as above).
 PRESET ?= quick
@@ -61,7 +63,8 @@ demo: $(STAMP)
 		--out $(DEMO_DIR)/base-encoder --quiet
 	@echo "federated run in the FLARE simulator (3 sites); full log: $(DEMO_DIR)/fedmrg.log"
 	OMP_NUM_THREADS=1 $(BIN)/python jobs/fedmrg/job.py --data $(DEMO_DIR)/bench --sites 3 --config demo \
-		--base-llm $(DEMO_DIR)/base-llm --base-encoder $(DEMO_DIR)/base-encoder --workspace $(FL_WS) --test-limit 100 \
+		--base-llm $(DEMO_DIR)/base-llm --base-encoder $(DEMO_DIR)/base-encoder --public-data $(DEMO_DIR)/bench/public \
+		--workspace $(FL_WS) --test-limit 100 \
 		2>&1 | tee $(DEMO_DIR)/fedmrg.log \
 		| grep --line-buffered -E "initial global|round [0-9]+/|refused:|results in|rror"
 	@echo "the global model on the whole test-global split (held out from every site)"
@@ -82,7 +85,8 @@ poc-job: $(STAMP)
 	$(if $(POC_ENCODER),test -f $(POC_ENCODER)/model.safetensors || $(FEDMRG) make-base-encoder --config $(CONFIG) \
 		--data $(POC_DATA)/bench --out $(POC_ENCODER) --quiet)
 	$(BIN)/python jobs/fedmrg/job.py --config $(CONFIG) --sites $(SITES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
-		--test-limit $(TEST_LIMIT) $(if $(POC_ENCODER),--base-encoder $(POC_ENCODER)) --export --export-dir $(POC_WS)/jobs
+		--test-limit $(TEST_LIMIT) $(if $(POC_ENCODER),--base-encoder $(POC_ENCODER)) \
+		$(if $(POC_PUBLIC),--public-data $(POC_PUBLIC)) --export --export-dir $(POC_WS)/jobs
 
 POC_FEDERATION = --data $(POC_DATA)/bench --base-llm $(POC_DATA)/base-llm --sites $(SITES) --workspace $(POC_WS) \
 	$(if $(filter-out none,$(POLICIES)),--policies $(POLICIES))

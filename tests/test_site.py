@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -27,6 +29,7 @@ from fedmrg.fl.site import (
     site_run_config,
     site_state_root,
 )
+from fedmrg.labels.states import STATE_POSITIVE
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -107,6 +110,10 @@ def test_the_site_run_config_is_the_jobs_with_the_sites_choices(tmp_path):
     assert site_run_config(job, site, "/job/llm").model.base_llm == "/site/llm"  # the site's setting wins
     job.model.base_llm = "/config/llm"
     assert site_run_config(job, SiteSettings(data_dir=str(tmp_path)), "/job/llm").model.base_llm == "/config/llm"
+    job.train.public_data = "/job/public"
+    rehearsed = SiteSettings(data_dir=str(tmp_path), public_data="/site/public")
+    assert site_run_config(job, rehearsed).train.public_data == "/site/public"  # the site's copy of the public set
+    assert job.train.public_data == "/job/public"
 
 
 def test_the_state_root_is_the_setting_else_in_the_workspace(tmp_path):
@@ -131,6 +138,29 @@ def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cf
     adapter = tmp_path / "state" / SPECIALIZED_DIR
     assert LoraConfig.from_pretrained(str(adapter)).r == site_cfg.model.lora_rank
     assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["rounds_done"] == 1
+
+
+def test_rehearsed_public_studies_count_neither_as_the_sites_studies_nor_in_its_prototypes(
+    site_cfg, tiny_bench, tmp_path
+):
+    """Public studies are the same at every site: they must not weigh a site's update or prototypes
+    (the server refuses prototype counts above the studies a site says it trained on)."""
+    public = str(tiny_bench / "public")
+    cfg = dataclasses.replace(
+        site_cfg,
+        train=dataclasses.replace(site_cfg.train, public_data=public, public_share=0.5),
+        fl=dataclasses.replace(site_cfg.fl, local_steps=None, local_epochs=1),  # one whole epoch
+    )
+    site = SiteTrainer(cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
+    own = len(site.train_loader.dataset.datasets[0])
+    assert len(site.train_loader.sampler) == own + round(0.5 * own)
+    update = site.train_round(0)
+    assert update.train_studies == own
+    own_states = torch.as_tensor(np.stack([r["states"] for r in site.train_loader.dataset.datasets[0].data]))
+    expected = (own_states == STATE_POSITIVE).sum(0).float()
+    expected[expected < cfg.fl.prototype_min_studies] = 0  # rows of too few studies stay at the site
+    assert expected.sum() > 0
+    assert update.prototypes["counts"].tolist() == expected.tolist()
 
 
 def test_with_differential_privacy_a_round_sends_a_noised_update_no_prototypes_and_equal_weight(

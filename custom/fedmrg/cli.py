@@ -454,6 +454,7 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--base-llm", metavar="DIR", help="local Hugging Face checkpoint of the frozen LLM (model.base_llm)")
     _add_base_encoder_flag(p)
+    _add_public_data_flag(p)
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (model, checkpoint/, tb/)")
     p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps")
     p.add_argument("--epochs", type=_positive_int, help="override train.epochs")
@@ -469,6 +470,18 @@ def _add_base_encoder_flag(p: argparse.ArgumentParser) -> None:
         help="pretrained encoder weights (model.encoder.pretrained; for a saved model, where its frozen or hf "
         "encoder is now): a file, a `fedmrg make-base-encoder` folder, or a Hugging Face model folder",
     )
+
+
+def _add_public_data_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--public-data",
+        metavar="DIR",
+        help="public studies to rehearse in training (train.public_data), such as a benchmark's public/ folder",
+    )
+
+
+def _public_data_override(args: argparse.Namespace) -> dict[str, str]:
+    return {"train.public_data": str(Path(args.public_data).resolve())} if args.public_data else {}
 
 
 def _base_encoder_path(args: argparse.Namespace) -> str | None:
@@ -487,7 +500,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fedmrg.model.training import SUMMARY_FILE, train_centralized
 
     cfg = load_config(
-        args.config, {"train.epochs": args.epochs, "train.device": args.device, **_base_encoder_override(args)}
+        args.config,
+        {
+            "train.epochs": args.epochs,
+            "train.device": args.device,
+            **_base_encoder_override(args),
+            **_public_data_override(args),
+        },
     )
     summary = train_centralized(
         cfg, args.data, args.out, base_llm=args.base_llm, max_steps=args.max_steps, progress=not args.quiet
@@ -916,6 +935,7 @@ def _bench_parser(sub) -> None:
     )
     p.add_argument("--base-llm", metavar="DIR", help="base LLM checkpoint (default: the benchmark's demo LLM)")
     _add_base_encoder_flag(p)
+    _add_public_data_flag(p)
     p.add_argument(
         "--llm-1b",
         action="store_true",
@@ -992,7 +1012,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         work=work,
         jobs_dir=Path(args.jobs),
         progress=not args.quiet,
-        extra_overrides={**encoder, **({"train.device": args.device} if args.device else {})},
+        extra_overrides={
+            **encoder,
+            **_public_data_override(args),
+            **({"train.device": args.device} if args.device else {}),
+        },
     )
     records = run_benchmark(request)
     results = bench_results(name, request, records)

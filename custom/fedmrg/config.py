@@ -241,6 +241,10 @@ class TrainConfig:
     diagnosis_weight: float = 1.0
     contrastive_weight: float = 0.1
     seed: int = 0
+    # Rehearsal of public studies (a folder in the benchmark layout, such as a benchmark's public/):
+    # each epoch adds a fresh draw of them, public_share times the own training studies in number.
+    public_data: str | None = None
+    public_share: float = 0.5
     num_workers: int = 0  # data loader processes
     device: str = "auto"  # auto = cuda if available, else cpu
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -256,6 +260,7 @@ class TrainConfig:
         for key in ("grad_clip", "diagnosis_weight", "contrastive_weight"):
             _require(getattr(self, key) >= 0, where, key, "must be >= 0")
         _require(self.num_workers >= 0, where, "num_workers", "must be >= 0")
+        _require(self.public_share > 0, where, "public_share", "must be > 0")
         _require(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
             where,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from fedmrg.config import Config
 from fedmrg.data.annotation import read_annotation
@@ -92,6 +92,65 @@ def study_loader(
         generator=generator,
         persistent_workers=cfg.train.num_workers > 0,
     )
+
+
+REHEARSED = "rehearsed"  # a training batch's list: which studies are rehearsed public ones
+
+
+class RehearsalSampler(Sampler[int]):
+    """An epoch of every own study once and ``extra`` public studies drawn anew, shuffled together.
+
+    Indices below ``own`` are the own studies, the rest the public ones (a ``ConcatDataset`` of the
+    two). The draw uses the loader's generator, so seeding it per epoch repeats the epoch's order
+    (what a resumed epoch relies on).
+    """
+
+    def __init__(self, own: int, public: int, extra: int, generator: torch.Generator) -> None:
+        self.own, self.public, self.extra, self.generator = own, public, min(extra, public), generator
+
+    def __iter__(self):
+        drawn = torch.randperm(self.public, generator=self.generator)[: self.extra] + self.own
+        epoch = torch.cat([torch.arange(self.own), drawn])
+        yield from epoch[torch.randperm(len(epoch), generator=self.generator)].tolist()
+
+    def __len__(self) -> int:
+        return self.own + self.extra
+
+
+def training_loader(cfg: Config, sites: Sequence[str | os.PathLike], *, seed: int = 0) -> DataLoader:
+    """The ``train`` studies of ``sites``, shuffled; with ``train.public_data``, each epoch also
+    rehearses ``train.public_share`` times as many public studies (drawn anew each epoch).
+
+    Rehearsal keeps the frozen LLM's prompt-following (which it learned from public reports) while the
+    adapters learn a site's reports; the public studies are the same at every site and leave none.
+    Batches then list which studies are rehearsed (``"rehearsed"``), which a site's prototypes leave out.
+    """
+    own = study_loader(cfg, sites, "train", train=True, seed=seed)
+    if not cfg.train.public_data:
+        return own
+    public = study_loader(cfg, [cfg.train.public_data], "train", train=True, seed=seed).dataset
+    for dataset, rehearsed in ((own.dataset, False), (public, True)):
+        for part in getattr(dataset, "datasets", [dataset]):
+            for record in part.data:
+                record[REHEARSED] = rehearsed
+    sampler = RehearsalSampler(
+        len(own.dataset), len(public), round(cfg.train.public_share * len(own.dataset)), own.generator
+    )
+    return DataLoader(
+        ConcatDataset([own.dataset, public]),
+        batch_size=own.batch_size,
+        sampler=sampler,
+        collate_fn=collate_with_targets,
+        num_workers=cfg.train.num_workers,
+        generator=own.generator,
+        persistent_workers=cfg.train.num_workers > 0,
+    )
+
+
+def own_studies(loader: DataLoader) -> int:
+    """How many of a :func:`training_loader`'s studies are the sites' own (not rehearsed public ones)."""
+    sampler = loader.sampler
+    return sampler.own if isinstance(sampler, RehearsalSampler) else len(loader.dataset)
 
 
 def _transform(cfg: Config, image_root: Path, train: bool):

@@ -61,6 +61,12 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
         help="pretrained encoder weights (model.encoder.pretrained): a file, or a `fedmrg make-base-encoder` folder",
     )
     p.add_argument(
+        "--public-data",
+        metavar="DIR",
+        help="public studies every site rehearses in training (train.public_data; a site's public_data "
+        "setting says where its copy is)",
+    )
+    p.add_argument(
         "--workspace",
         metavar="WS",
         default="workspace",
@@ -104,6 +110,7 @@ def job_arguments(job: str, description: str, argv: list[str] | None = None) -> 
     args.workspace = Path(args.workspace).resolve()
     args.base_llm = _resolved(args.base_llm)
     args.base_encoder = _resolved(encoder_weights(args.base_encoder) if args.base_encoder else None)
+    args.public_data = _resolved(args.public_data)
     return args
 
 
@@ -125,7 +132,12 @@ def job_config(args: argparse.Namespace, job_dir: str | os.PathLike) -> Config:
     """The config a job runs with: the named/YAML config, the job's own settings, then ``--rounds``."""
     return load_config(
         args.config,
-        {**job_overrides(job_dir), "fl.rounds": args.rounds, "model.encoder.pretrained": args.base_encoder},
+        {
+            **job_overrides(job_dir),
+            "fl.rounds": args.rounds,
+            "model.encoder.pretrained": args.base_encoder,
+            "train.public_data": args.public_data,
+        },
     )
 
 

@@ -33,7 +33,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from fedmrg.config import Config, config_to_dict
-from fedmrg.data.loaders import study_loader
+from fedmrg.data.loaders import own_studies, study_loader, training_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, dense_bytes, encode, round_delta
 from fedmrg.fl.dp import epsilon, noise_generator, privatize
@@ -67,6 +67,7 @@ class SiteSettings:
     data_dir: str  # the site's benchmark-layout folder (annotation.json + images)
     base_llm: str | None = None  # local copy of the base LLM; None = the path the job names
     base_encoder: str | None = None  # local copy of the pretrained encoder weights; None = the job's
+    public_data: str | None = None  # local copy of the public studies the job rehearses; None = the job's
     device: str | None = None  # cpu, cuda, cuda:N; None = the config's train.device
     batch_size: int | None = None
     num_workers: int | None = None
@@ -136,7 +137,7 @@ def _parse_settings(path: Path, site: str) -> SiteSettings:
         value = raw.get(key)
         if value is not None and (type(value) is not int or value < minimum):
             raise ConfigError(f"{path}: {key}: must be an integer >= {minimum}, got {value!r}")
-    for key in ("data_dir", "base_llm", "base_encoder", "device", "state_dir"):
+    for key in ("data_dir", "base_llm", "base_encoder", "public_data", "device", "state_dir"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise ConfigError(f"{path}: {key}: must be a string, got {raw[key]!r}")
     if not isinstance(raw.get("require_dp", False), bool):
@@ -162,7 +163,7 @@ def apply_site_settings(cfg: Config, settings: SiteSettings) -> Config:
     )
     if settings.min_prototype_studies:
         cfg.fl.prototype_min_studies = max(cfg.fl.prototype_min_studies, settings.min_prototype_studies)
-    for key in ("device", "batch_size", "num_workers"):
+    for key in ("device", "batch_size", "num_workers", "public_data"):
         if getattr(settings, key) is not None:
             setattr(cfg.train, key, getattr(settings, key))
     if settings.base_llm:
@@ -215,7 +216,7 @@ class SiteTrainer:
         )
         seed_everything(cfg.train.seed)
         self.model = MRGModel.build(cfg)
-        self.train_loader = study_loader(cfg, [self.data_dir], "train", train=True, seed=cfg.train.seed)
+        self.train_loader = training_loader(cfg, [self.data_dir], seed=cfg.train.seed)
         self.val_loader = self._optional_loader("val")
         self.trainer = Trainer(self.model, cfg, self.planned_steps())
         self.trainer.set_class_counts(self.train_loader)
@@ -302,7 +303,7 @@ class SiteTrainer:
             payload=payload,
             dense=dense,
             prototypes=prototypes,
-            train_studies=1 if private else len(self.train_loader.dataset),
+            train_studies=1 if private else own_studies(self.train_loader),
             steps=self.trainer.state.step,
             bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
             dense_bytes_up=dense_bytes(after),

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedmrg import __version__
 from fedmrg.config import Config, config_to_dict, parse_config
+from fedmrg.data.loaders import REHEARSED
 from fedmrg.errors import ConfigError
 from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.adapters import (
@@ -185,7 +186,8 @@ class MRGModel(nn.Module):
         embeds, mask, positions, labels = self._sequences(encoded, states, report_ids)
         losses.update(self._language_losses(embeds, mask, positions, labels))
         if self.contrastive is not None:
-            losses.update(self._contrastive_losses(encoded.pooled, report_ids, truth))
+            own = ~torch.as_tensor(batch.get(REHEARSED, [False] * len(report_ids)), dtype=torch.bool)
+            losses.update(self._contrastive_losses(encoded.pooled, report_ids, truth, own))
         losses["loss"] = self._total(losses, m.mutual_boosting, t.diagnosis_weight, t.contrastive_weight)
         return losses
 
@@ -230,13 +232,15 @@ class MRGModel(nn.Module):
             losses["mutual_kl"] = symmetric_kl(logits["lm_generic"], logits["lm_dual"], valid)
         return losses
 
-    def _contrastive_losses(self, pooled, report_ids, truth) -> dict[str, torch.Tensor]:
+    def _contrastive_losses(self, pooled, report_ids, truth, own: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``own``: the batch's studies of the site's own (rehearsed public ones make no prototype)."""
         tau = self.cfg.model.temperature
         text = self._mean_text_embedding(report_ids)
         z = self.contrastive(pooled, text)
         positives = truth == _POSITIVE_STATE
         if self.training and self.prototype_collector is not None:
-            self.prototype_collector.add(z["generic_image"].detach().cpu(), positives.cpu())
+            own = own.to(positives.device)
+            self.prototype_collector.add(z["generic_image"][own].detach().cpu(), positives[own].cpu())
         return {
             "contrastive_prototype": prototype_nce(
                 z["generic_image"], positives, self.prototypes, self.prototype_available, tau

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from fedmrg.config import Config, config_to_dict
 from fedmrg.data.dataset import SKIPPED
-from fedmrg.data.loaders import loader_records, study_loader
+from fedmrg.data.loaders import loader_records, own_studies, study_loader, training_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import recover_directory, replace_directory, write_json
 from fedmrg.labels.observations import OBSERVATIONS
@@ -295,7 +295,7 @@ def train_centralized(
 
     out = Path(out)
     seed_everything(cfg.train.seed)
-    train_loader = study_loader(cfg, sites, "train", train=True, seed=cfg.train.seed)
+    train_loader = training_loader(cfg, sites, seed=cfg.train.seed)
     val_loader = _optional_loader(cfg, sites, "val")
     total = planned_steps(cfg, len(train_loader), max_steps)
     checkpoint = out / CHECKPOINT_DIR
@@ -336,7 +336,7 @@ def train_centralized(
         "steps": trainer.state.step,
         "epochs": trainer.state.epochs_done,
         "planned_steps": total,
-        "train_studies": len(train_loader.dataset),
+        "train_studies": own_studies(train_loader),
         "seconds_this_run": round(time.perf_counter() - started, 1),
         "resumed": resumed,
         "history": trainer.state.history,
