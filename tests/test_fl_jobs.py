@@ -77,10 +77,14 @@ def test_results_record_every_round_and_final_scores_per_site(fedmrg_ws):
     assert [r["round"] for r in data["rounds"]] == [0, 1]
     for record in data["rounds"]:
         assert set(record["accepted"]) == set(SITES) and record["refused"] == {}
-        for key in ("bytes_up", "bytes_down", "dense_bytes_up"):
+        for key in ("bytes_up", "bytes_down", "dense_bytes_up", "dense_bytes_down"):
             assert set(record[key]) == set(SITES) and all(n > 0 for n in record[key].values())
         for site in SITES:
             assert record["bytes_up"][site] * 3 < record["dense_bytes_up"][site]
+            # the download is the dense state, its prototypes and FLARE's framing, as measured
+            assert (
+                record["dense_bytes_down"][site] < record["bytes_down"][site] < 1.1 * record["dense_bytes_down"][site]
+            )
             assert {"val_loss", "train_loss", "train_lm_dual"} <= set(record["metrics"][site])
     for site in SITES:
         for label in ("generic", "personalized"):
@@ -189,10 +193,41 @@ def checkpoint(ws: Path) -> dict:
 def test_the_fedavg_baseline_sends_dense_fp32_and_keeps_no_local_adapter(fedavg_ws):
     data = results(fedavg_ws)
     for record in data["rounds"]:
-        assert record["bytes_up"] == record["dense_bytes_up"]
+        for site in SITES:  # the dense values and FLARE's framing, as measured on the wire
+            for way in ("up", "down"):
+                dense = record[f"dense_bytes_{way}"][site]
+                assert dense < record[f"bytes_{way}"][site] < dense + 16_384
     assert not list(fedavg_ws.rglob("specialized"))
     for site in SITES:
         assert data["final"][site]["generic"] == data["final"][site]["personalized"]
+
+
+def test_the_baseline_with_flares_nf4_filters_moves_a_quarter_of_the_bytes_both_ways(
+    tiny_bench, tiny_base_llm, tmp_path
+):
+    """FLARE's quantization filters on both directions of the dense baseline, on CPU-only hosts."""
+    ws = tmp_path / "ws"
+    done = run_job(
+        "fedavg_lora",
+        tiny_bench,
+        tiny_base_llm,
+        "--workspace",
+        str(ws),
+        "--test-limit",
+        "2",
+        "--rounds",
+        "1",
+        "--quantization",
+        "normfloat4",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = results(ws)
+    (record,) = data["rounds"]
+    assert sorted(record["accepted"]) == list(SITES)
+    for site in SITES:
+        for way in ("up", "down"):
+            assert 3 * record[f"bytes_{way}"][site] < record[f"dense_bytes_{way}"][site]
+        assert data["final"][site]["generic"]["n"] == 2
 
 
 def test_a_job_without_data_says_what_is_missing(tiny_base_llm, tmp_path):

@@ -54,8 +54,7 @@ def after_training(state: dict[str, torch.Tensor], seed: int = 10) -> dict[str, 
 def train_meta(**extra) -> dict:
     return {
         msg.TRAIN_STUDIES: 30,
-        msg.BYTES_UP: 1234,
-        msg.DENSE_BYTES_UP: 56789,
+        msg.BYTES_DOWN: 56789,
         "steps": 8,
         msg.PROTOTYPE_SUMS: np.ones((14, 8), np.float32),
         msg.PROTOTYPE_COUNTS: np.arange(14, dtype=np.float32),

@@ -261,7 +261,8 @@ def exported_job_paths(out: Path) -> set[str]:
 
     baseline = {"fl.update": "dense", "model.adapters": "single", "model.contrastive": False}
     paths = set()
-    for name, overrides in (("fedmrg", {}), ("fedavg_lora", baseline)):
+    quantized = {**baseline, "fl.quantization": "normfloat4"}
+    for name, overrides in (("fedmrg", {}), ("fedavg_lora", baseline), ("fedavg_nf4", quantized)):
         FedMRGRecipe(load_config("tiny", overrides), name=name, sites=2).export(str(out))
         assert not list((out / name).rglob("custom")), "the job would need byoc"
         for config in (out / name).rglob("config_fed_*.json"):
@@ -275,6 +276,8 @@ def test_resources_template_admits_every_component_of_the_fedmrg_jobs(provisione
     assert {
         "fedmrg.fl.aggregator.DenseAggregator",
         "fedmrg.fl.executor.MRGExecutor",
+        "fedmrg.fl.wire.WireMeter",
+        "fedmrg.fl.quantization.HostQuantizer",
         "nvflare.app_opt.tracking.tb.tb_writer.TBWriter",
         "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent",
         "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",

@@ -129,8 +129,6 @@ def test_a_round_sends_only_shared_entries_and_keeps_local_state_on_disk(site_cf
     entries = payload_header(update.payload)
     assert set(entries) == set(expected_delta_shapes(shared))
     assert not [name for name in entries if "specialized" in name or "contrastive.client" in name]
-    assert update.bytes_up == len(update.payload) + 4 * update.prototypes["sums"].numel() + 4 * 14
-    assert update.dense_bytes_up == sum(4 * t.numel() for t in shared.values())
     assert update.train_studies == len(site.train_loader.dataset) and update.steps == 2
     assert update.metrics["train_loss"] > 0
     assert update.metrics["train_seconds"] > 0 and update.metrics["peak_memory_mib"] > 100  # what a round cost

@@ -297,6 +297,7 @@ class GenerateConfig:
 UpdateKind = Literal["lowrank", "dense"]
 Precision = Literal["fp16", "bf16", "int8"]
 AggregationRule = Literal["mean", "median", "trimmed_mean"]
+Quantization = Literal["float16", "blockwise8", "float4", "normfloat4"]
 
 
 @dataclass
@@ -341,6 +342,9 @@ class FLConfig:
     # studies have it (a sum over one study is that study's feature); rarer findings stay at the site.
     prototype_min_studies: int = 5
     key_metric: str = "val_loss"  # the best global model is the one with the lowest mean of this
+    # FLARE's quantization filters (ModelQuantizer / ModelDequantizer) on both directions of the
+    # dense baseline (update: dense), as NVFlare's LLM examples use them; null = none.
+    quantization: Quantization | None = None
 
     def check(self, where: str) -> None:
         for key in ("rounds", "local_epochs", "rank", "dense_below"):
@@ -367,6 +371,12 @@ class FLConfig:
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
         _require(self.wait_after_min_sites >= 0, where, "wait_after_min_sites", "must be >= 0 (seconds)")
         _require(self.prototype_min_studies >= 1, where, "prototype_min_studies", "must be at least 1")
+        _require(
+            self.quantization is None or self.update == "dense",
+            where,
+            "quantization",
+            "applies to update: dense (a low-rank update sets its own precision: fl.precision)",
+        )
 
 
 @dataclass

@@ -42,6 +42,7 @@ from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import RoundAggregator
 from fedmrg.fl.codec import payload_header
 from fedmrg.fl.results import RESULTS_FILE, plot_rounds
+from fedmrg.fl.wire import WIRE_BYTES
 from fedmrg.io import checked_name, path_inside, recover_directory, replace_directory, write_json
 from fedmrg.model.layout import save_shared_model
 
@@ -120,9 +121,6 @@ class FedMRGController(ModelController):
             return False
         started = time.perf_counter()
         sent = self._global_message(state, round_number)
-        bytes_down = msg.state_bytes(sent.params) + msg.state_bytes(
-            {k: v for k, v in sent.meta.items() if k in (msg.PROTOTYPES, msg.AVAILABLE)}
-        )
         results = self._send_to_sites(msg.TRAIN, sent)
         if self.abort_signal.triggered:
             self.warning(f"round {round_number + 1} aborted; resubmitted, the job resumes at this round")
@@ -133,6 +131,7 @@ class FedMRGController(ModelController):
             "bytes_up": {},
             "bytes_down": {},
             "dense_bytes_up": {},
+            "dense_bytes_down": {},
             "metrics": {},
             "accepted": [],
             "refused": {},
@@ -141,9 +140,8 @@ class FedMRGController(ModelController):
         dense = msg.state_bytes(state["global"])
         for result in results:
             site = str(result.meta.get(msg.CLIENT_NAME))
-            record["bytes_up"][site] = _received_bytes(result)
-            record["bytes_down"][site] = bytes_down
-            record["dense_bytes_up"][site] = dense
+            record["bytes_up"][site], record["bytes_down"][site] = wire_bytes(result)
+            record["dense_bytes_up"][site] = record["dense_bytes_down"][site] = dense
             record["metrics"][site] = numeric_metrics(result.metrics)
             audit[site] = _audit_entry(result)
             self.aggregator.accept_model(result)
@@ -336,11 +334,12 @@ def _without_rounds(config: dict) -> dict:
     return plain
 
 
-def _received_bytes(result: FLModel) -> int:
-    """What the server received from a site: the parameters or payload, and the prototype arrays."""
+def wire_bytes(result: FLModel) -> tuple[int | None, int | None]:
+    """A site's round on the wire: the bytes of its result as the server received it, and of the train
+    task as the site says it received it (None where a message carries no measure)."""
     meta = result.meta or {}
-    prototypes = {k: meta[k] for k in (msg.PROTOTYPE_SUMS, msg.PROTOTYPE_COUNTS) if k in meta}
-    return msg.state_bytes(result.params or {}) + msg.state_bytes(prototypes)
+    up, down = meta.get(WIRE_BYTES), meta.get(msg.BYTES_DOWN)
+    return tuple(int(n) if isinstance(n, (int, np.integer)) and n >= 0 else None for n in (up, down))
 
 
 def _audit_entry(result: FLModel) -> dict:

@@ -25,6 +25,7 @@ from fedmrg.config import parse_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl import messages as msg
 from fedmrg.fl.site import SiteSettings, SiteTrainer, load_site_settings, site_run_config, site_state_root
+from fedmrg.fl.wire import WIRE_BYTES
 from fedmrg.io import checked_name, path_inside
 from fedmrg.versions import check_job_versions
 
@@ -143,10 +144,11 @@ class MRGExecutor(Executor):
         metrics.update(update.metrics)
         meta = {
             msg.TRAIN_STUDIES: update.train_studies,
-            msg.BYTES_UP: update.bytes_up,
-            msg.DENSE_BYTES_UP: update.dense_bytes_up,
             msg.STEPS: update.steps,
         }
+        received = (request.meta or {}).get(WIRE_BYTES)
+        if isinstance(received, int):
+            meta[msg.BYTES_DOWN] = received
         if update.prototypes is not None:
             meta[msg.PROTOTYPE_SUMS] = update.prototypes["sums"].numpy()
             meta[msg.PROTOTYPE_COUNTS] = update.prototypes["counts"].numpy()

@@ -61,6 +61,11 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
         help="pretrained encoder weights (model.encoder.pretrained): a file, or a `fedmrg make-base-encoder` folder",
     )
     p.add_argument(
+        "--quantization",
+        choices=["float16", "blockwise8", "float4", "normfloat4"],
+        help="FLARE's quantization filters on both directions (fl.quantization; the dense fedavg_lora job)",
+    )
+    p.add_argument(
         "--public-data",
         metavar="DIR",
         help="public studies every site rehearses in training (train.public_data; a site's public_data "
@@ -137,6 +142,7 @@ def job_config(args: argparse.Namespace, job_dir: str | os.PathLike) -> Config:
             "fl.rounds": args.rounds,
             "model.encoder.pretrained": args.base_encoder,
             "train.public_data": args.public_data,
+            "fl.quantization": args.quantization,
         },
     )
 

@@ -7,7 +7,8 @@ codec payload (one ``uint8`` array, whose length is the exact number of update b
   ``meta[PROTOTYPES]`` / ``meta[AVAILABLE]`` = the global per-finding prototypes.
 - site -> server, ``train``: lowrank: ``params = {UPDATE: payload}`` (DIFF); dense (FedAvg
   baseline): ``params`` = the site's shared parameters (FULL). ``meta`` holds the training-study
-  count (the aggregation weight), prototype sums and counts, byte counts; ``metrics`` the losses.
+  count (the aggregation weight), prototype sums and counts, ``BYTES_DOWN`` (the size of the train
+  task as it arrived); ``metrics`` the losses.
 - site -> server, ``validate``: ``meta[SCORES]`` = ``{"generic": scores, "personalized": scores}``.
 - site -> server, ``submit_model``: ``params`` = the site's initial shared parameters, ``meta[MODEL_META]``
   = the model description (config, base LLM reference) the server needs to write the global model.
@@ -24,7 +25,7 @@ UPDATE = "fedmrg_update"
 TRAIN_STUDIES = "train_studies"
 PROTOTYPE_SUMS, PROTOTYPE_COUNTS = "prototype_sums", "prototype_counts"
 PROTOTYPES, AVAILABLE = "prototypes", "prototype_available"
-BYTES_UP, DENSE_BYTES_UP = "bytes_up", "dense_bytes_up"
+BYTES_DOWN = "bytes_down"  # a site's measure of the train task it received (fedmrg.fl.wire), sent back with its result
 STEPS = "steps"  # optimizer steps of the round
 SCORES = "scores"
 MODEL_META = "model_meta"

@@ -14,15 +14,21 @@ from pathlib import Path
 
 import fedmrg
 from fedmrg.errors import ConfigError
-from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
-from fedmrg.fl.controller import FedMRGController
-from fedmrg.fl.executor import MRGExecutor
 from fedmrg.io import load_json, write_json
 
-# What a site's (and the server's) class_allow_list must admit for a FedMRG job that brings no code.
+# What a site's (and the server's) class_allow_list must admit for a FedMRG job that brings no code
+# (the quantization filters: the dense baseline with fl.quantization).
 COMPONENT_CLASSES = tuple(
-    f"{cls.__module__}.{cls.__qualname__}"
-    for cls in (FedMRGController, LowRankAggregator, DenseAggregator, MRGExecutor)
+    f"fedmrg.fl.{name}"
+    for name in (
+        "controller.FedMRGController",
+        "aggregator.LowRankAggregator",
+        "aggregator.DenseAggregator",
+        "executor.MRGExecutor",
+        "wire.WireMeter",
+        "quantization.HostQuantizer",
+        "quantization.HostDequantizer",
+    )
 )
 
 

@@ -67,7 +67,13 @@ from fedmrg.model.parameters import local_parameters
 _FLARE_META = frozenset({FLMetaKey.INITIAL_METRICS, FLMetaKey.FILTER_HISTORY})
 RESULT_META: dict[str, frozenset[str]] = {
     msg.TRAIN: frozenset(
-        {msg.TRAIN_STUDIES, msg.BYTES_UP, msg.DENSE_BYTES_UP, msg.STEPS, msg.PROTOTYPE_SUMS, msg.PROTOTYPE_COUNTS}
+        {
+            msg.TRAIN_STUDIES,
+            msg.BYTES_DOWN,
+            msg.STEPS,
+            msg.PROTOTYPE_SUMS,
+            msg.PROTOTYPE_COUNTS,
+        }
     )
     | _FLARE_META,
     msg.VALIDATE: frozenset({msg.SCORES}) | _FLARE_META,

@@ -3,7 +3,9 @@
 - at the server: :class:`~fedmrg.fl.controller.FedMRGController`, the aggregator (low-rank, or dense
   for the FedAvg baseline) and a TensorBoard receiver for the sites' metrics;
 - at every site: :class:`~fedmrg.fl.executor.MRGExecutor` for ``train`` / ``validate`` /
-  ``submit_model``, and the writer that streams its metrics to the server.
+  ``submit_model``, and the writer that streams its metrics to the server;
+- on both sides, a :class:`~fedmrg.fl.wire.WireMeter` that measures each train message received,
+  and with ``fl.quantization`` (dense baseline) FLARE's quantization filters in both directions.
 
 ``recipe.execute(env)`` runs it (``SimEnv``, ``PocEnv``, ``ProdEnv``); ``recipe.export(job_dir=...)``
 writes the job folder that ``nvflare job submit`` and the admin console take. The job carries the
@@ -28,8 +30,12 @@ from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
 from fedmrg.fl.controller import FedMRGController
 from fedmrg.fl.executor import MRGExecutor
+from fedmrg.fl.wire import WireMeter
 from fedmrg.versions import installed_versions
 
+# The tasks whose messages carry the model: from the server (train, validate), from a site (train).
+# FLARE wants one direction's filters on the same task set or on disjoint ones.
+DOWNLOAD_TASKS, UPLOAD_TASKS = [msg.TRAIN, msg.VALIDATE], [msg.TRAIN]
 ALL_SITES_SPEC = "@default"  # FLARE's portable resource_spec entry that applies to every site
 
 
@@ -115,6 +121,22 @@ class FedMRGRecipe(Recipe):
         job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
         super().__init__(job)
         add_experiment_tracking(self, "tensorboard")
+        # Each side measures what it receives before any other filter of its own (fedmrg.fl.wire).
+        self.add_server_input_filter(WireMeter(), tasks=UPLOAD_TASKS)
+        self.add_client_input_filter(WireMeter(), tasks=DOWNLOAD_TASKS)
+        if fl.quantization:
+            add_flare_quantization(self, fl.quantization)
+
+
+def add_flare_quantization(recipe: Recipe, quantization: str) -> None:
+    """FLARE's quantization filters on the model both ways (fedmrg.fl.quantization: also on hosts
+    without CUDA): the sender quantizes, the receiver dequantizes after measuring."""
+    from fedmrg.fl.quantization import HostDequantizer, HostQuantizer  # imports bitsandbytes
+
+    recipe.add_server_output_filter(HostQuantizer(quantization_type=quantization), tasks=DOWNLOAD_TASKS)
+    recipe.add_client_input_filter(HostDequantizer(), tasks=DOWNLOAD_TASKS)
+    recipe.add_client_output_filter(HostQuantizer(quantization_type=quantization), tasks=UPLOAD_TASKS)
+    recipe.add_server_input_filter(HostDequantizer(), tasks=UPLOAD_TASKS)
 
 
 def refuse_unfederated_statistics(cfg: Config) -> None:

@@ -4,13 +4,17 @@
 
     {"job", "config",
      "rounds": [{"round", "seconds", "bytes_up": {site: n}, "bytes_down": {site: n}, "dense_bytes_up": {site: n},
-                 "metrics": {site: {name: value}}, "accepted": [site], "refused": {site: reason}}],
+                 "dense_bytes_down": {site: n}, "metrics": {site: {name: value}}, "accepted": [site],
+                 "refused": {site: reason}}],
      "final": {site: {"generic": scores, "personalized": scores}},
      "global_model": path, "best_model": {"round", "value", "metric", "path"}}
 
 ``scores`` are ``fedmrg evaluate``'s (``{"n", "nlg", "ce", "ce_per_observation"}``, ``ce`` holding
 every CE variant; a run scored before the ``abnormal`` variant existed lacks it and shows n/a);
-``dense_bytes_up`` is what fp32 FedAvg of the same parameters would have sent.
+``bytes_up`` / ``bytes_down`` are the bytes of a site's train result and train task as FLARE
+serialized them, payload and metadata, measured where each arrived (:mod:`fedmrg.fl.wire`; None
+where a message carried no measure); ``dense_bytes_up`` / ``dense_bytes_down`` the fp32 size of the
+shared parameters, what FedAvg of them sends each way.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ def read_results(path: str | os.PathLike) -> dict:
     return data
 
 
+TRAFFIC_KEYS = ("bytes_up", "bytes_down", "dense_bytes_up", "dense_bytes_down")
+
+
 def traffic(results: Mapping) -> dict[str, int]:
-    """Total bytes over the run: up, down, and what dense fp32 FedAvg would have sent up."""
-    totals = {"bytes_up": 0, "bytes_down": 0, "dense_bytes_up": 0}
+    """Total bytes over the run, up and down, and the dense fp32 sizes of the same parameters."""
+    totals = dict.fromkeys(TRAFFIC_KEYS, 0)
     for record in results["rounds"]:
         for key in totals:
-            totals[key] += sum(record.get(key, {}).values())
+            totals[key] += sum(n for n in record.get(key, {}).values() if n is not None)
     return totals
 
 
@@ -70,13 +77,18 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
     if loss_ax.lines:
         loss_ax.legend()
     x = [r["round"] for r in rounds]
-    for key, label in (("bytes_up", f"{results['job']} (sent)"), ("dense_bytes_up", "dense fp32 FedAvg")):
+    job = results["job"]
+    for key, label, style in (
+        ("bytes_up", f"{job} up", "o-"),
+        ("bytes_down", f"{job} down", "s-"),
+        ("dense_bytes_up", "dense fp32, each way", "k--"),
+    ):
         total, series = 0, []
         for record in rounds:
-            total += sum(record.get(key, {}).values())
+            total += sum(n for n in record.get(key, {}).values() if n is not None)
             series.append(total / 2**20)
-        bytes_ax.plot(x, series, marker="o", label=label)
-    bytes_ax.set(xlabel="round", ylabel="MiB uploaded (all sites, cumulative)", title="upload traffic")
+        bytes_ax.plot(x, series, style, label=label)
+    bytes_ax.set(xlabel="round", ylabel="MiB (all sites, cumulative)", title="traffic")
     bytes_ax.legend()
     for ax in (loss_ax, bytes_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -85,6 +97,21 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def traffic_sentence(totals: Mapping[str, int]) -> str:
+    """Both directions and the round trip against dense fp32 FedAvg of the same parameters."""
+
+    def against(sent: int, dense: int) -> str:
+        return f"{_mib(sent)} ({dense / sent:.1f}x less than dense fp32)" if sent else "nothing measured"
+
+    up, down = totals["bytes_up"], totals["bytes_down"]
+    dense_up, dense_down = totals["dense_bytes_up"], totals["dense_bytes_down"]
+    return (
+        f"On the wire: up {against(up, dense_up)}, down {against(down, dense_down)}, both ways "
+        f"{against(up + down, dense_up + dense_down)}; dense fp32 FedAvg of the same parameters moves "
+        f"{_mib(dense_up)} each way."
+    )
 
 
 def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, str]]] | None = None) -> str:
@@ -100,13 +127,7 @@ def summary_markdown(results: Mapping, examples: Mapping[str, list[tuple[str, st
             if label in scores:
                 values = ["n/a" if v is None else f"{v:.3f}" for v in row_values(scores[label])]
                 lines.append(f"| {site} | {label} | " + " | ".join(values) + " |")
-    totals = traffic(results)
-    ratio = totals["dense_bytes_up"] / totals["bytes_up"] if totals["bytes_up"] else float("nan")
-    lines += [
-        "",
-        f"Uploaded {_mib(totals['bytes_up'])} (dense fp32 FedAvg of the same parameters: "
-        f"{_mib(totals['dense_bytes_up'])}, {ratio:.1f}x more); downloaded {_mib(totals['bytes_down'])}.",
-    ]
+    lines += ["", traffic_sentence(traffic(results))]
     for site, pairs in sorted((examples or {}).items()):
         lines += ["", f"### {site}: generated (personalized) and reference reports", ""]
         for generated, reference in pairs:

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from fedmrg.config import Config, config_to_dict
 from fedmrg.data.loaders import own_studies, study_loader, training_loader
 from fedmrg.errors import ConfigError, DataError
-from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, dense_bytes, encode, round_delta
+from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, encode, round_delta
 from fedmrg.fl.dp import epsilon, noise_generator, privatize
 from fedmrg.io import recover_directory, replace_directory
 from fedmrg.model.adapters import adapter_names
@@ -200,8 +200,6 @@ class RoundUpdate:
     prototypes: dict[str, torch.Tensor] | None  # PrototypeBank.state(): sums and counts
     train_studies: int
     steps: int
-    bytes_up: int
-    dense_bytes_up: int
     metrics: dict[str, float]
 
 
@@ -305,8 +303,6 @@ class SiteTrainer:
             prototypes=prototypes,
             train_studies=1 if private else own_studies(self.train_loader),
             steps=self.trainer.state.step,
-            bytes_up=(dense_bytes(dense) if dense else len(payload)) + _prototype_bytes(prototypes),
-            dense_bytes_up=dense_bytes(after),
             metrics={
                 **_mean_losses(self.trainer.state.history[history_start:]),
                 "train_seconds": time.perf_counter() - started,
@@ -480,10 +476,6 @@ def _mean_losses(history: list[dict]) -> dict[str, float]:
             if isinstance(value, float):
                 values.setdefault(f"train_{name}", []).append(value)
     return {name: sum(v) / len(v) for name, v in sorted(values.items())}
-
-
-def _prototype_bytes(state: dict[str, torch.Tensor] | None) -> int:
-    return 0 if state is None else sum(4 * t.numel() for t in state.values())
 
 
 def _all_finite(value: torch.Tensor) -> bool:
