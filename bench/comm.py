@@ -1,4 +1,5 @@
-"""Upload bytes of one site per round: FedMRG's low-rank codec against dense fp32 FedAvg.
+"""Bytes of one site per round: FedMRG's low-rank codec against dense fp32 FedAvg, and both directions
+on the wire against FedAvg with FLARE's quantization filters.
 
     python bench/comm.py                         # the demo config: fl.rank, fl.precision, fl.energy
     python bench/comm.py --precision int8
@@ -16,6 +17,11 @@ matters with ``--energy``: the bytes of a rank-r entry do not depend on its valu
   fp32) that a site also uploads;
 - dense: ``dense_bytes(after)``, every shared value in fp32, what FedAvg sends (and what the
   controller records as ``dense_bytes_up``; it does not count FedAvg's prototypes).
+
+On the wire: the messages of one round as FLARE serializes them (what ``results.json`` records as
+``bytes_up`` / ``bytes_down``): fedmrg's payload and prototypes up and the dense global state with
+the global prototypes down; dense fp32 FedAvg each way; FedAvg through FLARE's quantizer (float16,
+blockwise8, normfloat4: ``fl.quantization``) each way.
 
 Information minimum: a rank-r ``d x k`` matrix has ``r (d + k - r)`` degrees of freedom; at the
 factor precision (2 bytes for fp16/bf16, 1 for int8 plus the fp32 scales the codec sends) that
@@ -39,10 +45,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from transformers.utils import logging as hf_logging
 
 from fedmrg.config import Config, encoder_weights, load_config
+from fedmrg.fl import messages as msg
 from fedmrg.fl.codec import (
     CodecSpec,
     Factored,
@@ -53,7 +64,9 @@ from fedmrg.fl.codec import (
     payload_header,
     round_delta,
 )
-from fedmrg.fl.messages import state_bytes
+from fedmrg.fl.messages import payload_to_array, state_bytes, to_numpy
+from fedmrg.fl.quantization import HostQuantizer
+from fedmrg.fl.wire import serialized_size
 from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.base_llm import BASE_LLM_SIZES, train_tokenizer
 from fedmrg.model.llm import random_llm  # first: it quiets a bitsandbytes import notice
@@ -278,7 +291,46 @@ def demo_section(cfg: Config, spec: CodecSpec, decay: float, seed: int) -> float
     )
     dense_total, sent_total = print_group_table(after, payload, prototype_bytes(cfg))
     print_information_minimum(payload, spec.precision)
+    wire_section(cfg, after, payload)
     return dense_total / sent_total
+
+
+# ------------------------------------------------------------------------------------ on the wire
+def wire_size(params: dict[str, np.ndarray], meta: dict, params_type: ParamsType = ParamsType.FULL) -> int:
+    """Bytes of a message as FLARE serializes it (what the jobs record as bytes_up / bytes_down)."""
+    return serialized_size(FLModelUtils.to_shareable(FLModel(params_type=params_type, params=params, meta=meta)))
+
+
+def quantized_size(params: dict[str, np.ndarray], meta: dict, kind: str) -> int:
+    """The same dense message after FLARE's quantizer (what fl.quantization sends each way)."""
+    copies = {name: value.copy() for name, value in params.items()}  # FLARE's quantizer works in place
+    message = FLModelUtils.to_shareable(FLModel(params_type=ParamsType.FULL, params=copies, meta=meta))
+    return serialized_size(HostQuantizer(quantization_type=kind).process(message, FLContext()))
+
+
+def wire_section(cfg: Config, after: dict[str, torch.Tensor], payload: bytes) -> None:
+    """One round of one site, both directions, as the jobs measure it: fedmrg (low-rank up, the dense
+    global state and prototypes down), dense fp32 FedAvg, and FedAvg with FLARE's quantization filters."""
+    dense = to_numpy(after)
+    prototypes = PrototypeBank(len(OBSERVATIONS), cfg.model.contrastive_dim).state() if cfg.model.contrastive else {}
+    up_meta = {msg.TRAIN_STUDIES: 500, **{f"prototype_{k}": v.numpy() for k, v in prototypes.items()}}
+    down_meta = {msg.PROTOTYPES: np.zeros((len(OBSERVATIONS), cfg.model.contrastive_dim), np.float32)}
+    rows = [
+        (
+            "fedmrg",
+            wire_size({msg.UPDATE: payload_to_array(payload)}, up_meta, ParamsType.DIFF),
+            wire_size(dense, down_meta),
+        ),
+        ("fedavg_lora, dense fp32", wire_size(dense, {msg.TRAIN_STUDIES: 500}), wire_size(dense, {})),
+    ]
+    for kind in ("float16", "blockwise8", "normfloat4"):
+        size = quantized_size(dense, {msg.TRAIN_STUDIES: 500}, kind)
+        rows.append((f"fedavg_lora + FLARE {kind}", size, size))
+    reference = rows[1][1] + rows[1][2]
+    print("\none round of one site on the wire (FOBS-serialized messages, as results.json records them):")
+    print(f"  {'job':<30}{'up B':>12}{'down B':>12}{'round trip B':>15}{'vs dense fp32':>15}")
+    for label, up, down in rows:
+        print(f"  {label:<30}{up:>12,}{down:>12,}{up + down:>15,}{ratio(reference, up + down):>15}")
 
 
 # ----------------------------------------------------------------------------------- 7B shape
