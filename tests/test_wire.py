@@ -87,7 +87,9 @@ def test_the_summary_gives_both_directions_and_the_round_trip_against_dense():
         "dense_bytes_down": 16 << 20,
     }
     assert traffic_sentence(totals) == (
-        "On the wire: up 1.00 MiB (16.0x less than dense fp32), down 4.00 MiB (4.0x less than dense fp32), "
-        "both ways 5.00 MiB (6.4x less than dense fp32); dense fp32 FedAvg of the same parameters moves "
+        "On the wire: up 1.00 MiB (dense fp32 / this: 16.0x), down 4.00 MiB (dense fp32 / this: 4.0x), "
+        "both ways 5.00 MiB (dense fp32 / this: 6.4x); dense fp32 FedAvg of the same parameters moves "
         "16.00 MiB each way."
     )
+    older = {**totals, "dense_bytes_down": 0}  # a run recorded before the download had a dense size
+    assert "both ways 5.00 MiB;" in traffic_sentence(older) and "down 4.00 MiB," in traffic_sentence(older)

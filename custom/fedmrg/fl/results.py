@@ -103,13 +103,16 @@ def traffic_sentence(totals: Mapping[str, int]) -> str:
     """Both directions and the round trip against dense fp32 FedAvg of the same parameters."""
 
     def against(sent: int, dense: int) -> str:
-        return f"{_mib(sent)} ({dense / sent:.1f}x less than dense fp32)" if sent else "nothing measured"
+        if not sent:
+            return "nothing measured"
+        return f"{_mib(sent)} (dense fp32 / this: {dense / sent:.1f}x)" if dense else _mib(sent)
 
     up, down = totals["bytes_up"], totals["bytes_down"]
     dense_up, dense_down = totals["dense_bytes_up"], totals["dense_bytes_down"]
     return (
         f"On the wire: up {against(up, dense_up)}, down {against(down, dense_down)}, both ways "
-        f"{against(up + down, dense_up + dense_down)}; dense fp32 FedAvg of the same parameters moves "
+        f"{against(up + down, dense_up + dense_down if dense_down else 0)}; dense fp32 FedAvg of the same "
+        "parameters moves "
         f"{_mib(dense_up)} each way."
     )
 
