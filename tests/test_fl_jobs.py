@@ -193,10 +193,10 @@ def checkpoint(ws: Path) -> dict:
 def test_the_fedavg_baseline_sends_dense_fp32_and_keeps_no_local_adapter(fedavg_ws):
     data = results(fedavg_ws)
     for record in data["rounds"]:
-        for site in SITES:  # the dense values and FLARE's framing, as measured on the wire
+        for site in SITES:  # the dense values, plus FLARE's framing, names and the site's metrics
             for way in ("up", "down"):
                 dense = record[f"dense_bytes_{way}"][site]
-                assert dense < record[f"bytes_{way}"][site] < dense + 16_384
+                assert dense < record[f"bytes_{way}"][site] < 1.05 * dense
     assert not list(fedavg_ws.rglob("specialized"))
     for site in SITES:
         assert data["final"][site]["generic"] == data["final"][site]["personalized"]
