@@ -120,8 +120,7 @@ class FedMRGController(ModelController):
         if self.abort_signal.triggered:
             return False
         started = time.perf_counter()
-        sent = self._global_message(state, round_number)
-        results = self._send_to_sites(msg.TRAIN, sent)
+        results, asked = self._train_results(state, round_number)
         if self.abort_signal.triggered:
             self.warning(f"round {round_number + 1} aborted; resubmitted, the job resumes at this round")
             return False
@@ -141,6 +140,8 @@ class FedMRGController(ModelController):
         for result in results:
             site = str(result.meta.get(msg.CLIENT_NAME))
             record["bytes_up"][site], record["bytes_down"][site] = wire_bytes(result)
+            if site in asked and None not in (asked[site], record["bytes_down"][site]):
+                record["bytes_down"][site] += asked[site]  # the digest it was sent first
             record["dense_bytes_up"][site] = record["dense_bytes_down"][site] = dense
             record["metrics"][site] = numeric_metrics(result.metrics)
             audit[site] = _audit_entry(result)
@@ -161,6 +162,30 @@ class FedMRGController(ModelController):
             f"{'merged' if record['merged'] else 'not merged'}, bytes up {sum(record['bytes_up'].values())}"
         )
         return True
+
+    def _train_results(self, state: dict, round_number: int) -> tuple[list[FLModel], dict[str, int | None]]:
+        """The round's train results. The first round of a job names the initial model by its digest
+        (every site built it from the same config, seed and base files); a site whose own model differs
+        asks for the state and gets it. Also the bytes of the digest message of each site that asked."""
+        if state["rounds"] or round_number:
+            return self._send_to_sites(msg.TRAIN, self._global_message(state, round_number)), {}
+        results = self._send_to_sites(msg.TRAIN, self._digest_message(state))
+        asking = [r for r in results if (r.meta or {}).get(msg.NEED_GLOBAL)]
+        if not asking:
+            return results, {}
+        asked = {str(r.meta.get(msg.CLIENT_NAME)): wire_bytes(r)[1] for r in asking}
+        self.info(f"round 1: the initial model differs at {sorted(asked)}; sending them the state")
+        again = self.send_model_and_wait(msg.TRAIN, data=self._global_message(state, 0), targets=sorted(asked))
+        return [r for r in results if r not in asking] + again, asked
+
+    def _digest_message(self, state: dict) -> FLModel:
+        return FLModel(
+            params_type=ParamsType.FULL,
+            params={},
+            current_round=0,
+            total_rounds=self.rounds,
+            meta={msg.GLOBAL_DIGEST: msg.state_digest(state["global"])},
+        )
 
     def _send_to_sites(self, task: str, data: FLModel) -> list[FLModel]:
         """The task to every site; the answers when all have answered, or ``wait_after_min_sites`` seconds

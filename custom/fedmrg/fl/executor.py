@@ -94,8 +94,9 @@ class MRGExecutor(Executor):
                     params=msg.to_numpy(trainer.model.shared_state_dict()),
                     meta={msg.MODEL_META: shareable_model_meta(trainer.model.model_meta(), self.config, self.base_llm)},
                 )
+            elif not self._load_global(trainer, request):
+                reply = FLModel(params_type=ParamsType.FULL, params={}, meta=self._asking_for_global(request))
             else:
-                self._load_global(trainer, request)
                 if abort_signal.triggered:
                     return make_reply(ReturnCode.TASK_ABORTED)
                 reply = (
@@ -130,12 +131,25 @@ class MRGExecutor(Executor):
             self.trainer = SiteTrainer(cfg, self.site, self.settings.data_dir, state_dir)
         return self.trainer
 
-    def _load_global(self, trainer: SiteTrainer, request: FLModel) -> None:
+    def _load_global(self, trainer: SiteTrainer, request: FLModel) -> bool:
+        """Take the global model the task carries; False when it names one by digest alone
+        (the first round) and this site's own model is another."""
         meta = request.meta or {}
+        if not request.params and msg.GLOBAL_DIGEST in meta:
+            return msg.state_digest(trainer.model.shared_state_dict()) == meta[msg.GLOBAL_DIGEST]
         prototypes = None
         if msg.PROTOTYPES in meta:
             prototypes = msg.to_torch({"prototypes": meta[msg.PROTOTYPES], "available": meta[msg.AVAILABLE]})
         trainer.load_global(msg.to_torch(request.params or {}), prototypes)
+        return True
+
+    def _asking_for_global(self, request: FLModel) -> dict:
+        """A train reply without training: this site's model is not the one the server named."""
+        meta = {msg.NEED_GLOBAL: 1}
+        received = (request.meta or {}).get(WIRE_BYTES)
+        if isinstance(received, int):
+            meta[msg.BYTES_DOWN] = received
+        return meta
 
     def _train(self, trainer: SiteTrainer, request: FLModel, abort_signal: Signal) -> FLModel:
         round_number = int(request.current_round or 0)

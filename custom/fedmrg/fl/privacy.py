@@ -70,6 +70,7 @@ RESULT_META: dict[str, frozenset[str]] = {
         {
             msg.TRAIN_STUDIES,
             msg.BYTES_DOWN,
+            msg.NEED_GLOBAL,
             msg.STEPS,
             msg.PROTOTYPE_SUMS,
             msg.PROTOTYPE_COUNTS,
