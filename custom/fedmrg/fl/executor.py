@@ -145,11 +145,7 @@ class MRGExecutor(Executor):
 
     def _asking_for_global(self, request: FLModel) -> dict:
         """A train reply without training: this site's model is not the one the server named."""
-        meta = {msg.NEED_GLOBAL: 1}
-        received = (request.meta or {}).get(WIRE_BYTES)
-        if isinstance(received, int):
-            meta[msg.BYTES_DOWN] = received
-        return meta
+        return {msg.NEED_GLOBAL: 1, **_download_size(request)}
 
     def _train(self, trainer: SiteTrainer, request: FLModel, abort_signal: Signal) -> FLModel:
         round_number = int(request.current_round or 0)
@@ -159,10 +155,8 @@ class MRGExecutor(Executor):
         meta = {
             msg.TRAIN_STUDIES: update.train_studies,
             msg.STEPS: update.steps,
+            **_download_size(request),
         }
-        received = (request.meta or {}).get(WIRE_BYTES)
-        if isinstance(received, int):
-            meta[msg.BYTES_DOWN] = received
         if update.prototypes is not None:
             meta[msg.PROTOTYPE_SUMS] = update.prototypes["sums"].numpy()
             meta[msg.PROTOTYPE_COUNTS] = update.prototypes["counts"].numpy()
@@ -203,6 +197,13 @@ class MRGExecutor(Executor):
             return
         for name, value in metrics.items():
             self.writer.add_scalar(f"{self.site}/{name}", float(value), global_step=step)
+
+
+def _download_size(request: FLModel) -> dict[str, int]:
+    """``{BYTES_DOWN: n}``: the size of the task as it arrived (the site's WireMeter), to report with
+    the reply; empty when the task carried no measure."""
+    received = (request.meta or {}).get(WIRE_BYTES)
+    return {msg.BYTES_DOWN: received} if isinstance(received, int) else {}
 
 
 def scored_limit(job_limit: int | None, settings: SiteSettings | None) -> int | None:

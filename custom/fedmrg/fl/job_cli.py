@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import yaml
 from nvflare.recipe import ProdEnv, SimEnv
 from nvflare.recipe.spec import DEFAULT_EXPORT_DIR, Recipe, _peek_recipe_args
 
-from fedmrg.config import Config, encoder_weights, load_config
+from fedmrg.config import Config, Quantization, encoder_weights, load_config
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.fl.controller import RESULTS_ROOT_ENV
 from fedmrg.fl.packaging import allow_fedmrg_components, ship_package
@@ -62,7 +63,7 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quantization",
-        choices=["float16", "blockwise8", "float4", "normfloat4"],
+        choices=typing.get_args(Quantization),
         help="FLARE's quantization filters on both directions (fl.quantization; the dense fedavg_lora job)",
     )
     p.add_argument(

@@ -47,11 +47,12 @@ TRAFFIC_KEYS = ("bytes_up", "bytes_down", "dense_bytes_up", "dense_bytes_down")
 
 def traffic(results: Mapping) -> dict[str, int]:
     """Total bytes over the run, up and down, and the dense fp32 sizes of the same parameters."""
-    totals = dict.fromkeys(TRAFFIC_KEYS, 0)
-    for record in results["rounds"]:
-        for key in totals:
-            totals[key] += sum(n for n in record.get(key, {}).values() if n is not None)
-    return totals
+    return {key: sum(_round_bytes(record, key) for record in results["rounds"]) for key in TRAFFIC_KEYS}
+
+
+def _round_bytes(record: Mapping, key: str) -> int:
+    """One round's bytes of ``key`` over its sites (a site whose message carried no measure adds none)."""
+    return sum(n for n in record.get(key, {}).values() if n is not None)
 
 
 def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
@@ -85,7 +86,7 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
     ):
         total, series = 0, []
         for record in rounds:
-            total += sum(n for n in record.get(key, {}).values() if n is not None)
+            total += _round_bytes(record, key)
             series.append(total / 2**20)
         bytes_ax.plot(x, series, style, label=label)
     bytes_ax.set(xlabel="round", ylabel="MiB (all sites, cumulative)", title="traffic")
@@ -111,9 +112,8 @@ def traffic_sentence(totals: Mapping[str, int]) -> str:
     dense_up, dense_down = totals["dense_bytes_up"], totals["dense_bytes_down"]
     return (
         f"On the wire: up {against(up, dense_up)}, down {against(down, dense_down)}, both ways "
-        f"{against(up + down, dense_up + dense_down if dense_down else 0)}; dense fp32 FedAvg of the same "
-        "parameters moves "
-        f"{_mib(dense_up)} each way."
+        f"{against(up + down, dense_up + dense_down if dense_down else 0)}; "
+        f"dense fp32 FedAvg of the same parameters moves {_mib(dense_up)} each way."
     )
 
 
