@@ -390,7 +390,7 @@ def main() -> None:
     encoder = encoder_weights(args.base_encoder or "data/demo/base-encoder")
     overrides = {"fl.rank": args.rank, "fl.precision": args.precision, "fl.energy": args.energy}
     cfg = load_config(args.config, {**overrides, "model.encoder.pretrained": encoder})
-    spec = CodecSpec(rank=cfg.fl.rank, precision=cfg.fl.precision, energy=cfg.fl.energy, dense_below=cfg.fl.dense_below)
+    spec = CodecSpec.of(cfg.fl)
     reduction = demo_section(cfg, spec, args.decay, args.seed)
     lora_7b_section(spec, args.seed)
     print(

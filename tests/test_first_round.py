@@ -40,7 +40,8 @@ def result(site: str, **meta) -> FLModel:
 def test_a_site_whose_model_differs_gets_the_state_and_the_others_only_the_digest():
     controller = FedMRGController(config={}, rounds=2)
     controller.info = lambda text: None
-    state = {"rounds": [], "global": {"w": torch.arange(3.0)}, "prototypes": None}
+    initial = {"w": torch.arange(3.0)}
+    state = {"rounds": [], "global": initial, "digest": msg.state_digest(initial), "change": b"", "prototypes": None}
     sent: list[tuple[FLModel, list[str] | None]] = []
     trained = result("site-2", **{WIRE_BYTES: 900, msg.BYTES_DOWN: 5000, msg.TRAIN_STUDIES: 7})
 
@@ -57,7 +58,7 @@ def test_a_site_whose_model_differs_gets_the_state_and_the_others_only_the_diges
 
     controller._send_to_sites = broadcast
     controller.send_model_and_wait = send_to
-    results, asked = controller._train_results(state, 0)
+    results, asked = controller._gather(msg.TRAIN, state, 0)
     first, again = sent
     assert first[0].params == {} and first[0].meta[msg.GLOBAL_DIGEST] == msg.state_digest(state["global"])
     assert again[1] == ["site-2"] and list(again[0].params) == ["w"]
@@ -65,13 +66,18 @@ def test_a_site_whose_model_differs_gets_the_state_and_the_others_only_the_diges
     assert asked == {"site-2": 300}  # the digest message it was sent first counts in its download
 
 
-def test_after_the_first_round_the_state_is_sent():
+def test_later_rounds_send_the_change_or_with_download_state_the_state():
     controller = FedMRGController(config={}, rounds=2)
-    state = {"rounds": [{"round": 0}], "global": {"w": torch.arange(3.0)}, "prototypes": None}
+    model = {"w": torch.arange(3.0)}
+    state = {"rounds": [{"round": 0}], "global": model, "digest": "d1", "base": "d0", "prototypes": None}
     sent = []
     controller._send_to_sites = lambda task, data: sent.append(data) or []
-    assert controller._train_results(state, 1) == ([], {})
-    assert list(sent[0].params) == ["w"] and msg.GLOBAL_DIGEST not in sent[0].meta
+    for change in (b"payload", None):
+        assert controller._gather(msg.TRAIN, {**state, "change": change}, 1) == ([], {})
+    as_change, as_state = sent
+    assert list(as_change.params) == [msg.GLOBAL_CHANGE] and as_change.params[msg.GLOBAL_CHANGE].tobytes() == b"payload"
+    assert as_change.meta[msg.BASE_DIGEST] == "d0" and as_change.meta[msg.GLOBAL_DIGEST] == "d1"
+    assert list(as_state.params) == ["w"] and as_state.meta[msg.GLOBAL_DIGEST] == "d1"
 
 
 def test_a_site_answers_a_digest_other_than_its_own_model_by_asking_and_trains_on_its_own(

@@ -295,6 +295,7 @@ class GenerateConfig:
 
 
 UpdateKind = Literal["lowrank", "dense"]
+DownloadKind = Literal["change", "state"]
 Precision = Literal["fp16", "bf16", "int8"]
 AggregationRule = Literal["mean", "median", "trimmed_mean"]
 Quantization = Literal["float16", "blockwise8", "float4", "normfloat4"]
@@ -313,6 +314,10 @@ class FLConfig:
     precision: Precision = "fp16"  # of the sent factors (int8: one scale per row)
     dense_below: int = 4096  # 2-D tensors with fewer values are sent dense (fp16)
     error_feedback: bool = True  # sites keep what truncation dropped and add it to the next delta
+    # What the server sends after a merge: change = the round's change of the global model, compressed
+    # like the upload, with error feedback at the server (fedmrg.fl.downlink); state = the whole fp32
+    # global model, as FedAvg does. null: change for lowrank updates, state for the dense baseline.
+    download: DownloadKind | None = None
     server_residual: bool = True  # the server keeps what LoRA re-factorization dropped
     max_update_norm: float = 1000.0  # updates with a larger Frobenius norm per entry are refused
     # Robust aggregation against a hostile or broken site: each accepted update scaled down to a whole
@@ -346,6 +351,11 @@ class FLConfig:
     # dense baseline (update: dense), as NVFlare's LLM examples use them; null = none.
     quantization: Quantization | None = None
 
+    @property
+    def sends_changes(self) -> bool:
+        """Whether the server sends each round's compressed change instead of the global state."""
+        return (self.download or ("change" if self.update == "lowrank" else "state")) == "change"
+
     def check(self, where: str) -> None:
         for key in ("rounds", "local_epochs", "rank", "dense_below"):
             _require(getattr(self, key) >= 1, where, key, "must be at least 1")
@@ -371,6 +381,12 @@ class FLConfig:
         _require(self.min_sites is None or self.min_sites >= 1, where, "min_sites", "must be at least 1")
         _require(self.wait_after_min_sites >= 0, where, "wait_after_min_sites", "must be >= 0 (seconds)")
         _require(self.prototype_min_studies >= 1, where, "prototype_min_studies", "must be at least 1")
+        _require(
+            self.download != "change" or self.update == "lowrank",
+            where,
+            "download",
+            "change needs update: lowrank (the dense baseline sends the state, as FedAvg does)",
+        )
         _require(
             self.quantization is None or self.update == "dense",
             where,

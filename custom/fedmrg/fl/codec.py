@@ -98,6 +98,11 @@ class CodecSpec:
     precision: Precision = "fp16"
     dense_below: int = 4096  # 2-D tensors with fewer values go dense
 
+    @classmethod
+    def of(cls, fl) -> CodecSpec:
+        """The codec a job's ``fl`` config section (:class:`fedmrg.config.FLConfig`) asks for."""
+        return cls(rank=fl.rank, energy=fl.energy, precision=fl.precision, dense_below=fl.dense_below)
+
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"rank must be at least 1, got {self.rank}")

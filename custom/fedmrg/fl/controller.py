@@ -4,10 +4,13 @@
 
 1. the initial global model comes from one site (``submit_model``: every site builds the same one
    from the config's seed, and the server never loads the LLM);
-2. each round it sends the global shared parameters and prototypes (``train``), has the aggregator
-   check and merge the results, and records bytes received and sent, the sites' metrics and what
-   it refused; then it writes a checkpoint (the global model, the server residual, the prototypes
-   and the round records), so a stopped job resumes at the next round;
+2. each round it sends the global model and prototypes (``train``): the initial model by its
+   digest alone, after that the last round's compressed change (:mod:`fedmrg.fl.downlink`), and
+   the whole state to a site that holds another model; has the aggregator check and merge the
+   results, and records bytes received and sent, the digests of the models the sites trained
+   from, the sites' metrics and what it refused; then it writes a checkpoint (the global model,
+   the last change, the server's residuals, the prototypes and the round records), so a stopped
+   job resumes at the next round;
 3. at the end every site scores the final model on its test split (``validate``), and the server
    writes ``results.json``, the global model and the best model by the key metric (the sites' mean
    validation loss of the global model they received).
@@ -40,8 +43,9 @@ from fedmrg.config import config_to_dict, parse_config
 from fedmrg.errors import ConfigError
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import RoundAggregator
-from fedmrg.fl.codec import payload_header
-from fedmrg.fl.results import RESULTS_FILE, plot_rounds
+from fedmrg.fl.codec import CodecSpec, payload_header
+from fedmrg.fl.downlink import Downlink
+from fedmrg.fl.results import RESULTS_FILE, plot_rounds, round_bytes
 from fedmrg.fl.wire import WIRE_BYTES
 from fedmrg.io import checked_name, path_inside, recover_directory, replace_directory, write_json
 from fedmrg.model.layout import save_shared_model
@@ -49,6 +53,7 @@ from fedmrg.model.layout import save_shared_model
 STATE_DIR, STATE_FILE = "server_state", "state.json"
 RESULTS_ROOT_ENV = "FEDMRG_RESULTS_ROOT"  # set by the server's operator: where a job's results_dir may point
 GLOBAL_FILE, BEST_FILE, RESIDUAL_FILE = "global.safetensors", "best.safetensors", "residual.safetensors"
+CHANGE_FILE = "change.safetensors"  # the last round's change payload, and the download's residual
 
 
 class FedMRGController(ModelController):
@@ -101,9 +106,11 @@ class FedMRGController(ModelController):
             checked_name(self.job_name, "the job's job_name")
             self.out = self._output_dir()
             self.state_dir = self._state_dir()
+            fl = parse_config(self.config, "the job's config").fl
         except ConfigError as exc:
             self.system_panic(str(exc), self.fl_ctx)
             return
+        self.downlink = Downlink(CodecSpec.of(fl)) if fl.sends_changes else None
         state = self._load_state() or self._initial_state()
         if state is None:
             return
@@ -120,7 +127,7 @@ class FedMRGController(ModelController):
         if self.abort_signal.triggered:
             return False
         started = time.perf_counter()
-        results, asked = self._train_results(state, round_number)
+        results, asked = self._gather(msg.TRAIN, state, round_number)
         if self.abort_signal.triggered:
             self.warning(f"round {round_number + 1} aborted; resubmitted, the job resumes at this round")
             return False
@@ -131,6 +138,8 @@ class FedMRGController(ModelController):
             "bytes_down": {},
             "dense_bytes_up": {},
             "dense_bytes_down": {},
+            "global_digest": state["digest"],
+            "site_digests": {},
             "metrics": {},
             "accepted": [],
             "refused": {},
@@ -143,13 +152,14 @@ class FedMRGController(ModelController):
             if site in asked and None not in (asked[site], record["bytes_down"][site]):
                 record["bytes_down"][site] += asked[site]  # the digest it was sent first
             record["dense_bytes_up"][site] = record["dense_bytes_down"][site] = dense
+            record["site_digests"][site] = msg.reported_digest(result.meta)
             record["metrics"][site] = numeric_metrics(result.metrics)
             audit[site] = _audit_entry(result)
             self.aggregator.accept_model(result)
         merged = self.aggregator.aggregate_model()
         record.update({key: merged.meta[key] for key in ("accepted", "refused", "merged")})
         self._track_best(state, record["metrics"], round_number)
-        state["global"] = {k: v.detach().clone() for k, v in merged.params.items()}
+        self._next_global(state, merged)
         if msg.PROTOTYPES in merged.meta:
             state["prototypes"] = {k: torch.as_tensor(merged.meta[k]) for k in (msg.PROTOTYPES, msg.AVAILABLE)}
         record["seconds"] = round(time.perf_counter() - started, 2)  # sent, trained everywhere, merged
@@ -159,33 +169,37 @@ class FedMRGController(ModelController):
         self.info(
             f"round {round_number + 1}/{self.rounds}: answered {sorted(record['metrics'])}, accepted "
             f"{record['accepted']}, refused {list(record['refused'])}, "
-            f"{'merged' if record['merged'] else 'not merged'}, bytes up {sum(record['bytes_up'].values())}"
+            f"{'merged' if record['merged'] else 'not merged'}, bytes up {round_bytes(record, 'bytes_up')}, down {round_bytes(record, 'bytes_down')}"
         )
         return True
 
-    def _train_results(self, state: dict, round_number: int) -> tuple[list[FLModel], dict[str, int | None]]:
-        """The round's train results. The first round of a job names the initial model by its digest
-        (every site built it from the same config, seed and base files); a site whose own model differs
-        asks for the state and gets it. Also the bytes of the digest message of each site that asked."""
-        if state["rounds"] or round_number:
-            return self._send_to_sites(msg.TRAIN, self._global_message(state, round_number)), {}
-        results = self._send_to_sites(msg.TRAIN, self._digest_message(state))
+    def _gather(self, task: str, state: dict, round_number: int) -> tuple[list[FLModel], dict[str, int | None]]:
+        """The sites' answers to a task that carries the global model; a site that cannot have it from
+        the change or the digest the task carries asks for the whole state and gets it. Also the bytes
+        of the first task of each site that asked."""
+        results = self._send_to_sites(task, self._global_message(state, round_number))
         asking = [r for r in results if (r.meta or {}).get(msg.NEED_GLOBAL)]
         if not asking:
             return results, {}
         asked = {str(r.meta.get(msg.CLIENT_NAME)): wire_bytes(r)[1] for r in asking}
-        self.info(f"round 1: the initial model differs at {sorted(asked)}; sending them the state")
-        again = self.send_model_and_wait(msg.TRAIN, data=self._global_message(state, 0), targets=sorted(asked))
+        self.info(f"round {round_number + 1}: {sorted(asked)} hold another global model; sending them the state")
+        whole = self._global_message(state, round_number, whole=True)
+        again = self.send_model_and_wait(task, data=whole, targets=sorted(asked))
         return [r for r in results if r not in asking] + again, asked
 
-    def _digest_message(self, state: dict) -> FLModel:
-        return FLModel(
-            params_type=ParamsType.FULL,
-            params={},
-            current_round=0,
-            total_rounds=self.rounds,
-            meta={msg.GLOBAL_DIGEST: msg.state_digest(state["global"])},
-        )
+    def _next_global(self, state: dict, merged: FLModel) -> None:
+        """The merged model becomes the global one: as the sites will have it from the compressed change,
+        when the download sends changes; else as merged."""
+        if not merged.meta.get("merged"):
+            state["change"] = b""  # nothing changed: the sites hold it
+            return
+        target = {k: v.detach().float().clone() for k, v in merged.params.items()}
+        if self.downlink is None:
+            state["global"], state["change"] = target, None
+        else:
+            state["base"] = state["digest"]
+            state["change"], state["global"] = self.downlink.step(state["global"], target)
+        state["digest"] = msg.state_digest(state["global"])
 
     def _send_to_sites(self, task: str, data: FLModel) -> list[FLModel]:
         """The task to every site; the answers when all have answered, or ``wait_after_min_sites`` seconds
@@ -200,13 +214,21 @@ class FedMRGController(ModelController):
             wait_time_after_min_received=self.wait_after_min_sites,
         )
 
-    def _global_message(self, state: dict, round_number: int) -> FLModel:
-        meta = {}
+    def _global_message(self, state: dict, round_number: int, whole: bool = False) -> FLModel:
+        """The global model as a task carries it: the last change (when there is one), the digest
+        alone (when the sites hold the model already), else, or with ``whole``, the whole state."""
+        meta = {msg.GLOBAL_DIGEST: state["digest"]}
         if state.get("prototypes") is not None:
-            meta = {k: v.numpy() for k, v in state["prototypes"].items()}
+            meta.update({k: v.numpy() for k, v in state["prototypes"].items()})
+        change, params = None if whole else state.get("change"), {}
+        if change:
+            params = {msg.GLOBAL_CHANGE: msg.payload_to_array(change)}
+            meta[msg.BASE_DIGEST] = state["base"]
+        elif change is None:
+            params = msg.to_numpy(state["global"])
         return FLModel(
             params_type=ParamsType.FULL,
-            params=msg.to_numpy(state["global"]),
+            params=params,
             current_round=round_number,
             total_rounds=self.rounds,
             meta=meta,
@@ -221,14 +243,7 @@ class FedMRGController(ModelController):
             reasons[site] = initial_model_problem(replies[0] if replies else None, self.config)
             if reasons[site] is None:
                 self.info(f"initial global model from {site}")
-                return {
-                    "next_round": 0,
-                    "global": msg.to_torch(replies[0].params),
-                    "prototypes": None,
-                    "model_meta": replies[0].meta[msg.MODEL_META],
-                    "rounds": [],
-                    "best": None,
-                }
+                return initial_state(replies[0])
             self.warning(f"initial model from {site} not used: {reasons[site]}")
         why = "; ".join(f"{site}: {reason}" for site, reason in reasons.items())
         self.system_panic(f"no site could provide the initial model ({why})", self.fl_ctx)
@@ -245,14 +260,15 @@ class FedMRGController(ModelController):
             state["best_global"] = {k: v.clone() for k, v in state["global"].items()}
 
     def _final_scores(self, state: dict) -> dict:
-        sent = self._global_message(state, self.rounds)
-        final, metrics = {}, {}
-        for result in self._send_to_sites(msg.VALIDATE, sent):
+        final, metrics, digests = {}, {}, {}
+        for result in self._gather(msg.VALIDATE, state, self.rounds)[0]:
             site = str(result.meta.get(msg.CLIENT_NAME))
             metrics[site] = numeric_metrics(result.metrics)
+            digests[site] = msg.reported_digest(result.meta)
             if msg.SCORES in result.meta:
                 final[site] = result.meta[msg.SCORES]
         self._track_best(state, metrics, self.rounds)  # the final model, measured the same way
+        state["final_digests"] = {"global_digest": state["digest"], "site_digests": digests}
         return final
 
     # ------------------------------------------------------------------------------- outputs
@@ -296,6 +312,7 @@ class FedMRGController(ModelController):
             "config": self.config,
             "rounds": state["rounds"],
             "final": state.get("final", {}),
+            **state.get("final_digests", {}),
             "global_model": str((self.out / "global_model").resolve()),
             "best_model": dict(state["best"] or {}, path=str((self.out / "best_model").resolve())),
         }
@@ -313,7 +330,14 @@ class FedMRGController(ModelController):
             if state.get("prototypes") is not None:
                 extra.update({f"{msg.PROTOTYPES}:{k}": v.contiguous() for k, v in state["prototypes"].items()})
             save_file(extra, str(folder / RESIDUAL_FILE))
-            info = {k: state[k] for k in ("next_round", "model_meta", "rounds", "best")}
+            if state["change"] is not None:  # what the next message sends, and the download's residual
+                residual = self.downlink.state_dict() if self.downlink is not None else {}
+                saved = {f"residual:{k}": v for k, v in residual.items()}
+                if state["change"]:
+                    saved["change"] = torch.from_numpy(msg.payload_to_array(state["change"]))
+                save_file(saved, str(folder / CHANGE_FILE))
+            info = {k: state[k] for k in ("next_round", "model_meta", "rounds", "best", "digest")}
+            info["base"] = state.get("base")
             write_json(folder / STATE_FILE, {**info, "config": self.config, "job": self.job_name})
 
         replace_directory(self.state_dir, write)
@@ -346,10 +370,33 @@ class FedMRGController(ModelController):
         prototypes = {k.split(":", 1)[1]: v for k, v in extra.items() if k.startswith(f"{msg.PROTOTYPES}:")}
         self.aggregator.load_state_dict({k: v for k, v in extra.items() if not k.startswith(f"{msg.PROTOTYPES}:")})
         state = {**info, "global": load_file(str(folder / GLOBAL_FILE)), "prototypes": prototypes or None}
+        state["digest"] = msg.state_digest(state["global"])
+        state["change"] = None  # the whole state, unless the checkpoint holds the last change
+        if (folder / CHANGE_FILE).is_file() and info.get("digest") == state["digest"]:
+            saved = load_file(str(folder / CHANGE_FILE))
+            state["change"] = saved["change"].numpy().tobytes() if "change" in saved else b""
+            if self.downlink is not None:
+                self.downlink.load_state_dict({k[len("residual:") :]: v for k, v in saved.items() if k != "change"})
         if (folder / BEST_FILE).is_file():
             state["best_global"] = load_file(str(folder / BEST_FILE))
         self.info(f"resuming from {folder} at round {state['next_round'] + 1}")
         return state
+
+
+def initial_state(reply: FLModel) -> dict:
+    """A job's state before its first round, from a site's ``submit_model`` reply: the initial model,
+    which the first round names by its digest alone (every site built it itself)."""
+    initial = {name: value.float() for name, value in msg.to_torch(reply.params).items()}
+    return {
+        "next_round": 0,
+        "global": initial,
+        "digest": msg.state_digest(initial),
+        "change": b"",
+        "prototypes": None,
+        "model_meta": reply.meta[msg.MODEL_META],
+        "rounds": [],
+        "best": None,
+    }
 
 
 def _without_rounds(config: dict) -> dict:

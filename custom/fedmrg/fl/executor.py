@@ -132,19 +132,28 @@ class MRGExecutor(Executor):
         return self.trainer
 
     def _load_global(self, trainer: SiteTrainer, request: FLModel) -> bool:
-        """Take the global model the task carries; False when it names one by digest alone
-        (the first round) and this site's own model is another."""
-        meta = request.meta or {}
-        if not request.params and msg.GLOBAL_DIGEST in meta:
-            return msg.state_digest(trainer.model.shared_state_dict()) == meta[msg.GLOBAL_DIGEST]
+        """Take the global model the task carries: the whole state, the round's change to the model
+        this site holds, or (when the server's model is the one this site holds) its digest alone.
+        False when this site cannot have it that way: it then asks for the whole state."""
+        meta, params = request.meta or {}, request.params or {}
         prototypes = None
         if msg.PROTOTYPES in meta:
             prototypes = msg.to_torch({"prototypes": meta[msg.PROTOTYPES], "available": meta[msg.AVAILABLE]})
-        trainer.load_global(msg.to_torch(request.params or {}), prototypes)
+        if msg.GLOBAL_CHANGE in params:
+            payload = msg.array_to_payload(params[msg.GLOBAL_CHANGE])
+            shared = trainer.changed_global(payload, meta.get(msg.BASE_DIGEST), meta.get(msg.GLOBAL_DIGEST))
+        elif not params and msg.GLOBAL_DIGEST in meta:
+            shared = trainer.held_global(meta[msg.GLOBAL_DIGEST])
+        else:
+            trainer.load_global(msg.to_torch(params), prototypes, meta.get(msg.GLOBAL_DIGEST))
+            return True
+        if shared is None:
+            return False
+        trainer.load_global(shared, prototypes)
         return True
 
     def _asking_for_global(self, request: FLModel) -> dict:
-        """A train reply without training: this site's model is not the one the server named."""
+        """A reply without training or scoring: this site cannot build the model the server named."""
         return {msg.NEED_GLOBAL: 1, **_download_size(request)}
 
     def _train(self, trainer: SiteTrainer, request: FLModel, abort_signal: Signal) -> FLModel:
@@ -155,6 +164,7 @@ class MRGExecutor(Executor):
         meta = {
             msg.TRAIN_STUDIES: update.train_studies,
             msg.STEPS: update.steps,
+            msg.GLOBAL_DIGEST: msg.digest_array(trainer.global_digest),  # the global model it trained from
             **_download_size(request),
         }
         if update.prototypes is not None:
@@ -190,7 +200,8 @@ class MRGExecutor(Executor):
             )
             metrics[f"test_{label}_CE-F1_micro"] = values["ce"]["micro"]["f1"]
         self._track(metrics, int(request.current_round or 0))
-        return FLModel(params_type=ParamsType.FULL, params={}, metrics=metrics, meta={msg.SCORES: scores})
+        meta = {msg.SCORES: scores, msg.GLOBAL_DIGEST: msg.digest_array(trainer.global_digest)}  # the model scored
+        return FLModel(params_type=ParamsType.FULL, params={}, metrics=metrics, meta=meta)
 
     def _track(self, metrics: dict[str, float], step: int) -> None:
         if self.writer is None:

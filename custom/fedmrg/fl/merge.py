@@ -154,6 +154,20 @@ def refactorize(
     return b.float(), a.float(), rest
 
 
+def aligned(
+    b: torch.Tensor, a: torch.Tensor, b_before: torch.Tensor, a_before: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B R``, ``R^T A`` with the rotation ``R`` that brings them closest to ``B_before``, ``A_before``.
+
+    Any orthogonal ``R`` leaves the product ``B A`` unchanged; the one closest in both factors
+    together is the orthogonal Procrustes solution, ``R = U V^T`` from the SVD of
+    ``B^T B_before + A A_before^T``.
+    """
+    u, _, vh = torch.linalg.svd(b.double().T @ b_before.double() + a.double() @ a_before.double().T)
+    rotation = u @ vh
+    return (b.double() @ rotation).float(), (rotation.T @ a.double()).float()
+
+
 def apply_mean_delta(
     global_state: dict[str, torch.Tensor],
     mean: dict[str, Delta],
@@ -173,6 +187,7 @@ def apply_mean_delta(
             if name in residual:
                 product = product + residual[name]
             b, a, kept[name] = refactorize(product, rank, generator)
+            b, a = aligned(b, a, global_state[b_key].float(), global_state[a_key].float())
             state[b_key], state[a_key] = b.to(global_state[b_key].dtype), a.to(global_state[a_key].dtype)
         else:
             update = as_dense(value)

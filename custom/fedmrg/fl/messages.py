@@ -3,16 +3,21 @@
 Every message is an ``FLModel``. Tensors travel as numpy arrays; a low-rank update travels as its
 codec payload (one ``uint8`` array, whose length is the exact number of update bytes).
 
-- server -> site, ``train`` / ``validate``: ``params`` = the global shared parameters (fp32, FULL);
-  ``meta[PROTOTYPES]`` / ``meta[AVAILABLE]`` = the global per-finding prototypes. In the first
-  round, which starts from the initial model every site builds itself, ``params`` is empty and
-  ``meta[GLOBAL_DIGEST]`` names that model (:func:`state_digest`); a site whose own model has
-  another digest replies ``meta[NEED_GLOBAL] = 1`` without training and gets the state.
+- server -> site, ``train`` / ``validate``: the global model, named by ``meta[GLOBAL_DIGEST]``
+  (:func:`state_digest`), in one of three forms: ``params = {GLOBAL_CHANGE: payload}``, the
+  round's change (:mod:`fedmrg.fl.downlink`) to the model ``meta[BASE_DIGEST]`` names; empty
+  ``params``, when the model is one the sites hold already (the initial model every site builds
+  itself, or a round that merged nothing); or ``params`` = the global shared parameters (fp32,
+  FULL). A site that cannot have it from a change or a digest replies ``meta[NEED_GLOBAL] = 1``
+  without training and gets the whole state. ``meta[PROTOTYPES]`` / ``meta[AVAILABLE]`` = the
+  global per-finding prototypes.
 - site -> server, ``train``: lowrank: ``params = {UPDATE: payload}`` (DIFF); dense (FedAvg
   baseline): ``params`` = the site's shared parameters (FULL). ``meta`` holds the training-study
   count (the aggregation weight), prototype sums and counts, ``BYTES_DOWN`` (the size of the train
-  task as it arrived); ``metrics`` the losses.
-- site -> server, ``validate``: ``meta[SCORES]`` = ``{"generic": scores, "personalized": scores}``.
+  task as it arrived), ``GLOBAL_DIGEST`` (of the global model it trained from, as
+  :func:`digest_array`); ``metrics`` the losses.
+- site -> server, ``validate``: ``meta[SCORES]`` = ``{"generic": scores, "personalized": scores}``,
+  ``meta[GLOBAL_DIGEST]`` (of the model it scored).
 - site -> server, ``submit_model``: ``params`` = the site's initial shared parameters, ``meta[MODEL_META]``
   = the model description (config, base LLM reference) the server needs to write the global model.
 """
@@ -30,8 +35,10 @@ UPDATE = "fedmrg_update"
 TRAIN_STUDIES = "train_studies"
 PROTOTYPE_SUMS, PROTOTYPE_COUNTS = "prototype_sums", "prototype_counts"
 PROTOTYPES, AVAILABLE = "prototypes", "prototype_available"
-GLOBAL_DIGEST = "global_digest"  # round 0: the digest of the initial global model, sent instead of it
-NEED_GLOBAL = "need_global"  # a site's train reply when its own initial model differs: send me the state
+GLOBAL_CHANGE = "fedmrg_global_change"  # the round's change of the global model (fedmrg.fl.downlink payload)
+GLOBAL_DIGEST = "global_digest"  # the digest of a global model: the one sent, or the one a site used
+BASE_DIGEST = "base_digest"  # the digest of the global model a change applies to
+NEED_GLOBAL = "need_global"  # a site's reply when it cannot have the model from a change or a digest
 BYTES_DOWN = "bytes_down"  # a site's measure of the train task it received (fedmrg.fl.wire), sent back with its result
 STEPS = "steps"  # optimizer steps of the round
 SCORES = "scores"
@@ -67,6 +74,21 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{list(value.shape)};".encode())
         digest.update(value.numpy().tobytes())
     return digest.hexdigest()
+
+
+def digest_array(digest: str) -> np.ndarray:
+    """A digest as a site reports it: its 32 bytes as a ``uint8`` array (a site's results carry
+    numbers only, :mod:`fedmrg.fl.privacy`)."""
+    return np.frombuffer(bytes.fromhex(digest), dtype=np.uint8).copy()
+
+
+def reported_digest(meta: dict | None) -> str | None:
+    """The digest a site reported in a result's ``meta`` (:func:`digest_array`) in hex, or None."""
+    value = (meta or {}).get(GLOBAL_DIGEST)
+    array = np.asarray(value) if isinstance(value, (np.ndarray, list)) else None
+    if array is None or array.shape != (32,) or array.dtype.kind not in "iu" or array.min() < 0 or array.max() > 255:
+        return None
+    return bytes(array.astype(np.uint8).tolist()).hex()
 
 
 def state_bytes(state: dict) -> int:

@@ -71,13 +71,14 @@ RESULT_META: dict[str, frozenset[str]] = {
             msg.TRAIN_STUDIES,
             msg.BYTES_DOWN,
             msg.NEED_GLOBAL,
+            msg.GLOBAL_DIGEST,
             msg.STEPS,
             msg.PROTOTYPE_SUMS,
             msg.PROTOTYPE_COUNTS,
         }
     )
     | _FLARE_META,
-    msg.VALIDATE: frozenset({msg.SCORES}) | _FLARE_META,
+    msg.VALIDATE: frozenset({msg.SCORES, msg.GLOBAL_DIGEST, msg.BYTES_DOWN, msg.NEED_GLOBAL}) | _FLARE_META,
     msg.SUBMIT_MODEL: frozenset({msg.MODEL_META}) | _FLARE_META,
 }
 _DATA_KINDS = [DataKind.WEIGHTS, DataKind.WEIGHT_DIFF, DataKind.METRICS]

@@ -47,10 +47,10 @@ TRAFFIC_KEYS = ("bytes_up", "bytes_down", "dense_bytes_up", "dense_bytes_down")
 
 def traffic(results: Mapping) -> dict[str, int]:
     """Total bytes over the run, up and down, and the dense fp32 sizes of the same parameters."""
-    return {key: sum(_round_bytes(record, key) for record in results["rounds"]) for key in TRAFFIC_KEYS}
+    return {key: sum(round_bytes(record, key) for record in results["rounds"]) for key in TRAFFIC_KEYS}
 
 
-def _round_bytes(record: Mapping, key: str) -> int:
+def round_bytes(record: Mapping, key: str) -> int:
     """One round's bytes of ``key`` over its sites (a site whose message carried no measure adds none)."""
     return sum(n for n in record.get(key, {}).values() if n is not None)
 
@@ -86,7 +86,7 @@ def plot_rounds(results: Mapping, path: str | os.PathLike) -> Path | None:
     ):
         total, series = 0, []
         for record in rounds:
-            total += _round_bytes(record, key)
+            total += round_bytes(record, key)
             series.append(total / 2**20)
         bytes_ax.plot(x, series, style, label=label)
     bytes_ax.set(xlabel="round", ylabel="MiB (all sites, cumulative)", title="traffic")

@@ -3,7 +3,8 @@
 :class:`SiteTrainer` is what the FLARE executor (:mod:`fedmrg.fl.executor`) drives. It holds the
 model and optimizer for the whole job and keeps on the site's disk, after every round, everything
 that never leaves the site: the specialized adapter and client head, the error-feedback residual
-of the update codec, and the optimizer and schedule. A site that restarts resumes from there.
+of the update codec, and the optimizer and schedule; and the global model it last received, which
+the server's next change applies to (:mod:`fedmrg.fl.downlink`). A site that restarts resumes from there.
 
 Per-site settings (where the data and the base LLM lie, device, batch size, loader workers) come
 from the site, not from the job, so one job runs at hospitals whose files lie in different places:
@@ -36,7 +37,9 @@ from fedmrg.config import Config, config_to_dict
 from fedmrg.data.loaders import own_studies, study_loader, training_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, encode, round_delta
+from fedmrg.fl.downlink import apply_change, read_change
 from fedmrg.fl.dp import epsilon, noise_generator, privatize
+from fedmrg.fl.messages import state_digest
 from fedmrg.io import recover_directory, replace_directory
 from fedmrg.model.adapters import adapter_names
 from fedmrg.model.inference import adapter_scores
@@ -53,6 +56,7 @@ SETTINGS_ENV = "FEDMRG_SITE_SETTINGS"
 STATE_FILE = "site_state.json"
 LOCAL_FILE = "local.safetensors"
 FEEDBACK_FILE = "feedback.safetensors"
+GLOBAL_FILE = "global.safetensors"  # the global model the site last received
 RELEASE_FILE = "dp_release"  # the last update released under differential privacy (model.state_files)
 TRAINER_FILE = "trainer"  # trainer.json + trainer.safetensors (model.state_files)
 SPECIALIZED_DIR = "specialized"  # the site's adapter in PEFT's format, for use outside the job
@@ -209,9 +213,7 @@ class SiteTrainer:
     def __init__(self, cfg: Config, site: str, data_dir: str | os.PathLike, state_dir: str | os.PathLike) -> None:
         self.cfg, self.site, self.data_dir = cfg, site, Path(data_dir)
         self.state_dir = Path(state_dir)
-        self.spec = CodecSpec(
-            rank=cfg.fl.rank, energy=cfg.fl.energy, precision=cfg.fl.precision, dense_below=cfg.fl.dense_below
-        )
+        self.spec = CodecSpec.of(cfg.fl)
         seed_everything(cfg.train.seed)
         self.model = MRGModel.build(cfg)
         self.train_loader = training_loader(cfg, [self.data_dir], seed=cfg.train.seed)
@@ -223,6 +225,7 @@ class SiteTrainer:
         self.dp_noise = noise_generator() if cfg.fl.dp_noise_multiplier else None
         self.dp_releases = 0  # updates released under differential privacy: what epsilon counts
         self.last_release: tuple[int, RoundUpdate] | None = None  # (round, update) of the last DP release
+        self._hold_global(self.model.shared_state_dict())  # the initial model, which every site builds alike
         self._resume()
 
     # ------------------------------------------------------------------------------- planning
@@ -235,19 +238,52 @@ class SiteTrainer:
         return self.cfg.fl.rounds * self.steps_per_round()
 
     # ---------------------------------------------------------------------------------- rounds
-    def load_global(self, shared: dict[str, torch.Tensor], prototypes: dict[str, torch.Tensor] | None) -> None:
+    def load_global(
+        self,
+        shared: dict[str, torch.Tensor],
+        prototypes: dict[str, torch.Tensor] | None,
+        digest: str | None = None,
+    ) -> None:
         """Take the server's shared parameters (and prototypes: ``{"prototypes", "available"}``).
 
         Names and shapes must be this model's (``load_shared_state_dict`` checks them before it
         copies anything) and every value finite: a faulty or hostile server's NaN would otherwise
-        end up in the site's own specialized adapter after one round of training.
+        end up in the site's own specialized adapter after one round of training. With ``digest``,
+        the parameters must be the model it names.
         """
         bad = sorted(name for name, value in {**shared, **(prototypes or {})}.items() if not _all_finite(value))
         if bad:
             raise ValueError(f"the server's global model holds values that are not finite: {', '.join(bad[:3])}")
+        if digest is not None and state_digest(shared) != digest:
+            raise ValueError("the global model received is not the one its digest names")
         self.model.load_shared_state_dict(shared)
         if prototypes is not None and self.cfg.model.contrastive:
             self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
+        self._hold_global(shared)
+
+    def _hold_global(self, shared: dict[str, torch.Tensor]) -> None:
+        self.global_state = {name: value.detach().float().clone() for name, value in shared.items()}
+        self.global_digest = state_digest(self.global_state)
+
+    def held_global(self, digest: object) -> dict[str, torch.Tensor] | None:
+        """The global model this site holds, when it is the one ``digest`` names; else None."""
+        return self.global_state if digest == self.global_digest else None
+
+    def changed_global(self, payload: bytes, base: object, result: object) -> dict[str, torch.Tensor] | None:
+        """The global model the server's change yields: applied to the model this site holds when
+        that is ``base``, and checked to be ``result``. None when this site holds another model or
+        gets another result: it then asks for the whole state."""
+        held = self.held_global(result)
+        if held is not None:  # already applied (a resent round, a restarted site)
+            return held
+        if base != self.global_digest:
+            log.warning("site %s: the server's change applies to a global model this site does not hold", self.site)
+            return None
+        changed = apply_change(self.global_state, read_change(payload, self.global_state, self.cfg.fl.rank))
+        if state_digest(changed) != result:
+            log.warning("site %s: the server's change gave another model than the server's", self.site)
+            return None
+        return changed
 
     def validation_losses(self) -> dict[str, float]:
         """The current model's losses on the site's validation studies (empty without any)."""
@@ -347,6 +383,7 @@ class SiteTrainer:
 
         def write(folder: Path) -> None:
             save_file({k: v.contiguous() for k, v in local.items()}, str(folder / LOCAL_FILE))
+            save_file(self.global_state, str(folder / GLOBAL_FILE))
             self.feedback.save(folder / FEEDBACK_FILE)
             save_tree(folder / TRAINER_FILE, self.trainer.state_dict())
             if SPECIALIZED in adapter_names(self.cfg.model):
@@ -393,6 +430,8 @@ class SiteTrainer:
             self.state_dir.rename(stale)
             shutil.rmtree(self.previous_dir, ignore_errors=True)
             return
+        if (self.state_dir / GLOBAL_FILE).is_file():
+            self._hold_global(load_file(str(self.state_dir / GLOBAL_FILE)))
         log.info("site %s: resumed local state after round %d from %s", self.site, self.rounds_done, self.state_dir)
 
     def _load_state(self, folder: Path, rounds_done: int | None = None) -> bool:
