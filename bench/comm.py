@@ -19,9 +19,11 @@ matters with ``--energy``: the bytes of a rank-r entry do not depend on its valu
   controller records as ``dense_bytes_up``; it does not count FedAvg's prototypes).
 
 On the wire: the messages of one round as FLARE serializes them (what ``results.json`` records as
-``bytes_up`` / ``bytes_down``): fedmrg's payload and prototypes up and the dense global state with
-the global prototypes down; dense fp32 FedAvg each way; FedAvg through FLARE's quantizer (float16,
-blockwise8, normfloat4: ``fl.quantization``) each way.
+``bytes_up`` / ``bytes_down``): fedmrg's payload and prototypes up and, down, the round's change of the global
+model (``fedmrg.fl.downlink``: the same simulated change, compressed by the same codec) with the
+global prototypes and the two digests, or with ``fl.download: state`` the dense global state;
+dense fp32 FedAvg each way; FedAvg through FLARE's quantizer (float16, blockwise8, normfloat4:
+``fl.quantization``) each way.
 
 Information minimum: a rank-r ``d x k`` matrix has ``r (d + k - r)`` degrees of freedom; at the
 factor precision (2 bytes for fp16/bf16, 1 for int8 plus the fp32 scales the codec sends) that
@@ -64,6 +66,7 @@ from fedmrg.fl.codec import (
     payload_header,
     round_delta,
 )
+from fedmrg.fl.downlink import Downlink
 from fedmrg.fl.messages import payload_to_array, state_bytes, to_numpy
 from fedmrg.fl.quantization import HostQuantizer
 from fedmrg.fl.wire import serialized_size
@@ -291,7 +294,7 @@ def demo_section(cfg: Config, spec: CodecSpec, decay: float, seed: int) -> float
     )
     dense_total, sent_total = print_group_table(after, payload, prototype_bytes(cfg))
     print_information_minimum(payload, spec.precision)
-    wire_section(cfg, after, payload)
+    wire_section(cfg, before, after, payload, spec)
     return dense_total / sent_total
 
 
@@ -308,25 +311,27 @@ def quantized_size(params: dict[str, np.ndarray], meta: dict, kind: str) -> int:
     return serialized_size(HostQuantizer(quantization_type=kind).process(message, FLContext()))
 
 
-def wire_section(cfg: Config, after: dict[str, torch.Tensor], payload: bytes) -> None:
-    """One round of one site, both directions, as the jobs measure it: fedmrg (low-rank up, the dense
-    global state and prototypes down), dense fp32 FedAvg, and FedAvg with FLARE's quantization filters."""
+def wire_section(
+    cfg: Config, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], payload: bytes, spec: CodecSpec
+) -> None:
+    """One round of one site, both directions, as the jobs measure it: fedmrg (low-rank up; down the
+    compressed change, or the dense state), dense fp32 FedAvg, and FedAvg with FLARE's quantization filters."""
     dense = to_numpy(after)
     prototypes = PrototypeBank(len(OBSERVATIONS), cfg.model.contrastive_dim).state() if cfg.model.contrastive else {}
     up_meta = {msg.TRAIN_STUDIES: 500, **{f"prototype_{k}": v.numpy() for k, v in prototypes.items()}}
     down_meta = {msg.PROTOTYPES: np.zeros((len(OBSERVATIONS), cfg.model.contrastive_dim), np.float32)}
+    change, _ = Downlink(spec).step(before, after)
+    change_meta = {**down_meta, msg.GLOBAL_DIGEST: msg.state_digest(after), msg.BASE_DIGEST: msg.state_digest(before)}
+    up = wire_size({msg.UPDATE: payload_to_array(payload)}, up_meta, ParamsType.DIFF)
     rows = [
-        (
-            "fedmrg",
-            wire_size({msg.UPDATE: payload_to_array(payload)}, up_meta, ParamsType.DIFF),
-            wire_size(dense, down_meta),
-        ),
+        ("fedmrg", up, wire_size({msg.GLOBAL_CHANGE: payload_to_array(change)}, change_meta)),
+        ("fedmrg, download: state", up, wire_size(dense, {**down_meta, msg.GLOBAL_DIGEST: msg.state_digest(after)})),
         ("fedavg_lora, dense fp32", wire_size(dense, {msg.TRAIN_STUDIES: 500}), wire_size(dense, {})),
     ]
     for kind in ("float16", "blockwise8", "normfloat4"):
         size = quantized_size(dense, {msg.TRAIN_STUDIES: 500}, kind)
         rows.append((f"fedavg_lora + FLARE {kind}", size, size))
-    reference = rows[1][1] + rows[1][2]
+    reference = rows[2][1] + rows[2][2]
     print("\none round of one site on the wire (FOBS-serialized messages, as results.json records them):")
     print(f"  {'job':<30}{'up B':>12}{'down B':>12}{'round trip B':>15}{'vs dense fp32':>15}")
     for label, up, down in rows:

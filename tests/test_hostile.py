@@ -383,6 +383,7 @@ def test_a_job_cannot_lower_the_sites_privacy_floors(tmp_path):
 def test_a_site_answers_no_more_validate_tasks_than_it_allows(tmp_path):
     class Scored:
         state_dir = tmp_path / "state"
+        global_digest = "ab" * 32
 
         def test_scores(self, out_dir=None, limit=None):
             return {"generic": {"nlg": {"BLEU-4": 0.1}, "ce": {"micro": {"f1": 0.5}}}}

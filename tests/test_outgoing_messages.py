@@ -561,8 +561,10 @@ def test_validate_sends_scores_only(job, wire):
     reply = job.replies["validate"]
     assert not reply.params
     # FLModelUtils.to_shareable sends the metrics in the DXO's meta too, under INITIAL_METRICS
-    assert set(reply.meta) - {MetaKey.INITIAL_METRICS} == {msg.SCORES}, sorted(reply.meta)
-    for where, content in (("metrics", reply.metrics), ("meta", reply.meta)):
+    assert set(reply.meta) - {MetaKey.INITIAL_METRICS} == {msg.SCORES, msg.GLOBAL_DIGEST}, sorted(reply.meta)
+    assert msg.reported_digest(reply.meta) is not None  # the model it scored: 32 bytes, nothing else
+    scores = {k: v for k, v in reply.meta.items() if k != msg.GLOBAL_DIGEST}
+    for where, content in (("metrics", reply.metrics), ("meta", scores)):
         for keys, value in _leaves(content):
             path = "/".join(map(str, keys))
             is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

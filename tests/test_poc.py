@@ -212,6 +212,12 @@ def test_a_resubmitted_job_resumes_on_the_server_and_the_dropped_site_rejoins(po
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]  # rounds 1-2 from the server's checkpoint
     assert sorted(results["rounds"][2]["accepted"]) == ["site-1", "site-2"]
     assert sorted(results["final"]) == ["site-1", "site-2"]
+    # site-2, killed in round 2, held the model of round 1: it asked for the whole state, site-1 applied the
+    # change; both trained from the server's model and scored the final one, bit for bit
+    third = results["rounds"][2]
+    assert third["site_digests"] == {"site-1": third["global_digest"], "site-2": third["global_digest"]}
+    assert third["bytes_down"]["site-2"] > third["dense_bytes_down"]["site-2"] > 2 * third["bytes_down"]["site-1"]
+    assert results["site_digests"] == {"site-1": results["global_digest"], "site-2": results["global_digest"]}
     site_log = (poc_run["system"].kit("site-2") / outcome.job_id / "log.txt").read_text(encoding="utf-8")
     assert "resumed local state after round 1" in site_log  # its adapter and codec state of round 1
     assert "rejoining at round 3; its last round was round 1" in site_log
