@@ -10,7 +10,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from fedmrg.fl import messages as msg
 from fedmrg.fl.aggregator import DenseAggregator, LowRankAggregator
 from fedmrg.fl.codec import CodecSpec, Factored, decode, encode, round_delta
-from fedmrg.fl.merge import robust_mean
+from fedmrg.fl.merge import clip_update, robust_mean
 from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.prototypes import PrototypeBank
 
@@ -292,3 +292,101 @@ def test_a_second_update_from_a_site_in_one_round_is_refused_and_the_first_count
     merged = agg.aggregate_model()
     assert merged.meta["accepted"] == ["site-1"] and "second update" in merged.meta["refused"]["site-1"]
     torch.testing.assert_close(merged.params[W], start[W] + sent(first)[W])
+
+
+# ------------------------------------------------------------------- state across two rounds
+def merged_round(agg, start, round_number, sites):
+    """One round on ``agg`` from ``start``: each (seed, studies) site trains and sends; returns the new
+    global state and the study-weighted mean of the LoRA product changes the sites sent (dense)."""
+    agg.start_round(start, round_number)
+    total = sum(studies for _, studies in sites)
+    mean = torch.zeros(start[B].shape[0], start[A].shape[1])
+    for number, (seed, studies) in enumerate(sites):
+        delta = round_delta(start, trained(start, seed))
+        assert agg.accept_model(lowrank_result(f"site-{number + 1}", delta, studies=studies))
+        mean += studies / total * sent(delta)[PRODUCT]
+    return agg.aggregate_model().params, mean
+
+
+def best_rank(matrix, rank):
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    return ((u[:, :rank] * s[:rank]) @ vh[:rank]).float()
+
+
+def test_over_two_rounds_the_adapter_plus_the_server_residual_is_the_start_plus_both_means():
+    """What re-factorization cut off in round 1 comes back in round 2: nothing of either round's mean is lost."""
+    start = global_state()
+    agg = LowRankAggregator(max_rank=8, prototype_dim=DIM)
+    first, mean_1 = merged_round(agg, start, 0, [(10, 30), (11, 10)])
+    second, mean_2 = merged_round(agg, first, 1, [(12, 20), (13, 20)])
+    kept = agg.residual[PRODUCT].dense()
+    expected = start[B] @ start[A] + mean_1 + mean_2
+    torch.testing.assert_close(second[B] @ second[A] + kept, expected, atol=1e-5, rtol=1e-4)
+    assert float(kept.norm()) > 1e-3  # the test has something to lose
+
+
+def test_without_the_server_residual_each_round_keeps_the_best_rank_r_product_and_drops_the_rest():
+    start = global_state()
+    agg = LowRankAggregator(max_rank=8, prototype_dim=DIM, server_residual=False)
+    first, mean_1 = merged_round(agg, start, 0, [(10, 30), (11, 10)])
+    second, mean_2 = merged_round(agg, first, 1, [(12, 20), (13, 20)])
+    assert agg.residual == {} and agg.state_dict() == {}
+    rank = start[A].shape[0]
+    torch.testing.assert_close(first[B] @ first[A], best_rank(start[B] @ start[A] + mean_1, rank), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        second[B] @ second[A], best_rank(first[B] @ first[A] + mean_2, rank), atol=1e-5, rtol=1e-4
+    )
+
+
+# --------------------------------------------------------------- robust rules, pinned values
+def plain_deltas(values):
+    """One 2 x 3 dense entry per site, every coordinate of site i equal to ``values[i]`` (times a sign pattern)."""
+    pattern = torch.tensor([[1.0, -1.0, 2.0], [0.5, 3.0, -2.0]])
+    return [{W: value * pattern} for value in values]
+
+
+@pytest.mark.parametrize(
+    "values, rule, trim, expected",
+    [
+        ([1, 2, 10, 4, 20], "median", 1, 4.0),
+        ([1, 2, 10, 4, 20], "trimmed_mean", 1, (2 + 4 + 10) / 3),
+        ([1, 2, 10, 4, 20], "trimmed_mean", 2, 4.0),
+        ([1, 2, 10, 4], "median", 1, (2 + 4) / 2),  # an even count: the mean of the middle two
+        ([1, 2, 10, 4], "trimmed_mean", 1, (2 + 4) / 2),
+        ([1, 2, 10, 4], "trimmed_mean", 2, (2 + 4) / 2),  # too few to cut 2 at each end: the median
+    ],
+)
+def test_robust_rules_give_the_known_values_with_four_and_five_sites(values, rule, trim, expected):
+    merged = robust_mean(plain_deltas(values), rule, trim)[W]
+    pattern = plain_deltas([1])[0][W]
+    # the pattern's negative coordinates order the sites the other way; the rules must not care
+    torch.testing.assert_close(merged, expected * pattern, atol=1e-6, rtol=0)
+
+
+def test_the_aggregator_applies_the_trimmed_mean_of_five_sites():
+    start = global_state()
+    agg = aggregator(start, aggregation="trimmed_mean", trim=1)
+    for number, value in enumerate([1.0, 2.0, 10.0, 4.0, 20.0]):
+        delta = round_delta(start, {**start, BIAS: start[BIAS] + value})
+        assert agg.accept_model(lowrank_result(f"site-{number + 1}", delta))
+    merged = agg.aggregate_model()
+    torch.testing.assert_close(merged.params[BIAS], start[BIAS] + 16 / 3, atol=1e-3, rtol=0)
+
+
+def test_clipping_scales_an_update_to_exactly_the_bound_and_leaves_a_smaller_one_alone():
+    delta = {W: torch.tensor([[3.0, 0.0]]), BIAS: torch.tensor([0.0, 4.0])}  # whole norm 5
+    clipped = clip_update(delta, 1.0)
+    torch.testing.assert_close(clipped[W], torch.tensor([[0.6, 0.0]]))
+    torch.testing.assert_close(clipped[BIAS], torch.tensor([0.0, 0.8]))
+    assert clip_update(delta, 10.0) is delta
+
+
+def test_a_clipped_site_still_moves_the_model_by_its_clipped_update():
+    start = global_state()
+    delta = round_delta(start, {**start, BIAS: start[BIAS] + 2.0})  # only the bias: norm 2 * sqrt(32)
+    agg = aggregator(start, clip_norm=1.0)
+    assert agg.accept_model(lowrank_result("site-1", delta))
+    merged = agg.aggregate_model()
+    change = merged.params[BIAS] - start[BIAS]
+    assert float(change.norm()) == pytest.approx(1.0, rel=1e-3)  # not zero, not more
+    torch.testing.assert_close(change, torch.full((32,), 2.0) / (2.0 * 32**0.5), atol=1e-3, rtol=0)

@@ -9,6 +9,7 @@ import stat
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
 from fedmrg.data.cleaning import clean_report
@@ -144,9 +145,18 @@ def test_texts_are_cleaned_and_single_spaced():
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java: METEOR cannot run here")
-def test_meteor_with_java(scores):
-    assert 0 < scores["METEOR"] <= 1
-    assert all(0 <= s["METEOR"] <= 1 for s in scores["per_study"].values())
+def test_meteor_equals_pycocoevalcaps_own_scorer_and_is_pinned(scores):
+    """The shared JVM scores what a fresh pycocoevalcap Meteor() scores, corpus and per study; the
+    corpus value is pinned (METEOR 1.5 as pycocoevalcap 1.2 ships it, on the R2Gen-cleaned texts)."""
+    gts, res = _r2gen(REF), _r2gen(PRED)
+    scorer = Meteor()
+    try:
+        corpus, studies = scorer.compute_score(gts, res)
+    finally:
+        nlg._close(scorer)  # its own __del__ would close it too, at some garbage collection
+    assert scores["METEOR"] == pytest.approx(corpus, abs=1e-12)
+    assert [scores["per_study"][key]["METEOR"] for key in gts] == pytest.approx(studies, abs=1e-12)
+    assert scores["METEOR"] == pytest.approx(0.218323725452783, abs=1e-9)
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java: METEOR cannot run here")
