@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Randomizable
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from fedmrg.config import Config
@@ -90,6 +91,7 @@ def study_loader(
         collate_fn=collate_with_targets,
         num_workers=cfg.train.num_workers,
         generator=generator,
+        worker_init_fn=_seed_worker,
         persistent_workers=cfg.train.num_workers > 0,
     )
 
@@ -143,8 +145,35 @@ def training_loader(cfg: Config, sites: Sequence[str | os.PathLike], *, seed: in
         collate_fn=collate_with_targets,
         num_workers=cfg.train.num_workers,
         generator=own.generator,
+        worker_init_fn=_seed_worker,
         persistent_workers=cfg.train.num_workers > 0,
     )
+
+
+def seed_epoch(loader: DataLoader, seed: int) -> None:
+    """Seed a training loader for one epoch: its order and its random augmentations. An epoch then
+    draws the same studies in the same order with the same augmentations whenever it is run, so a
+    site or a run that resumes mid-epoch (skipping the batches it trained) continues exactly where
+    an uninterrupted one would."""
+    loader.generator.manual_seed(seed)
+    for transform in _random_transforms(loader.dataset):
+        transform.set_random_state(seed % 2**32)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """A loader process's augmentations, seeded from the seed torch gives that process (distinct per
+    process, and fixed by the loader's generator)."""
+    info = torch.utils.data.get_worker_info()
+    for transform in _random_transforms(info.dataset):
+        transform.set_random_state(info.seed % 2**32)
+
+
+def _random_transforms(dataset) -> list[Randomizable]:
+    parts = getattr(dataset, "datasets", None)
+    if parts is not None:
+        return [transform for part in parts for transform in _random_transforms(part)]
+    transform = getattr(dataset, "transform", None)
+    return [transform] if isinstance(transform, Randomizable) else []
 
 
 def own_studies(loader: DataLoader) -> int:

@@ -169,7 +169,8 @@ class FedMRGController(ModelController):
         self.info(
             f"round {round_number + 1}/{self.rounds}: answered {sorted(record['metrics'])}, accepted "
             f"{record['accepted']}, refused {list(record['refused'])}, "
-            f"{'merged' if record['merged'] else 'not merged'}, bytes up {round_bytes(record, 'bytes_up')}, down {round_bytes(record, 'bytes_down')}"
+            f"{'merged' if record['merged'] else 'not merged'}, bytes up {round_bytes(record, 'bytes_up')}, "
+            f"down {round_bytes(record, 'bytes_down')}"
         )
         return True
 

@@ -145,7 +145,7 @@ class MRGExecutor(Executor):
         elif not params and msg.GLOBAL_DIGEST in meta:
             shared = trainer.held_global(meta[msg.GLOBAL_DIGEST])
         else:
-            trainer.load_global(msg.to_torch(params), prototypes, meta.get(msg.GLOBAL_DIGEST))
+            trainer.load_global(msg.to_torch(params), prototypes)
             return True
         if shared is None:
             return False

@@ -34,7 +34,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from fedmrg.config import Config, config_to_dict
-from fedmrg.data.loaders import own_studies, study_loader, training_loader
+from fedmrg.data.loaders import own_studies, seed_epoch, study_loader, training_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.fl.codec import CodecSpec, Delta, ErrorFeedback, encode, round_delta
 from fedmrg.fl.downlink import apply_change, read_change
@@ -57,6 +57,7 @@ STATE_FILE = "site_state.json"
 LOCAL_FILE = "local.safetensors"
 FEEDBACK_FILE = "feedback.safetensors"
 GLOBAL_FILE = "global.safetensors"  # the global model the site last received
+PROTOTYPES_FILE = "prototypes.safetensors"  # the prototypes the site trains against (the server's, or its own)
 RELEASE_FILE = "dp_release"  # the last update released under differential privacy (model.state_files)
 TRAINER_FILE = "trainer"  # trainer.json + trainer.safetensors (model.state_files)
 SPECIALIZED_DIR = "specialized"  # the site's adapter in PEFT's format, for use outside the job
@@ -238,24 +239,19 @@ class SiteTrainer:
         return self.cfg.fl.rounds * self.steps_per_round()
 
     # ---------------------------------------------------------------------------------- rounds
-    def load_global(
-        self,
-        shared: dict[str, torch.Tensor],
-        prototypes: dict[str, torch.Tensor] | None,
-        digest: str | None = None,
-    ) -> None:
+    def load_global(self, shared: dict[str, torch.Tensor], prototypes: dict[str, torch.Tensor] | None) -> None:
         """Take the server's shared parameters (and prototypes: ``{"prototypes", "available"}``).
 
         Names and shapes must be this model's (``load_shared_state_dict`` checks them before it
         copies anything) and every value finite: a faulty or hostile server's NaN would otherwise
-        end up in the site's own specialized adapter after one round of training. With ``digest``,
-        the parameters must be the model it names.
+        end up in the site's own specialized adapter after one round of training. A whole state is
+        taken as it arrives, not checked against the digest it came with: a job's lossy filters
+        (FLARE's quantization on the dense baseline) change it on the way; the site reports the
+        digest of what it took, and the server records both.
         """
         bad = sorted(name for name, value in {**shared, **(prototypes or {})}.items() if not _all_finite(value))
         if bad:
             raise ValueError(f"the server's global model holds values that are not finite: {', '.join(bad[:3])}")
-        if digest is not None and state_digest(shared) != digest:
-            raise ValueError("the global model received is not the one its digest names")
         self.model.load_shared_state_dict(shared)
         if prototypes is not None and self.cfg.model.contrastive:
             self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
@@ -315,7 +311,7 @@ class SiteTrainer:
 
         while not stop():
             epoch = self.trainer.state.epochs_done
-            self.train_loader.generator.manual_seed(self.cfg.train.seed + epoch)
+            seed_epoch(self.train_loader, self.cfg.train.seed + epoch)
             self.trainer.run_epoch(self.train_loader, progress=False, abort=stop)
         if abort and abort():
             raise InterruptedError(f"site {self.site}: round {round_number} aborted")
@@ -384,6 +380,8 @@ class SiteTrainer:
         def write(folder: Path) -> None:
             save_file({k: v.contiguous() for k, v in local.items()}, str(folder / LOCAL_FILE))
             save_file(self.global_state, str(folder / GLOBAL_FILE))
+            prototypes = {"prototypes": self.model.prototypes, "available": self.model.prototype_available}
+            save_file({k: v.detach().contiguous() for k, v in prototypes.items()}, str(folder / PROTOTYPES_FILE))
             self.feedback.save(folder / FEEDBACK_FILE)
             save_tree(folder / TRAINER_FILE, self.trainer.state_dict())
             if SPECIALIZED in adapter_names(self.cfg.model):
@@ -445,6 +443,9 @@ class SiteTrainer:
         if not tree_files(folder / TRAINER_FILE)[0].is_file():  # written by a version that pickled it
             return False
         self.model.load_local_state_dict(load_file(str(folder / LOCAL_FILE)))
+        if (folder / PROTOTYPES_FILE).is_file():
+            prototypes = load_file(str(folder / PROTOTYPES_FILE))
+            self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
         self.feedback = ErrorFeedback.load(folder / FEEDBACK_FILE)
         self.trainer.load_state_dict(load_tree(folder / TRAINER_FILE))
         self.trainer.total_steps = self.planned_steps()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from fedmrg.config import Config, config_to_dict
 from fedmrg.data.dataset import SKIPPED
-from fedmrg.data.loaders import loader_records, own_studies, study_loader, training_loader
+from fedmrg.data.loaders import loader_records, own_studies, seed_epoch, study_loader, training_loader
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import recover_directory, replace_directory, write_json
 from fedmrg.labels.observations import OBSERVATIONS
@@ -320,7 +320,7 @@ def train_centralized(
     started = time.perf_counter()
     while trainer.state.epochs_done < cfg.train.epochs and not trainer.done:
         epoch = trainer.state.epochs_done
-        train_loader.generator.manual_seed(cfg.train.seed + epoch)
+        seed_epoch(train_loader, cfg.train.seed + epoch)
         trainer.run_epoch(train_loader, progress=progress)
         if val_loader is not None:
             trainer.calibrate(val_loader)
