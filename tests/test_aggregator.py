@@ -164,11 +164,16 @@ def test_prototypes_are_pooled_by_count():
     agg.accept_model(lowrank_result("site-1", delta, bank=first))
     agg.accept_model(lowrank_result("site-2", delta, bank=second))
     merged = agg.aggregate_model()
-    pooled = PrototypeBank(len(OBSERVATIONS), DIM)
-    pooled.merge(first)
-    pooled.merge(second)
-    expected, available = pooled.means()
-    np.testing.assert_allclose(merged.meta[msg.PROTOTYPES], expected.numpy(), atol=1e-6)
+    # by hand: a finding's prototype is the direction of the sum of the unit features of every study
+    # (at either site) that has it
+    one, two = torch.randn(6, DIM, generator=gen(1)), torch.randn(4, DIM, generator=gen(2))  # bank()'s draws
+    studies = {0: [one[0:5], two[0:1]], 1: [one[5:6]], 2: [two[1:4]]}
+    expected = np.zeros((len(OBSERVATIONS), DIM), dtype=np.float32)
+    for finding, parts in studies.items():
+        rows = torch.cat(parts)
+        total = (rows / rows.norm(dim=1, keepdim=True)).sum(dim=0)
+        expected[finding] = (total / total.norm()).numpy()
+    np.testing.assert_allclose(merged.meta[msg.PROTOTYPES], expected, atol=1e-6)
     assert merged.meta[msg.AVAILABLE].tolist() == [True, True, True] + [False] * (len(OBSERVATIONS) - 3)
 
 

@@ -49,6 +49,31 @@ def test_the_noise_has_the_stated_spread_and_differs_at_every_draw():
     assert not torch.equal(first, second)  # OS entropy, not the config's seed: nothing to replay
 
 
+def gaussian_dp_epsilon(rounds: int, noise_multiplier: float, delta: float) -> float:
+    """The exact epsilon of ``rounds`` Gaussian releases of sensitivity 2 C and noise sigma C, by Gaussian
+    differential privacy (Dong, Roth and Su 2019): mu = 2 sqrt(T) / sigma, and
+    delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2), solved for eps by bisection."""
+    mu = 2 * math.sqrt(rounds) / noise_multiplier
+
+    def phi(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2))
+
+    low, high = 0.0, 500.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        gap = phi(-middle / mu + mu / 2) - math.exp(middle) * phi(-middle / mu - mu / 2) - delta
+        low, high = (middle, high) if gap > 0 else (low, middle)
+    return low
+
+
+@pytest.mark.parametrize("rounds, sigma", [(1, 1.0), (3, 1.1), (10, 2.0), (100, 5.0)])
+def test_the_reported_epsilon_never_understates_the_exact_privacy_loss(rounds, sigma):
+    """The accountant (Renyi DP, converted) is an upper bound: above the exact value from another
+    theory, and not loose by more than a quarter (measured: 1.12x to 1.16x here)."""
+    exact = gaussian_dp_epsilon(rounds, sigma, 1e-5)
+    assert exact <= epsilon(rounds, sigma, 1e-5) <= 1.25 * exact
+
+
 def test_epsilon_grows_with_rounds_shrinks_with_noise_and_matches_the_rdp_bound():
     assert epsilon(0, 1.0, 1e-5) == 0.0
     assert epsilon(1, 1.0, 1e-5) < epsilon(10, 1.0, 1e-5) and epsilon(10, 2.0, 1e-5) < epsilon(10, 1.0, 1e-5)

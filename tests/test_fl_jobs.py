@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
+from safetensors.torch import load_file
 
 from conftest import REPO
+from fedmrg.fl.messages import state_digest
 from fedmrg.fl.packaging import COMPONENT_CLASSES
 from fedmrg.fl.results import RESULTS_FILE
 
@@ -98,6 +101,16 @@ def test_results_record_every_round_and_final_scores_per_site(fedmrg_ws):
     assert (fedmrg_ws / "rounds.png").stat().st_size > 0
 
 
+def test_the_federated_run_lowers_the_sites_report_loss_from_the_initial_models(fedmrg_ws):
+    """Round 1's validation losses are those of the initial model; the final ones, of the model after
+    both rounds. The report (language model) loss, not the total: the total gains a prototype term once
+    the server has prototypes to send."""
+    data = results(fedmrg_ws)
+    initial = np.mean([data["rounds"][0]["metrics"][site]["val_lm_generic"] for site in SITES])
+    final = np.mean([data["final_metrics"][site]["val_lm_generic"] for site in SITES])
+    assert final < initial, (initial, final)
+
+
 def test_the_global_model_holds_the_shared_parts_only_and_loads(fedmrg_ws, tiny_base_llm):
     from peft import PeftModel
 
@@ -142,16 +155,14 @@ def test_no_log_of_the_job_holds_a_patients_report(fedmrg_ws, tiny_bench):
             assert row["report"].lower() not in text, f"{site} {row['id']}: its report is in a log"
 
 
-def kill_when(process: subprocess.Popen, ready, settle: float = 0.0, timeout: float = 600) -> None:
-    """Kill the job (the simulator, its server and its sites: SIGKILL, no clean-up) ``settle`` seconds
-    after ``ready()``."""
+def kill_when(process: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """Kill the job (the simulator, its server and its sites: SIGKILL, no clean-up) as soon as ``ready()``."""
     waited = 0.0
     while not ready():
         assert process.poll() is None, "the job ended before the point it was to be killed at"
         assert waited < timeout, "the job never reached the point it was to be killed at"
-        time.sleep(0.1)
-        waited += 0.1
-    time.sleep(settle)
+        time.sleep(0.05)
+        waited += 0.05
     parent = psutil.Process(process.pid)
     tree = [parent, *parent.children(recursive=True)]  # FLARE starts its job processes in their own sessions
     for member in tree:
@@ -159,27 +170,38 @@ def kill_when(process: subprocess.Popen, ready, settle: float = 0.0, timeout: fl
     psutil.wait_procs(tree, timeout=60)
 
 
+def round_sent(log: Path, done: int, rounds: int) -> bool:
+    """The server logged round ``done`` of ``rounds`` as finished, then sent the next round's train task."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    _, found, after = text.partition(f"round {done}/{rounds}:")
+    return bool(found) and "Sending task train" in after
+
+
 def test_a_job_killed_mid_round_resumes_from_its_last_checkpoint_with_more_rounds(fedmrg_ws, tiny_bench, tiny_base_llm):
-    """The finished 2-round job is resubmitted for 4 rounds and killed (server and sites at once) while
-    round 4 is being trained, as a power cut would; run again, it resumes at round 4 from the server's
-    checkpoint of round 3 (global model, server residual, prototypes, records) and each site's own state."""
+    """The finished 2-round job is resubmitted for 4 rounds and killed (server and sites at once) right
+    after the server sent round 4's task, as a power cut would; run again, it resumes at round 4 from the
+    server's checkpoint of round 3 (global model, its last change, residuals, prototypes, records) and
+    each site's own state, and round 4 sends the checkpoint's model."""
     extra = ("--workspace", str(fedmrg_ws), "--rounds", "4", "--test-limit", "4")
-    with open(fedmrg_ws.parent / "killed.log", "w") as out:
+    killed_log = fedmrg_ws.parent / "killed.log"
+    with open(killed_log, "w") as out:
         process = subprocess.Popen(
             job_command("fedmrg", tiny_bench, tiny_base_llm, *extra),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=job_env(),
         )
-        kill_when(process, lambda: checkpoint(fedmrg_ws).get("next_round") == 3, settle=1.5)
+        kill_when(process, lambda: round_sent(killed_log, 3, 4))
     assert checkpoint(fedmrg_ws)["next_round"] == 3
     assert results(fedmrg_ws).get("in_progress") and (fedmrg_ws / "server_state" / "residual.safetensors").is_file()
+    saved = state_digest(load_file(str(fedmrg_ws / "server_state" / "global.safetensors")))
     done = run_job("fedmrg", tiny_bench, tiny_base_llm, *extra)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     server_log = (fedmrg_ws / "fedmrg" / "server" / "log.txt").read_text()
     assert "at round 4" in server_log.split("resuming from", 1)[1].splitlines()[0]
     data = results(fedmrg_ws)
     assert [r["round"] for r in data["rounds"]] == [0, 1, 2, 3] and "in_progress" not in data
+    assert data["rounds"][3]["global_digest"] == saved  # the resumed round sent the checkpoint's model
     assert all(r["merged"] and sorted(r["accepted"]) == list(SITES) for r in data["rounds"][2:])
     # the sites, restarted from their state folders, applied the checkpointed change and trained from the
     # server's model, not from the state they held when killed

@@ -40,6 +40,41 @@ def test_every_method_is_a_valid_config_that_differs_from_fedmrg_exactly_where_i
             assert changed, f"{method.name} changes nothing in {config}"
 
 
+# What each federated method must change against fedmrg, written out by hand from the method's meaning
+# (its job's settings included), not read from the registry.
+ABLATIONS = {
+    "fedavg_lora": {
+        "fl.update": "dense",
+        "fl.error_feedback": False,
+        "fl.server_residual": False,
+        "model.adapters": "single",
+        "model.contrastive": False,
+        "model.mutual_boosting": 0.0,
+    },
+    "fedmrg-no-compression": {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
+    "fedmrg-single-adapter": {"model.adapters": "single", "model.mutual_boosting": 0.0},
+    "fedmrg-no-contrastive": {"model.contrastive": False},
+    "fedmrg-no-diagnosis": {"model.diagnosis": False},
+    "fedmrg-prompt-none": {"model.prompt_mode": "none"},
+    "fedmrg-prompt": {"model.prompt_mode": "prompt"},
+}
+
+
+def test_each_federated_method_changes_exactly_what_it_means_against_fedmrg():
+    base = load_config("demo")
+    fedmrg = flat(config_to_dict(load_config("demo", BY_NAME["fedmrg"].budget_overrides(base, 3))))
+    federated = {m.name for m in METHODS if m.setting == "federated"} - {"fedmrg"}
+    assert federated == set(ABLATIONS)
+    for name, expected in ABLATIONS.items():
+        method = BY_NAME[name]
+        settings = {
+            **(job_overrides(REPO / "jobs" / method.job) if method.job else {}),
+            **method.budget_overrides(base, 3),
+        }
+        cfg = flat(config_to_dict(load_config("demo", settings)))
+        assert {key: cfg[key] for key in cfg if cfg[key] != fedmrg[key]} == expected, name
+
+
 def test_every_method_gets_the_same_number_of_passes_over_the_data():
     base = load_config("demo")
     passes = base.fl.rounds * base.fl.local_epochs

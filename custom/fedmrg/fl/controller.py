@@ -270,6 +270,7 @@ class FedMRGController(ModelController):
                 final[site] = result.meta[msg.SCORES]
         self._track_best(state, metrics, self.rounds)  # the final model, measured the same way
         state["final_digests"] = {"global_digest": state["digest"], "site_digests": digests}
+        state["final_metrics"] = metrics
         return final
 
     # ------------------------------------------------------------------------------- outputs
@@ -313,6 +314,7 @@ class FedMRGController(ModelController):
             "config": self.config,
             "rounds": state["rounds"],
             "final": state.get("final", {}),
+            "final_metrics": state.get("final_metrics", {}),
             **state.get("final_digests", {}),
             "global_model": str((self.out / "global_model").resolve()),
             "best_model": dict(state["best"] or {}, path=str((self.out / "best_model").resolve())),
