@@ -4,6 +4,7 @@ on the wire against FedAvg with FLARE's quantization filters.
     python bench/comm.py                         # the demo config: fl.rank, fl.precision, fl.energy
     python bench/comm.py --precision int8
     python bench/comm.py --rank 8 --energy 0.9 --decay 0.5
+    python bench/comm.py --precision int8 --dense-below 1024
 
 Demo model. The shared (federated) parameters of the config's report generator, built on a random
 LLaMA of the demo base LLM's shape (``BASE_LLM_SIZES["tiny"]``), so no data is needed. One round is
@@ -386,6 +387,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, help="singular values kept per matrix (default: the config's fl.rank)")
     parser.add_argument("--precision", choices=sorted(VALUE_BYTES), help="factor precision (default: fl.precision)")
     parser.add_argument("--energy", type=float, help="keep the smallest rank reaching this energy share")
+    parser.add_argument(
+        "--dense-below", type=int, help="2-D tensors with fewer values go dense (default: fl.dense_below)"
+    )
     parser.add_argument("--decay", type=float, default=0.7, help="spectrum decay of the simulated deltas")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-encoder", help="weights of a frozen encoder (default: data/demo/base-encoder)")
@@ -393,7 +397,12 @@ def main() -> None:
     hf_logging.disable_progress_bar()
 
     encoder = encoder_weights(args.base_encoder or "data/demo/base-encoder")
-    overrides = {"fl.rank": args.rank, "fl.precision": args.precision, "fl.energy": args.energy}
+    overrides = {
+        "fl.rank": args.rank,
+        "fl.precision": args.precision,
+        "fl.energy": args.energy,
+        "fl.dense_below": args.dense_below,
+    }
     cfg = load_config(args.config, {**overrides, "model.encoder.pretrained": encoder})
     spec = CodecSpec.of(cfg.fl)
     reduction = demo_section(cfg, spec, args.decay, args.seed)
