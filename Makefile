@@ -24,13 +24,18 @@ POC_DATA = $(DATA)/$(CONFIG)
 POC_ENCODER = $(if $(filter demo,$(CONFIG)),$(POC_DATA)/base-encoder)
 POC_PUBLIC = $(if $(filter demo,$(CONFIG)),$(POC_DATA)/bench/public)
 
+# make consortium: the tiny job across hosts on this machine (network namespaces, provisioned kits, mTLS);
+# LINK=hospital-a=10mbit,20ms shapes a hospital's link. Needs root.
+CONSORTIUM_WS ?= $(DATA)/consortium
+LINK ?=
+
 # make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid; CONFIG as above).
 PRESET ?= quick
 PARTITION ?= style
 
 LINTED := custom tests bench jobs
 
-.PHONY: install test lint format demo clean-demo poc-job poc poc-up poc-down bench
+.PHONY: install test lint format demo clean-demo poc-job poc poc-up poc-down consortium bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +106,13 @@ poc-up: poc-job
 
 poc-down: $(STAMP)
 	$(FEDMRG) poc-down --workspace $(POC_WS)
+
+# The tiny job across network namespaces from provisioned kits; the job's final status is the last line.
+consortium: $(STAMP)
+	$(MAKE) --no-print-directory poc-job CONFIG=tiny SITES=2 ROUNDS=$(or $(ROUNDS),2) TEST_LIMIT=4 POC_WS=$(CONSORTIUM_WS)
+	OMP_NUM_THREADS=1 $(FEDMRG) consortium --job $(CONSORTIUM_WS)/jobs/fedmrg --data $(DATA)/tiny/bench \
+		--base-llm $(DATA)/tiny/base-llm --sites 2 --workspace $(CONSORTIUM_WS) --policies provisioning \
+		$(if $(LINK),--link $(LINK))
 
 # Every method x seed on the benchmark (built or reused like `make demo`'s); results in bench/results/,
 # the results section of docs/benchmark.md rewritten. Finished runs are reused: run it again to resume.

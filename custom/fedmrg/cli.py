@@ -19,7 +19,7 @@ import yaml
 
 from fedmrg import __version__
 from fedmrg.config import config_to_dict, load_config, named_configs
-from fedmrg.errors import FedMRGError
+from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.io import write_json
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedmrg")
 
 DEFAULT_POC_WS = "data/poc"  # the Makefile's POC_WS
+DEFAULT_CONSORTIUM_WS = "data/consortium"  # the Makefile's CONSORTIUM_WS
 
 
 def _positive_int(text: str) -> int:
@@ -897,6 +898,73 @@ def _cmd_poc(args: argparse.Namespace) -> int:
     return 0 if outcome.completed else 1
 
 
+def _consortium_parser(sub) -> None:
+    p = sub.add_parser(
+        "consortium",
+        help="run an exported job on a consortium across hosts on this machine (network namespaces, make consortium)",
+        description="Give the server, each hospital and the admin their own Linux network namespace on a private "
+        "bridge, with the provisioned host names resolved in each; provision the consortium (nvflare provision: "
+        "mutual TLS), start each participant from its startup kit in its namespace, and have the admin submit the "
+        "job through the FLARE API from its own namespace, follow it and download the result. --link shapes a "
+        "hospital's link (tc netem), --cut unplugs it for a while. Everything created is removed on every way "
+        "out. Needs root (or CAP_SYS_ADMIN). Exit status 0 when the job ends FINISHED:COMPLETED.",
+    )
+    p.add_argument("--job", required=True, metavar="JOB_DIR", help="an exported job (jobs/<job>/job.py --export)")
+    p.add_argument("--data", required=True, metavar="BENCH_DIR", help="benchmark folder with site-1, site-2, ...")
+    p.add_argument("--base-llm", metavar="DIR", help="the base LLM checkpoint folder every hospital uses")
+    p.add_argument("--sites", type=_positive_int, default=2, help="hospitals (hospital-a, ...; default: 2)")
+    p.add_argument("--workspace", metavar="WS", default=DEFAULT_CONSORTIUM_WS, help="kits, logs, the download")
+    p.add_argument("--policies", metavar="DIR", help="hospital policy files installed at every site (provisioning/)")
+    p.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="HOSPITAL=SPEC",
+        help="shape a hospital's link both ways, e.g. hospital-a=10mbit,20ms,0.1%% (repeatable)",
+    )
+    p.add_argument("--cut", metavar="HOSPITAL:AFTER:SECONDS", help="unplug a hospital AFTER s after the submission")
+    p.add_argument("--project", default="provisioning/project.yml", help="the FLARE project file (its builders)")
+    p.add_argument("--timeout", type=_positive_int, default=7200, help="seconds before the job is aborted")
+    p.set_defaults(handler=_cmd_consortium)
+
+
+def _cmd_consortium(args: argparse.Namespace) -> int:
+    from fedmrg.fl.results import read_results, summary_markdown
+    from fedmrg.ops.consortium import ConsortiumRun, Link, run_consortium
+    from fedmrg.ops.poc import find_results
+
+    _stop_on_sigterm()
+    links = {}
+    for item in args.link:
+        hospital, _, spec = item.partition("=")
+        links[hospital] = Link.parse(spec)
+    cut = None
+    if args.cut:
+        parts = args.cut.split(":")
+        try:
+            cut = (parts[0], float(parts[1]), float(parts[2]))
+        except (IndexError, ValueError):
+            raise ConfigError(f"--cut {args.cut!r}: HOSPITAL:AFTER:SECONDS, e.g. hospital-b:30:60") from None
+    plan = ConsortiumRun(
+        workspace=Path(args.workspace),
+        job_dir=Path(args.job),
+        data=Path(args.data),
+        sites=args.sites,
+        base_llm=Path(args.base_llm) if args.base_llm else None,
+        policies=Path(args.policies) if args.policies else None,
+        links=links,
+        cut=cut,
+        timeout=args.timeout,
+        project=Path(args.project),
+    )
+    outcome = run_consortium(plan)
+    run_dir = find_results(outcome.result_dir)
+    if run_dir is not None:
+        print(summary_markdown(read_results(run_dir / "results.json")))
+    print(f"job {outcome.job_id}: {outcome.status}")
+    return 0 if outcome.completed else 1
+
+
 def _bench_parser(sub) -> None:
     from fedmrg.experiments.methods import BY_NAME
 
@@ -1058,6 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
         _poc_parser,
         _poc_up_parser,
         _poc_down_parser,
+        _consortium_parser,
         _bench_parser,
     ):
         add(sub)

@@ -309,28 +309,39 @@ class JobOutcome:
 def submit_and_follow(
     system: PocSystem, job_dir: Path, timeout: float, download_to: Path, echo: Callable[[str], None] = print
 ) -> JobOutcome:
-    """Submit ``job_dir`` as the project admin, print the server's progress lines until the job ends
-    (or ``timeout`` seconds pass: the job is then aborted), and download its result."""
+    """Submit ``job_dir`` as the POC's project admin, print the server's progress lines until the job
+    ends (or ``timeout`` seconds pass: the job is then aborted), and download its result."""
+    return submit_as(PROJECT_ADMIN, system.admin_kit, system.kit("server"), job_dir, timeout, download_to, echo)
+
+
+def submit_as(
+    admin: str,
+    admin_kit: Path,
+    server_kit: Path,
+    job_dir: Path,
+    timeout: float,
+    download_to: Path,
+    echo: Callable[[str], None] = print,
+) -> JobOutcome:
+    """Submit ``job_dir`` through the FLARE API with an admin's startup kit, print the progress lines
+    of the server's job log (``server_kit`` is the server's workspace, on this machine) until the job
+    ends or ``timeout`` seconds pass (it is then aborted), and download its result."""
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    server_log = system.kit("server") / "log.txt"
+    server_log = Path(server_kit) / "log.txt"
     # The FLARE API raises many exception types (connection, authentication, command errors): each
     # becomes one PocError line naming what failed and where the server's log is.
     try:
-        session = new_secure_session(PROJECT_ADMIN, str(system.admin_kit), timeout=30)
+        session = new_secure_session(admin, str(admin_kit), timeout=30)
     except Exception as exc:  # noqa: BLE001
-        raise PocError(
-            f"cannot log in as {PROJECT_ADMIN} with {system.admin_kit}: {exc} (server log: {server_log})"
-        ) from None
+        raise PocError(f"cannot log in as {admin} with {admin_kit}: {exc} (server log: {server_log})") from None
     try:
         try:
             job_id = session.submit_job(str(job_dir))
         except Exception as exc:  # noqa: BLE001
             raise PocError(f"submit_job {job_dir} failed: {exc} (server log: {server_log})") from None
-        echo(f"submitted job {job_id} ({job_dir.name}) through the FLARE API as {PROJECT_ADMIN}")
-        status = follow_job(
-            session, job_id, LogFollower(system.kit("server") / job_id / "log.txt", echo), timeout, echo
-        )
+        echo(f"submitted job {job_id} ({Path(job_dir).name}) through the FLARE API as {admin}")
+        status = follow_job(session, job_id, LogFollower(Path(server_kit) / job_id / "log.txt", echo), timeout, echo)
         return JobOutcome(job_id, status, download_result(session, job_id, download_to, echo))
     finally:
         session.close()

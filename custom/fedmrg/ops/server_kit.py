@@ -43,17 +43,21 @@ def storage_problems(local_dir: str | os.PathLike) -> list[str]:
 
 
 def prepare_server_kit(
-    local_dir: str | os.PathLike, storage_root: str | os.PathLike, policies: str | os.PathLike | None = None
+    local_dir: str | os.PathLike,
+    storage_root: str | os.PathLike,
+    policies: str | os.PathLike | None = None,
+    temporary_ok: bool = False,
 ) -> Path:
     """Write the kit's ``local/resources.json``: its default with the job store and the snapshots under
     ``storage_root`` (created), and the FedMRG classes allowed; with ``policies``, install its
-    ``authorization.json`` too (no role may bring code to the server)."""
+    ``authorization.json`` too (no role may bring code to the server). A storage root in a temporary
+    folder is refused unless ``temporary_ok`` (a test rig that is thrown away anyway)."""
     local = Path(local_dir)
     source = resources_file(local)
     if source is None:
         raise ConfigError(f"{local}: no resources.json.default (not a server kit's local/ folder?)")
     root = Path(storage_root).resolve()
-    if any(str(root) == r or str(root).startswith(r + "/") for r in TEMPORARY_ROOTS):
+    if not temporary_ok and any(str(root) == r or str(root).startswith(r + "/") for r in TEMPORARY_ROOTS):
         raise ConfigError(f"{root}: a temporary folder; give storage that survives a reboot")
     resources = load_json(source)
     jobs = next((c for c in resources.get("components", []) if c.get("id") == "job_manager"), None)
