@@ -906,7 +906,8 @@ def _consortium_parser(sub) -> None:
         "bridge, with the provisioned host names resolved in each; provision the consortium (nvflare provision: "
         "mutual TLS), start each participant from its startup kit in its namespace, and have the admin submit the "
         "job through the FLARE API from its own namespace, follow it and download the result. --link shapes a "
-        "hospital's link (tc netem), --cut unplugs it for a while. Everything created is removed on every way "
+        "hospital's link (tc: tbf for a rate, netem for latency and loss), --cut unplugs it for a while. "
+        "Everything created is removed on every way "
         "out. Needs root (or CAP_SYS_ADMIN). Exit status 0 when the job ends FINISHED:COMPLETED.",
     )
     p.add_argument("--job", required=True, metavar="JOB_DIR", help="an exported job (jobs/<job>/job.py --export)")

@@ -7,7 +7,7 @@ server name (``ip netns exec`` puts ``/etc/netns/<namespace>/hosts`` in place of
 It provisions the consortium (``nvflare provision`` of a project file with those names: mutual TLS
 between every participant), starts the server and each hospital from its startup kit inside its
 namespace, and has the admin, from its own namespace, submit the exported job through the FLARE API,
-follow it and download the result. A hospital's link can be shaped (``tc netem``: a bandwidth cap,
+follow it and download the result. A hospital's link can be shaped (``tc``: a bandwidth cap,
 added latency, packet loss) and cut for a while during the job.
 
 Everything it creates (namespaces, the bridge, the hosts files, every process) is removed on every
@@ -79,7 +79,7 @@ _LINK_UNITS = {"mbit": "rate_mbit", "ms": "delay_ms", "%": "loss_percent"}
 
 @dataclass(frozen=True)
 class Link:
-    """How a hospital's link is shaped, each way (``tc netem`` on both ends of its cable)."""
+    """How a hospital's link is shaped, each way (``tc`` on both ends of its cable)."""
 
     rate_mbit: float | None = None
     delay_ms: float | None = None
@@ -102,8 +102,14 @@ class Link:
             raise ConfigError(f"link {text!r}: give a rate (10mbit), a delay (20ms) or a loss (0.1%)")
         return cls(**values)
 
-    def netem(self) -> list[str]:
-        args = []
+    def qdisc(self) -> list[str]:
+        """The ``tc qdisc`` that shapes it: ``tbf`` for a rate alone (a token bucket holding 10 ms of
+        traffic, at least one full packet), ``netem`` once there is latency or loss (the kernel's
+        sch_netem module, which not every kernel has)."""
+        if not (self.delay_ms or self.loss_percent):
+            burst = max(15_000, int(self.rate_mbit * 1e6 / 8 / 100))
+            return ["tbf", "rate", f"{self.rate_mbit:g}mbit", "burst", str(burst), "latency", "1s"]
+        args = ["netem"]
         if self.delay_ms:
             args += ["delay", f"{self.delay_ms:g}ms"]
         if self.loss_percent:
@@ -129,10 +135,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def _tc(namespace: str, *args: str) -> None:
-    _ip("netns", "exec", namespace, "tc", *args)
-
-
 @dataclass
 class Network:
     """Namespaces joined by a bridge, one address and one hosts file each; :meth:`remove` undoes all."""
@@ -140,6 +142,7 @@ class Network:
     participants: list[str]  # the server first
     tag: str = field(default_factory=lambda: f"fm{os.getpid() % 100000}")
     created: list[str] = field(default_factory=list, init=False)
+    made_netns_dir: bool = field(default=False, init=False)
 
     def namespace(self, participant: str) -> str:
         return f"{self.tag}-{self.participants.index(participant)}"
@@ -153,6 +156,7 @@ class Network:
 
     def create(self, names: dict[str, str]) -> None:
         """Build the network; ``names`` maps host names to participants (resolved in every namespace)."""
+        self.made_netns_dir = not NETNS_DIR.exists()
         probe = f"{self.tag}-probe"
         done = _ip("netns", "add", probe, check=False)
         if done.returncode != 0:
@@ -183,9 +187,21 @@ class Network:
 
     def shape(self, participant: str, link: Link) -> None:
         """Shape the participant's link both ways: its own end (uplink) and the bridge's end (downlink)."""
-        _tc(self.namespace(participant), "qdisc", "replace", "dev", "eth0", "root", "netem", *link.netem())
         port = f"p{self.participants.index(participant)}"
-        _tc(self.switch, "qdisc", "replace", "dev", port, "root", "netem", *link.netem())
+        for namespace, device in ((self.namespace(participant), "eth0"), (self.switch, port)):
+            done = _ip(
+                "netns", "exec", namespace, "tc", "qdisc", "replace", "dev", device, "root", *link.qdisc(), check=False
+            )
+            if done.returncode != 0:
+                missing = "unknown" in done.stderr and link.qdisc()[0] == "netem"
+                raise ConsortiumError(
+                    f"cannot shape {participant}'s link as {link}: "
+                    + (
+                        "this kernel has no netem (sch_netem): latency and loss cannot be added here, a rate can"
+                        if missing
+                        else done.stderr.strip()[:300]
+                    )
+                )
 
     def set_link(self, participant: str, up: bool) -> None:
         """Plug or unplug the participant's cable (its bridge port)."""
@@ -212,6 +228,9 @@ class Network:
             _ip("netns", "del", namespace, check=False)
             shutil.rmtree(NETNS_DIR / namespace, ignore_errors=True)
         self.created.clear()
+        if self.made_netns_dir:
+            with suppress(OSError):
+                NETNS_DIR.rmdir()  # only when empty: another tool's namespaces keep theirs
 
 
 def leftovers(tag: str) -> list[str]:
@@ -439,6 +458,15 @@ def run_consortium(plan: ConsortiumRun, echo: Callable[[str], None] = print) -> 
         outcome = consortium.run_job()
         echo("stopping the consortium")
     return outcome
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
+    """Poll ``condition`` until it holds; ConsortiumError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ConsortiumError(f"timed out after {timeout:g} s")
+        time.sleep(interval)
 
 
 # ------------------------------------------------------------------------------- the admin side
