@@ -104,9 +104,16 @@ def assert_nothing_left(consortium: Consortium) -> None:
     assert "br0" not in links and not any(f" p{k}@" in links for k in range(4))
 
 
+CAP = Link(rate_mbit=0.1)  # hospital-b's link, each way (not the site that submits the initial model)
+
+
 @pytest.fixture(scope="module")
-def plain_run(tiny_job, tiny_bench, tiny_base_llm, tmp_path_factory):
-    consortium = Consortium(plan(tiny_job, tiny_bench, tiny_base_llm, tmp_path_factory.mktemp("plain")), lambda _: None)
+def capped_run(tiny_job, tiny_bench, tiny_base_llm, tmp_path_factory):
+    """The tiny job, 2 rounds, hospital-b behind 100 kbit/s: one run serves the tests below (CI time)."""
+    workspace = tmp_path_factory.mktemp("consortium")
+    consortium = Consortium(
+        plan(tiny_job, tiny_bench, tiny_base_llm, workspace, links={"hospital-b": CAP}), lambda _: None
+    )
     return consortium, run(consortium)
 
 
@@ -116,8 +123,8 @@ def rounds(outcome) -> list[dict]:
 
 @pytest.mark.slow
 @needs_namespaces
-def test_the_job_completes_between_namespaces_over_mutual_tls_and_nothing_is_left(plain_run):
-    consortium, outcome = plain_run
+def test_the_job_completes_between_namespaces_over_mutual_tls_and_nothing_is_left(capped_run):
+    consortium, outcome = capped_run
     assert outcome.completed, outcome.status
     assert [r["round"] for r in rounds(outcome)] == [0, 1]
     server_log = (consortium.kit(SERVER) / "log.txt").read_text()
@@ -128,21 +135,13 @@ def test_the_job_completes_between_namespaces_over_mutual_tls_and_nothing_is_lef
 
 @pytest.mark.slow
 @needs_namespaces
-def test_a_capped_hospital_link_shows_in_the_round_time(plain_run, tiny_job, tiny_bench, tiny_base_llm, tmp_path):
-    link = Link(rate_mbit=0.5)
-    capped = Consortium(plan(tiny_job, tiny_bench, tiny_base_llm, tmp_path, links={"hospital-a": link}), lambda _: None)
-    outcome = run(capped)
-    assert outcome.completed, outcome.status
-    plain = rounds(plain_run[1])
-    for before, after in zip(plain, rounds(outcome)):
-        moved = after["bytes_up"]["hospital-b"] + after["bytes_down"]["hospital-b"]
-        at_the_cap = moved * 8 / (link.rate_mbit * 1e6)  # seconds the bytes alone take at the cap
-        assert after["seconds"] > before["seconds"] + 0.5 * at_the_cap, (
-            before["seconds"],
-            after["seconds"],
-            at_the_cap,
-        )
-    assert_nothing_left(capped)
+def test_a_capped_hospital_link_shows_in_the_round_time(capped_run):
+    """The rounds last at least most of what hospital-b's bytes alone take at the cap (about 14 s for
+    both rounds; uncapped, the two rounds of this job take about 7 s on 2 cores)."""
+    records = rounds(capped_run[1])
+    moved = sum(r["bytes_up"]["hospital-b"] + r["bytes_down"]["hospital-b"] for r in records)
+    at_the_cap = moved * 8 / (CAP.rate_mbit * 1e6)
+    assert sum(r["seconds"] for r in records) > 0.8 * at_the_cap > 10, ([r["seconds"] for r in records], at_the_cap)
 
 
 @pytest.mark.slow
