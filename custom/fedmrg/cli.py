@@ -923,7 +923,9 @@ def _consortium_parser(sub) -> None:
         metavar="HOSPITAL=SPEC",
         help="shape a hospital's link both ways, e.g. hospital-a=10mbit,20ms,0.1%% (repeatable)",
     )
-    p.add_argument("--cut", metavar="HOSPITAL:AFTER:SECONDS", help="unplug a hospital AFTER s after the submission")
+    p.add_argument(
+        "--cut", metavar="WHO:AFTER:SECONDS", help="unplug a hospital (or the server) AFTER s after the submission"
+    )
     p.add_argument("--project", default="provisioning/project.yml", help="the FLARE project file (its builders)")
     p.add_argument("--timeout", type=_positive_int, default=7200, help="seconds before the job is aborted")
     p.set_defaults(handler=_cmd_consortium)
@@ -945,7 +947,7 @@ def _cmd_consortium(args: argparse.Namespace) -> int:
         try:
             cut = (parts[0], float(parts[1]), float(parts[2]))
         except (IndexError, ValueError):
-            raise ConfigError(f"--cut {args.cut!r}: HOSPITAL:AFTER:SECONDS, e.g. hospital-b:30:60") from None
+            raise ConfigError(f"--cut {args.cut!r}: WHO:AFTER:SECONDS, e.g. hospital-b:30:60") from None
     plan = ConsortiumRun(
         workspace=Path(args.workspace),
         job_dir=Path(args.job),

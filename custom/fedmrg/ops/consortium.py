@@ -252,7 +252,7 @@ class ConsortiumRun:
     base_llm: Path | None = None
     policies: Path | None = None  # hospital policy files installed at every site (and the server's authorization)
     links: dict[str, Link] = field(default_factory=dict)  # hospital name -> its link
-    cut: tuple[str, float, float] | None = None  # (hospital, seconds after the submission, for seconds)
+    cut: tuple[str, float, float] | None = None  # (hospital or server, seconds after the submission, for seconds)
     timeout: float = 3600.0
     project: Path = Path("provisioning/project.yml")  # its builders; the participants are this run's
 
@@ -261,9 +261,11 @@ class ConsortiumRun:
         if not Path(self.project).is_file():
             raise ConfigError(f"{self.project}: no FLARE project file (run from the repository, or give --project)")
         names = set(hospitals(self.sites))
-        for name in [*self.links, *([self.cut[0]] if self.cut else [])]:
+        for name in self.links:
             if name not in names:
                 raise ConfigError(f"{name}: not a hospital of this consortium ({', '.join(sorted(names))})")
+        if self.cut and self.cut[0] not in names | {SERVER}:
+            raise ConfigError(f"{self.cut[0]}: neither the server nor a hospital ({', '.join(sorted(names))})")
 
 
 class Consortium:
@@ -430,7 +432,7 @@ class Consortium:
 
 
 class LinkCut(threading.Thread):
-    """Unplugs a hospital's cable ``after`` seconds, for ``seconds``, then plugs it back."""
+    """Unplugs a participant's cable ``after`` seconds, for ``seconds``, then plugs it back."""
 
     def __init__(self, network: Network, hospital: str, after: float, seconds: float, echo) -> None:
         super().__init__(daemon=True)
