@@ -795,7 +795,12 @@ def _poc_workspace_argument(p: argparse.ArgumentParser) -> None:
 def _poc_plan(args: argparse.Namespace, **extra) -> PocRun:
     from fedmrg.ops.poc import PocRun
 
-    return PocRun(
+    return _federation_plan(PocRun, args, **extra)
+
+
+def _federation_plan(kind: type, args: argparse.Namespace, **extra):
+    """A POC or consortium run from the options both commands share."""
+    return kind(
         workspace=Path(args.workspace),
         job_dir=Path(args.job),
         data=Path(args.data),
@@ -948,18 +953,7 @@ def _cmd_consortium(args: argparse.Namespace) -> int:
             cut = (parts[0], float(parts[1]), float(parts[2]))
         except (IndexError, ValueError):
             raise ConfigError(f"--cut {args.cut!r}: WHO:AFTER:SECONDS, e.g. hospital-b:30:60") from None
-    plan = ConsortiumRun(
-        workspace=Path(args.workspace),
-        job_dir=Path(args.job),
-        data=Path(args.data),
-        sites=args.sites,
-        base_llm=Path(args.base_llm) if args.base_llm else None,
-        policies=Path(args.policies) if args.policies else None,
-        links=links,
-        cut=cut,
-        timeout=args.timeout,
-        project=Path(args.project),
-    )
+    plan = _federation_plan(ConsortiumRun, args, links=links, cut=cut, timeout=args.timeout, project=Path(args.project))
     outcome = run_consortium(plan)
     run_dir = find_results(outcome.result_dir)
     if run_dir is not None:
