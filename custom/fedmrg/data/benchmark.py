@@ -371,7 +371,9 @@ def _map(function, jobs: list, workers: int) -> Iterator:
     if workers <= 1 or len(jobs) < 2:
         yield from map(function, jobs)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # spawned workers: a forked one inherits whatever lock another thread of this process held at that
+    # moment (a test run, a trainer's loader threads) and can wait on it forever
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap_unordered(function, jobs, chunksize=8)
 
 
