@@ -19,6 +19,7 @@ stops at once with one line saying so.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ ADMIN = "admin@cxr-consortium.example.org"
 PORTS = (8002, 8003)  # inside the server's namespace: no clash with anything on the machine
 SUBNET = "10.77.0"
 NETNS_DIR = Path("/etc/netns")
+_NETWORKS = itertools.count()  # distinct namespace names for each network of a process
 
 
 class ConsortiumError(FedMRGError):
@@ -140,7 +142,7 @@ class Network:
     """Namespaces joined by a bridge, one address and one hosts file each; :meth:`remove` undoes all."""
 
     participants: list[str]  # the server first
-    tag: str = field(default_factory=lambda: f"fm{os.getpid() % 100000}")
+    tag: str = field(default_factory=lambda: f"fm{os.getpid() % 100000}x{next(_NETWORKS)}")
     created: list[str] = field(default_factory=list, init=False)
     made_netns_dir: bool = field(default=False, init=False)
 
