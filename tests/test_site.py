@@ -308,8 +308,12 @@ def test_a_site_ahead_of_a_restarted_server_goes_back_to_the_round_the_server_me
     assert any(not torch.equal(v, after_first[n]) for n, v in site.model.local_state_dict().items())
     restarted = SiteTrainer(site_cfg, "site-1", tiny_bench / "site-1", tmp_path / "state")
     assert restarted.rounds_done == 2
+    sent = torch.nn.functional.normalize(torch.randn(restarted.model.prototypes.shape), dim=-1)
+    everywhere = torch.ones(sent.shape[0], dtype=torch.bool)
+    restarted.load_global(restarted.global_state, {"prototypes": sent, "available": everywhere})  # the server's
     restarted.align_with_server(1)
     assert (restarted.rounds_done, restarted.trainer.state.step) == (1, step)
+    torch.testing.assert_close(restarted.model.prototypes, sent)  # going back keeps what the server just sent
     for name, value in restarted.model.local_state_dict().items():
         assert torch.equal(value, after_first[name]), name
     assert residual and set(restarted.feedback.residual) == set(residual)

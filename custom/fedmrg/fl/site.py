@@ -428,8 +428,13 @@ class SiteTrainer:
             self.state_dir.rename(stale)
             shutil.rmtree(self.previous_dir, ignore_errors=True)
             return
+        # What the server last sent (the model and its prototypes) comes back only here, on a restart: going
+        # back to an earlier round's state (align_with_server) keeps what the server has just sent.
         if (self.state_dir / GLOBAL_FILE).is_file():
             self._hold_global(load_file(str(self.state_dir / GLOBAL_FILE)))
+        if (self.state_dir / PROTOTYPES_FILE).is_file():
+            prototypes = load_file(str(self.state_dir / PROTOTYPES_FILE))
+            self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
         log.info("site %s: resumed local state after round %d from %s", self.site, self.rounds_done, self.state_dir)
 
     def _load_state(self, folder: Path, rounds_done: int | None = None) -> bool:
@@ -443,9 +448,6 @@ class SiteTrainer:
         if not tree_files(folder / TRAINER_FILE)[0].is_file():  # written by a version that pickled it
             return False
         self.model.load_local_state_dict(load_file(str(folder / LOCAL_FILE)))
-        if (folder / PROTOTYPES_FILE).is_file():
-            prototypes = load_file(str(folder / PROTOTYPES_FILE))
-            self.model.set_prototypes(prototypes["prototypes"], prototypes["available"])
         self.feedback = ErrorFeedback.load(folder / FEEDBACK_FILE)
         self.trainer.load_state_dict(load_tree(folder / TRAINER_FILE))
         self.trainer.total_steps = self.planned_steps()
