@@ -156,16 +156,19 @@ def seed_epoch(loader: DataLoader, seed: int) -> None:
     site or a run that resumes mid-epoch (skipping the batches it trained) continues exactly where
     an uninterrupted one would."""
     loader.generator.manual_seed(seed)
-    for transform in _random_transforms(loader.dataset):
-        transform.set_random_state(seed % 2**32)
+    _seed_augmentations(loader.dataset, seed)
 
 
 def _seed_worker(worker_id: int) -> None:
     """A loader process's augmentations, seeded from the seed torch gives that process (distinct per
     process, and fixed by the loader's generator)."""
     info = torch.utils.data.get_worker_info()
-    for transform in _random_transforms(info.dataset):
-        transform.set_random_state(info.seed % 2**32)
+    _seed_augmentations(info.dataset, info.seed)
+
+
+def _seed_augmentations(dataset, seed: int) -> None:
+    for transform in _random_transforms(dataset):
+        transform.set_random_state(seed % 2**32)
 
 
 def _random_transforms(dataset) -> list[Randomizable]:

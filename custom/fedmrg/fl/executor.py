@@ -145,8 +145,7 @@ class MRGExecutor(Executor):
         elif not params and msg.GLOBAL_DIGEST in meta:
             shared = trainer.held_global(meta[msg.GLOBAL_DIGEST])
         else:
-            trainer.load_global(msg.to_torch(params), prototypes)
-            return True
+            shared = msg.to_torch(params)
         if shared is None:
             return False
         trainer.load_global(shared, prototypes)
