@@ -39,17 +39,15 @@ import psutil
 import yaml
 
 from fedmrg.errors import ConfigError, FedMRGError
-from fedmrg.fl.packaging import allow_fedmrg_components
-from fedmrg.fl.site import SETTINGS_FILE
 from fedmrg.ops.poc import (
     JobOutcome,
     PocRun,
     end_processes,
     find_results,
-    install_policies,
     processes_under,
     signals_deferred,
     submit_as,
+    wire_site_kit,
 )
 from fedmrg.ops.server_kit import prepare_server_kit
 
@@ -327,14 +325,7 @@ class Consortium:
         plan = self.plan
         prepare_server_kit(self.kit(SERVER) / "local", self.workspace / "storage", plan.policies, temporary_ok=True)
         for index, hospital in enumerate(self.hospitals, start=1):
-            local = self.kit(hospital) / "local"
-            settings = {"data_dir": str((Path(plan.data) / f"site-{index}").resolve()), "threads": 1}
-            if plan.base_llm:
-                settings["base_llm"] = str(Path(plan.base_llm).resolve())
-            (local / SETTINGS_FILE).write_text(yaml.safe_dump(settings, sort_keys=True), encoding="utf-8")
-            install_policies(local, plan.policies)
-            if not plan.policies:
-                allow_fedmrg_components(local)
+            wire_site_kit(self.kit(hospital) / "local", Path(plan.data) / f"site-{index}", plan.base_llm, plan.policies)
 
     def start(self, participant: str) -> subprocess.Popen:
         """The participant's kit (``startup/sub_start.sh --once``) inside its namespace, in its own session."""

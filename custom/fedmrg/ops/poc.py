@@ -184,15 +184,22 @@ class PocSystem:
     def wire_site(self, site: str, data_dir: Path, base_llm: Path | None, policies: Path | None) -> dict[str, str]:
         """Write the site's settings into its kit and, with ``policies``, the hospital's policy files.
         Returns where the site's data and state are (a ``sites.yaml`` entry for the summary's examples)."""
-        local = self.kit(site) / "local"
-        settings = {"data_dir": str(Path(data_dir).resolve()), "threads": 1}
-        if base_llm:
-            settings["base_llm"] = str(Path(base_llm).resolve())
-        (local / SETTINGS_FILE).write_text(yaml.safe_dump(settings, sort_keys=True), encoding="utf-8")
-        install_policies(local, policies)
-        if not policies or not (Path(policies) / "resources.json").is_file():
-            allow_fedmrg_components(local)
-        return {"data_dir": settings["data_dir"], "state_dir": str(self.kit(site) / DEFAULT_STATE_DIR)}
+        data = wire_site_kit(self.kit(site) / "local", data_dir, base_llm, policies)
+        return {"data_dir": data, "state_dir": str(self.kit(site) / DEFAULT_STATE_DIR)}
+
+
+def wire_site_kit(local: Path, data_dir: Path, base_llm: Path | None, policies: Path | None) -> str:
+    """A site kit's ``local/``: its settings (data, base LLM, one thread) and, with ``policies``, the
+    hospital's policy files; FedMRG's classes allowed where no policy's resources.json does it.
+    Returns the data folder as the settings name it."""
+    settings = {"data_dir": str(Path(data_dir).resolve()), "threads": 1}
+    if base_llm:
+        settings["base_llm"] = str(Path(base_llm).resolve())
+    (local / SETTINGS_FILE).write_text(yaml.safe_dump(settings, sort_keys=True), encoding="utf-8")
+    install_policies(local, policies)
+    if not policies or not (Path(policies) / "resources.json").is_file():
+        allow_fedmrg_components(local)
+    return settings["data_dir"]
 
 
 def policy_files(folder: str | os.PathLike) -> list[Path]:
