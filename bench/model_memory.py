@@ -1,13 +1,17 @@
-"""Weight memory of the frozen LLM loaded in 4-bit NF4 versus bf16, on the CPU.
+"""Weight memory of the frozen LLM in bf16 and in 4-bit NF4, with its input embedding in bf16, NF4 or int8.
 
-    python bench/model_memory.py                   # TinyLlama-1.1B shape, random bf16 weights (2.2 GB temp dir)
-    python bench/model_memory.py --size tiny       # the shape of the tiny demo base LLM (seconds)
-    python bench/model_memory.py --checkpoint DIR  # a local Hugging Face checkpoint
+    python bench/model_memory.py                       # TinyLlama-1.1B shape, random bf16 weights (2.2 GB temp dir)
+    python bench/model_memory.py --size llama3-1b      # Llama 3.2 1B shape: 128k vocabulary, head tied to the embedding
+    python bench/model_memory.py --size llama3-1b-untied   # the same with a head of its own
+    python bench/model_memory.py --size tiny           # the shape of the tiny demo base LLM (seconds)
+    python bench/model_memory.py --checkpoint DIR      # a local Hugging Face checkpoint
 
-Weight memory = the bytes of every parameter and buffer (each tensor once) plus the 4-bit
-quantization state of each NF4 layer (absmax, nested absmax, code books) as its state dict stores
-it. NF4 costs about 0.52 byte per weight; the input embeddings, the output head (lm_head) and the
-norms are not quantized and stay in bf16, so the ratio is bounded below by their share.
+Weight memory = the bytes of every parameter and buffer (each tensor once) plus the quantization
+state of each quantized layer (NF4 absmax, nested absmax and code books; int8 row scales) as its
+state dict stores it. The 4-bit linear layers cost about 0.52 byte per weight. The output head
+(lm_head) and the norms stay in bf16; the input embedding does too unless it is quantized
+(``model.quantize_embeddings``: NF4 at 0.56 byte per weight, int8 at 1). A head tied to the input
+embedding keeps the shared matrix in bf16, so there the embedding option changes nothing.
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from fedmrg.model.base_llm import BASE_LLM_SIZES, train_tokenizer
 from fedmrg.model.llm import LLAMA_1B_SHAPE, load_llm, random_llm  # first: it quiets a bitsandbytes import notice
 
 TINY = BASE_LLM_SIZES["tiny"]
+# Llama 3.2 1B: 16 layers, grouped-query attention with 8 key-value heads, a 128,256-row vocabulary
+LLAMA3_1B_SHAPE = dict(
+    hidden_size=2048, layers=16, heads=32, kv_heads=8, intermediate_size=8192, vocab_size=128256, tie_embeddings=True
+)
 SHAPES = {
     "tinyllama": dict(LLAMA_1B_SHAPE),
+    "llama3-1b": LLAMA3_1B_SHAPE,
+    "llama3-1b-untied": {**LLAMA3_1B_SHAPE, "tie_embeddings": False},
     "tiny": dict(
         hidden_size=TINY.hidden_size,
         layers=TINY.layers,
@@ -44,6 +54,13 @@ QUANTIZED, LINEAR, HEAD, EMBEDDINGS, OTHER = (
     "norms, other",
 )
 MB = 1e6
+# label -> (load_in_4bit, quantize_embeddings)
+LOADS = {
+    "bf16": (False, "none"),
+    "4-bit, embedding bf16 (QLoRA)": (True, "none"),
+    "4-bit, embedding NF4": (True, "nf4"),
+    "4-bit, embedding int8": (True, "int8"),
+}
 
 
 def build_checkpoint(folder: Path, size: str) -> Path:
@@ -69,8 +86,20 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def _quantization_state_bytes(module: torch.nn.Module) -> int:
+    """What a quantized layer stores beside its packed weight: NF4 scales and code books, int8 row scales."""
+    weight = getattr(module, "weight", None)
+    if getattr(weight, "quant_state", None) is not None:
+        return sum(
+            _nbytes(value) for value in weight.quant_state.as_dict(packed=True).values() if torch.is_tensor(value)
+        )
+    if isinstance(weight, bnb.nn.Int8Params) and weight.SCB is not None:
+        return _nbytes(weight.SCB)
+    return 0
+
+
 def weight_bytes(model: torch.nn.Module) -> Counter:
-    """Bytes of weights by kind of module (tied tensors counted once), 4-bit state included."""
+    """Bytes of weights by kind of module (tied tensors counted once), quantization state included."""
     parts: Counter = Counter()
     seen: set[int] = set()
     head = model.get_output_embeddings()
@@ -80,17 +109,17 @@ def weight_bytes(model: torch.nn.Module) -> Counter:
             if id(tensor) not in seen:
                 seen.add(id(tensor))
                 parts[kind] += _nbytes(tensor)
-        if kind == QUANTIZED:
-            state = module.weight.quant_state.as_dict(packed=True)
-            parts[kind] += sum(_nbytes(value) for value in state.values() if torch.is_tensor(value))
+        parts[kind] += _quantization_state_bytes(module)
     return parts
 
 
-def measure(checkpoint: Path, load_in_4bit: bool) -> Counter:
+def measure(checkpoint: Path, label: str) -> Counter:
+    load_in_4bit, embeddings = LOADS[label]
     started = time.perf_counter()
-    model, _, info = load_llm(checkpoint, load_in_4bit=load_in_4bit, dtype="bfloat16", device="cpu")
+    model, _, _ = load_llm(
+        checkpoint, load_in_4bit=load_in_4bit, quantize_embeddings=embeddings, dtype="bfloat16", device="cpu"
+    )
     parts = weight_bytes(model)
-    label = "4-bit NF4" if load_in_4bit else "bf16"
     print(
         f"\n{label}: loaded in {time.perf_counter() - started:.1f} s, {model.num_parameters() / 1e6:.1f}M "
         f"parameters, get_memory_footprint() = {model.get_memory_footprint() / MB:.2f} MB"
@@ -120,9 +149,11 @@ def main() -> None:
                 f"built a random {args.size} LLaMA checkpoint ({SHAPES[args.size]}) in "
                 f"{time.perf_counter() - started:.1f} s"
             )
-        quantized = sum(measure(checkpoint, load_in_4bit=True).values())
-        plain = sum(measure(checkpoint, load_in_4bit=False).values())
-    print(f"\n4-bit/bf16 weight memory ratio: {quantized / plain:.2f}")
+        totals = {label: sum(measure(checkpoint, label).values()) for label in LOADS}
+    plain = totals["bf16"]
+    print("\n| load | weight memory | vs bf16 |\n|---|---:|---:|")
+    for label, total in totals.items():
+        print(f"| {label} | {total / MB:.1f} MB | {total / plain:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -74,9 +74,14 @@ def peer(
     warmup: int,
     device: str,
 ) -> list[float]:
-    """Plain QLoRA: 4-bit LLM + LoRA, token ids in, LM loss on the last ``report_tokens`` positions."""
+    """Plain QLoRA: 4-bit LLM (input embedding as QLoRA keeps it, in the compute dtype) + LoRA, token ids
+    in, LM loss on the last ``report_tokens`` positions."""
     llm, tokenizer, info = load_llm(
-        checkpoint, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype, device=device
+        checkpoint,
+        load_in_4bit=cfg.model.load_in_4bit,
+        quantize_embeddings="none",
+        dtype=cfg.model.dtype,
+        device=device,
     )
     cfg.model.adapters = "dual" if passes == 2 else "single"
     model = attach_adapters(llm, cfg.model)

@@ -74,7 +74,7 @@ def test_4bit_load_quantizes_every_decoder_linear_and_freezes_everything(checkpo
     assert model.model.layers[0].mlp.down_proj.weight.quant_state.quant_type == "nf4"
     assert not any(p.requires_grad for p in model.parameters())
     assert not model.training
-    assert (info.family, info.embed_dim, info.quantized) == ("llama", 64, True)
+    assert (info.family, info.embed_dim, info.quantized, info.embedding_quant) == ("llama", 64, True, "nf4")
     assert info.compute_dtype == torch.float32 and info.device == torch.device("cpu")
 
 
@@ -116,6 +116,49 @@ def test_gradients_reach_the_inputs_through_4bit_layers_after_an_inference_pass(
         model.generate(ids, max_new_tokens=2, do_sample=False)
     assert before.abs().sum() > 0
     torch.testing.assert_close(input_gradient(), before)
+
+
+def _plain_table(folder) -> torch.Tensor:
+    model, _, _ = load_llm(folder, load_in_4bit=False)
+    return model.get_input_embeddings().weight.detach()
+
+
+@pytest.mark.parametrize(
+    ("kind", "layer", "tolerance"), [("nf4", "NF4Embedding", 0.12), ("int8", "Int8Embedding", 0.01)]
+)
+def test_4bit_load_quantizes_the_input_embedding_and_looks_up_rows_in_the_compute_dtype(
+    checkpoint, kind, layer, tolerance
+):
+    folder = checkpoint("llama")
+    model, tokenizer, info = load_llm(folder, quantize_embeddings=kind)
+    embedding = model.get_input_embeddings()
+    assert type(embedding).__name__ == layer and info.embedding_quant == kind
+    assert type(model.get_output_embeddings()) is torch.nn.Linear  # the head, which scores every token, stays
+    ids = torch.arange(embedding.num_embeddings)
+    rows, plain = embedding(ids), _plain_table(folder)
+    assert rows.dtype == info.compute_dtype and not rows.requires_grad
+    assert float((rows - plain).norm() / plain.norm()) < tolerance
+    stored = {k: v for k, v in model.state_dict().items() if k.startswith("model.embed_tokens.")}  # PEFT calls it
+    assert stored["model.embed_tokens.weight"].element_size() == 1
+    assert sum(v.numel() * v.element_size() for v in stored.values()) < plain.numel() * plain.element_size() / 2
+    batch = tokenizer(["the heart is"], return_tensors="pt")
+    out = model.generate(inputs_embeds=embedding(batch["input_ids"]), max_new_tokens=3, min_new_tokens=3)
+    assert out.shape[1] == 3
+
+
+def test_no_embedding_quantization_and_a_plain_load_keep_the_table(checkpoint):
+    folder = checkpoint("llama")
+    kept, _, info = load_llm(folder, quantize_embeddings="none")
+    assert type(kept.get_input_embeddings()) is torch.nn.Embedding and info.embedding_quant == "none"
+    plain, _, info = load_llm(folder, load_in_4bit=False)
+    assert type(plain.get_input_embeddings()) is torch.nn.Embedding and info.embedding_quant == "none"
+
+
+def test_an_input_embedding_tied_to_the_output_head_stays_unquantized(checkpoint):
+    model, _, info = load_llm(checkpoint("gpt2"))  # GPT-2 ties them
+    assert info.embedding_quant == "none"
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.get_input_embeddings().weight.dtype == info.compute_dtype
 
 
 def test_pad_token_falls_back_to_eos(tmp_path, tokenizer_dir):

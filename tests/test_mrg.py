@@ -74,6 +74,23 @@ def test_llm_is_frozen_4bit_and_only_listed_parameters_train(model):
     assert frozen_llm and not any(p.requires_grad for p in frozen_llm)
 
 
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_a_quantized_input_embedding_starts_the_prompts_at_the_spread_of_its_rows(tiny_base_llm, site, kind):
+    """Prompts and visual tokens start at the scale of the words they sit among, read from the rows the
+    table gives, not from its packed bytes; the model then trains and generates."""
+    torch.manual_seed(0)
+    quantized = MRGModel.build(tiny_cfg(quantize_embeddings=kind), tiny_base_llm, device="cpu")
+    plain, _, _ = load_llm(tiny_base_llm, load_in_4bit=False, device="cpu")
+    spread = float(plain.get_input_embeddings().weight.std())
+    assert type(quantized.llm.get_input_embeddings()).__name__ in ("NF4Embedding", "Int8Embedding")
+    assert quantized.projector.norm.weight[0].item() == pytest.approx(spread, rel=0.1)
+    batch = first_batch(quantized.cfg, site)
+    loss = quantized(batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and quantized.customizer.prompts.grad.abs().sum() > 0
+    assert len(generate_for(quantized, batch)) == len(batch["report"])
+
+
 def test_shared_and_local_state_partition_the_trainable_parameters(model):
     shared, local = model.shared_state_dict(), model.local_state_dict()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

@@ -85,6 +85,7 @@ PromptMode = Literal["none", "prompt", "promptbook"]
 DiagnosisLoss = Literal["ce", "balanced", "logit_adjusted"]
 AdapterMode = Literal["single", "dual"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+EmbeddingQuant = Literal["nf4", "int8", "none"]  # the frozen input embedding of a 4-bit LLM
 
 
 BackboneKind = Literal["vit", "cnn", "hf"]
@@ -175,6 +176,9 @@ class ModelConfig:
     base_llm: str | None = None  # local Hugging Face checkpoint directory (`--base-llm` overrides)
     load_in_4bit: bool = True  # NF4 with double quantization (bitsandbytes); false = plain weights in `dtype`
     dtype: DType = "auto"  # compute / unquantized weight dtype; auto = bfloat16 on CUDA, float32 on CPU
+    # with load_in_4bit, the frozen input embedding in nf4 or int8 (rows dequantized per lookup) or none
+    # (kept in `dtype`, as QLoRA does); the output head and a head tied to the embedding always stay in `dtype`
+    quantize_embeddings: EmbeddingQuant = "nf4"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     visual_tokens: int = 16  # LLM tokens per view after pooling the patch grid (a square); 0 = every patch
     prompt_mode: PromptMode = "promptbook"  # MRG-LLM instance-specific prompts

@@ -5,8 +5,9 @@ FedMRG never downloads weights at run time: ``load_llm`` takes a local checkpoin
 is an error whose message says how to fetch a local copy where there is internet.
 
 4-bit loading quantizes every linear layer of the decoder blocks (GPT-2's ``Conv1D`` layers too)
-to NF4 with double quantization; the input embeddings, the output head and the norms stay in the
-compute dtype. Every parameter is frozen and the model is returned in eval mode: the report
+to NF4 with double quantization, and by default the input embedding to NF4 as well
+(:mod:`fedmrg.model.quantized_embeddings`); the output head and the norms stay in the compute
+dtype. Every parameter is frozen and the model is returned in eval mode: the report
 generator trains only its own modules and the LoRA adapters it adds.
 
 The tokenizer always has an eos token and a pad token (eos when the checkpoint has none; the
@@ -34,6 +35,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedmrg.config import EmbeddingQuant
 from fedmrg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class LLMInfo:
     family: str  # config.model_type: "llama", "qwen2", "mistral", "gpt2", ...
     embed_dim: int  # width of the input embeddings (visual tokens and prompts are projected to it)
     quantized: bool
+    embedding_quant: EmbeddingQuant  # the input embedding's quantization ("none" when it is in compute_dtype)
     compute_dtype: torch.dtype
     device: torch.device
 
@@ -173,20 +176,26 @@ def load_llm(
     path: str | os.PathLike,
     *,
     load_in_4bit: bool = True,
+    quantize_embeddings: EmbeddingQuant = "nf4",
     dtype: str = "auto",
     device: str | torch.device = "auto",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LLMInfo]:
     """Load a local causal LM checkpoint, frozen and in eval mode, with its tokenizer.
 
     ``dtype`` is the compute dtype of the 4-bit layers and the dtype of every unquantized weight.
+    ``quantize_embeddings`` applies with ``load_in_4bit`` only: a plain model stays plain.
     """
     folder = check_checkpoint(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     compute_dtype = resolve_dtype(dtype, device)
     tokenizer = load_tokenizer(folder)
     model = _load_model(folder, load_in_4bit, compute_dtype, device)
+    embedding_quant = "none"
     if load_in_4bit:
         _keep_cpu_gradients(model)
+        from fedmrg.model.quantized_embeddings import quantize_input_embeddings  # bitsandbytes: 4-bit only
+
+        embedding_quant = quantize_input_embeddings(model, quantize_embeddings)
     model.requires_grad_(False)
     model.eval()
     embeddings = model.get_input_embeddings()
@@ -202,6 +211,7 @@ def load_llm(
         family=model.config.model_type,
         embed_dim=embeddings.embedding_dim,
         quantized=load_in_4bit,
+        embedding_quant=embedding_quant,
         compute_dtype=compute_dtype,
         device=device,
     )
@@ -210,7 +220,7 @@ def load_llm(
         folder,
         info.family,
         info.embed_dim,
-        "in 4-bit NF4" if load_in_4bit else f"in {compute_dtype}",
+        f"in 4-bit NF4, input embedding {embedding_quant}" if load_in_4bit else f"in {compute_dtype}",
         device,
     )
     return model, tokenizer, info
@@ -253,6 +263,7 @@ def random_llm(
     intermediate_size: int | None = None,
     kv_heads: int | None = None,
     vocab_size: int | None = None,
+    tie_embeddings: bool | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
@@ -261,7 +272,8 @@ def random_llm(
     For tests and memory/speed benchmarks, where the architecture matters and the weights do not.
     ``intermediate_size`` defaults to 4 * ``hidden_size``; ``kv_heads`` (grouped-query attention,
     not for gpt2) to ``heads``; ``vocab_size`` (rows of the embeddings) to the tokenizer's size,
-    and may exceed it, as in real checkpoints. The global random state is left untouched.
+    and may exceed it, as in real checkpoints; ``tie_embeddings`` (the output head shares the input
+    embedding's matrix) to the family's default. The global random state is left untouched.
     """
     if family not in FAMILY_FIELDS:
         raise ConfigError(f"family {family!r}: must be one of {', '.join(FAMILY_FIELDS)}")
@@ -284,6 +296,7 @@ def random_llm(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **({} if tie_embeddings is None else {"tie_word_embeddings": tie_embeddings}),
         **{field: sizes[name] for name, field in fields.items()},
     )
     with torch.random.fork_rng(devices=[]):

@@ -84,7 +84,8 @@ class MRGModel(nn.Module):
         self.encoder = StudyEncoder(m.encoder, cfg.data.image_size, cfg.data.max_views)
         if m.encoder.pretrained:
             load_encoder_weights(self.encoder, m.encoder.pretrained)
-        init_std = float(self._embedding().weight[:8192].float().std())  # a sample: no fp32 copy of a big table
+        # the spread of what the table gives (it may be quantized), over a sample of its rows
+        init_std = float(self._embed(list(range(min(8192, self._embedding().num_embeddings)))).float().std())
         self.projector = VisualProjector(
             self.encoder.out_dim, embed_dim, self.encoder.grid, m.visual_tokens, init_std=init_std
         )
@@ -125,7 +126,11 @@ class MRGModel(nn.Module):
             raise ConfigError("model.base_llm: no base LLM given (a local checkpoint folder; `--base-llm DIR`)")
         cfg.model.base_llm = str(Path(path).resolve()) if Path(path).exists() else str(path)
         llm, tokenizer, info = load_llm(
-            path, load_in_4bit=cfg.model.load_in_4bit, dtype=cfg.model.dtype, device=device or cfg.train.device
+            path,
+            load_in_4bit=cfg.model.load_in_4bit,
+            quantize_embeddings=cfg.model.quantize_embeddings,
+            dtype=cfg.model.dtype,
+            device=device or cfg.train.device,
         )
         return cls(cfg, llm, tokenizer, info)
 
