@@ -44,6 +44,7 @@ def test_unknown_key_is_an_error_that_suggests_the_right_one(tmp_path):
         ({"benchmark": {"splits": [0.5, 0.5]}}, "splits: must be three"),
         ({"data": {"augment": "yes"}}, "data.augment: must be true or false"),
         ({"data": 3}, "data: must be a mapping"),
+        ({"model": {"quantize_embeddings": "fp8"}}, "model.quantize_embeddings: 'fp8' is not one of"),
     ],
 )
 def test_bad_values_name_the_key(raw, message):
