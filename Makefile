@@ -29,8 +29,9 @@ POC_PUBLIC = $(if $(filter demo,$(CONFIG)),$(POC_DATA)/bench/public)
 CONSORTIUM_WS ?= $(DATA)/consortium
 LINK ?=
 
-# make bench: the FL-MRG benchmark (PRESET=full on a GPU; PARTITION=label|iid; CONFIG as above).
-PRESET ?= quick
+# make bench: the FL-MRG benchmark (PRESET=cpu, the decisive run on 2 cores; quick for a smoke test; full on a GPU;
+# PARTITION=label|iid; CONFIG as above).
+PRESET ?= cpu
 PARTITION ?= style
 
 LINTED := custom tests bench jobs

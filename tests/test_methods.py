@@ -51,6 +51,15 @@ ABLATIONS = {
         "model.contrastive": False,
         "model.mutual_boosting": 0.0,
     },
+    "fedavg_lora-nf4": {
+        "fl.update": "dense",
+        "fl.error_feedback": False,
+        "fl.server_residual": False,
+        "model.adapters": "single",
+        "model.contrastive": False,
+        "model.mutual_boosting": 0.0,
+        "fl.quantization": "normfloat4",
+    },
     "fedmrg-no-compression": {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
     "fedmrg-single-adapter": {"model.adapters": "single", "model.mutual_boosting": 0.0},
     "fedmrg-no-contrastive": {"model.contrastive": False},
@@ -79,7 +88,8 @@ def test_every_method_gets_the_same_number_of_passes_over_the_data():
     base = load_config("demo")
     passes = base.fl.rounds * base.fl.local_epochs
     for method in METHODS:
-        cfg = load_config("demo", method.budget_overrides(base, 3))
+        job = job_overrides(REPO / "jobs" / method.job) if method.job else {}
+        cfg = load_config("demo", {**job, **method.budget_overrides(base, 3)})
         assert (cfg.fl.rounds * cfg.fl.local_epochs if method.setting == "federated" else cfg.train.epochs) == passes
 
 
@@ -93,6 +103,12 @@ def test_the_fedavg_baseline_runs_its_jobs_own_settings():
         False,
     )
     assert {m.job for m in METHODS if m.setting == "federated"} == {"fedmrg", "fedavg_lora"}
+
+
+def test_the_ablations_are_fedmrg_with_one_mechanism_off_and_the_baselines_are_not():
+    ablations = {m.name for m in METHODS if m.ablation}
+    assert ablations == {name for name in ABLATIONS if name.startswith("fedmrg-")}
+    assert all(BY_NAME[name].job == "fedmrg" for name in ablations)
 
 
 def test_methods_are_selected_by_name_in_the_registrys_order():

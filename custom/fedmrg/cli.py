@@ -983,6 +983,14 @@ def _bench_parser(sub) -> None:
         help="a short budget and greedy decoding: tens of minutes on a CPU",
     )
     preset.add_argument(
+        "--cpu",
+        dest="preset",
+        action="store_const",
+        const="cpu",
+        help="the decisive run on 2 CPU cores: a budget at which the methods learn findings, public studies "
+        "rehearsed, 3 seeds (ablations 2)",
+    )
+    preset.add_argument(
         "--full",
         dest="preset",
         action="store_const",
@@ -1064,11 +1072,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         encoder = _base_encoder_override(args) or (
             {"model.encoder.pretrained": str(default_encoder)} if default_encoder else {}
         )
+    preset = PRESETS[args.preset]
+    public = _public_data_override(args)
+    if not public and preset.rehearse_public:
+        if not (data / "public").is_dir():
+            raise FedMRGError(
+                f"{data / 'public'}: no public studies, which --{preset.name} rehearses at every site; "
+                "pass --public-data DIR"
+            )
+        public = {"train.public_data": str((data / "public").resolve())}
     work = Path(args.work) if args.work else data_dir() / "bench" / name
     if args.llm_1b:
         base_llm = random_llama_1b(Path(base_llm), work / "llama-1b")
     request = BenchRequest(
-        preset=PRESETS[args.preset],
+        preset=preset,
         methods=methods,
         data=data.resolve(),
         base_llm=Path(base_llm).resolve(),
@@ -1079,7 +1096,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         extra_overrides={
             **encoder,
-            **_public_data_override(args),
+            **public,
             **({"train.device": args.device} if args.device else {}),
         },
     )

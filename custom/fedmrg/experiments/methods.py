@@ -7,8 +7,10 @@ steps) on its one site; a centralized run gets R x E epochs (or R x S x sites st
 training data of all sites, so it sees as many studies as the whole federation does.
 
 A federated method runs its FLARE job (``jobs/<job>/job.py``), whose own settings (the job
-folder's ``overrides.yaml``: FedAvg-LoRA's dense updates and single adapter) come with it. The
-ablations switch off one FedMRG mechanism each and keep everything else as in ``fedmrg``.
+folder's ``overrides.yaml``: FedAvg-LoRA's dense updates and single adapter) come with it.
+``fedavg_lora-nf4`` is the same baseline behind FLARE's NF4 quantization filters, both ways: the
+cheapest way to send less that FLARE offers out of the box. The ablations switch off one FedMRG
+mechanism each and keep everything else as in ``fedmrg``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Method:
     description: str
     overrides: Mapping[str, Any] = field(default_factory=dict)  # on top of the job's own settings
     job: str | None = None  # the jobs/<job>/job.py of a federated method
+    ablation: bool = False  # fedmrg with one mechanism switched off
 
     def budget_overrides(self, cfg: Config, sites: int) -> dict[str, Any]:
         """The overrides that give this method the benchmark's budget (see the module docstring)."""
@@ -53,6 +56,13 @@ METHODS: tuple[Method, ...] = (
     Method("local", "local", "each site trains alone on its own data"),
     Method("centralized", "centralized", "one model on the pooled training data of every site (not private)"),
     Method("fedavg_lora", "federated", "FedIT: dense fp32 FedAvg, one LoRA adapter", {}, "fedavg_lora"),
+    Method(
+        "fedavg_lora-nf4",
+        "federated",
+        "FedIT behind FLARE's NF4 quantization filters, both ways",
+        {"fl.quantization": "normfloat4"},
+        "fedavg_lora",
+    ),
     Method("fedmrg", "federated", "FedMRG, every mechanism on", {}, "fedmrg"),
     Method(
         "fedmrg-no-compression",
@@ -60,6 +70,7 @@ METHODS: tuple[Method, ...] = (
         "FedMRG sending dense fp32 updates",
         {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
         "fedmrg",
+        ablation=True,
     ),
     Method(
         "fedmrg-single-adapter",
@@ -67,6 +78,7 @@ METHODS: tuple[Method, ...] = (
         "FedMRG with the generic adapter only (no specialized one)",
         {"model.adapters": "single", "model.mutual_boosting": 0.0},
         "fedmrg",
+        ablation=True,
     ),
     Method(
         "fedmrg-no-contrastive",
@@ -74,6 +86,7 @@ METHODS: tuple[Method, ...] = (
         "FedMRG without client-aware contrastive learning",
         {"model.contrastive": False},
         "fedmrg",
+        ablation=True,
     ),
     Method(
         "fedmrg-no-diagnosis",
@@ -81,6 +94,7 @@ METHODS: tuple[Method, ...] = (
         "FedMRG without the diagnosis head and its prompt",
         {"model.diagnosis": False},
         "fedmrg",
+        ablation=True,
     ),
     Method(
         "fedmrg-prompt-none",
@@ -88,6 +102,7 @@ METHODS: tuple[Method, ...] = (
         "FedMRG without instance-specific prompts",
         {"model.prompt_mode": "none"},
         "fedmrg",
+        ablation=True,
     ),
     Method(
         "fedmrg-prompt",
@@ -95,6 +110,7 @@ METHODS: tuple[Method, ...] = (
         "FedMRG with prompt-wise (not promptbook-wise) prompts",
         {"model.prompt_mode": "prompt"},
         "fedmrg",
+        ablation=True,
     ),
 )
 BY_NAME = MappingProxyType({method.name: method for method in METHODS})

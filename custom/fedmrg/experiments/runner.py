@@ -14,8 +14,13 @@ benchmark only redoes its report.
 
 Presets (the budget and decoding differ, the benchmark and the model do not):
 
-- ``quick``: a CPU in tens of minutes: 3 rounds of 10 local steps, greedy decoding, 50 test
-  studies per site and 100 of test-global; 2 seeds.
+- ``quick``: a smoke test on a CPU in tens of minutes: 3 rounds of 10 local steps, greedy
+  decoding, 50 test studies per site and 100 of test-global; 2 seeds. Every method stays near the
+  normal-report floor: it checks the machinery, it decides nothing.
+- ``cpu``: the decisive run on 2 CPU cores: 3 rounds of 40 local steps with the benchmark's public
+  studies rehearsed at every site (the demo's frozen encoder and decoder set-up, the same start for
+  every method), greedy decoding, 100 test studies per site and all of test-global; 3 seeds for
+  the main methods, 2 for the ablations.
 - ``full``: a GPU: the config's own budget (3 rounds of one local epoch for ``demo``), beam
   search, every test study; 3 seeds.
 """
@@ -76,17 +81,18 @@ class Preset:
     test_limit: int | None  # test studies scored per site (None = all)
     global_limit: int | None  # test-global studies scored (None = all)
     seeds: tuple[int, ...]
+    ablation_seeds: tuple[int, ...] | None = None  # None = ``seeds``
+    rehearse_public: bool = False  # train.public_data = the benchmark's public/ unless one is given
+
+    def seeds_of(self, method: Method) -> tuple[int, ...]:
+        return self.ablation_seeds if method.ablation and self.ablation_seeds is not None else self.seeds
 
 
+GREEDY = MappingProxyType({"generate.num_beams": 1})
 PRESETS = MappingProxyType(
     {
-        "quick": Preset(
-            "quick",
-            MappingProxyType({"fl.local_steps": 10, "generate.num_beams": 1, "generate.max_new_tokens": 60}),
-            50,
-            100,
-            (0, 1),
-        ),
+        "quick": Preset("quick", {**GREEDY, "fl.local_steps": 10, "generate.max_new_tokens": 60}, 50, 100, (0, 1)),
+        "cpu": Preset("cpu", {**GREEDY, "fl.local_steps": 40}, 100, None, (0, 1, 2), (0, 1), rehearse_public=True),
         "full": Preset("full", MappingProxyType({}), None, None, (0, 1, 2)),
     }
 )
@@ -100,14 +106,13 @@ class BenchRequest:
     base_llm: Path
     work: Path  # run folders
     config: str = "demo"
-    seeds: tuple[int, ...] = ()  # () = the preset's
+    seeds: tuple[int, ...] = ()  # () = the preset's (for each method)
     jobs_dir: Path = Path("jobs")
     progress: bool = True
     extra_overrides: Mapping[str, Any] = field(default_factory=dict)  # e.g. train.device
 
-    @property
-    def run_seeds(self) -> tuple[int, ...]:
-        return self.seeds or self.preset.seeds
+    def seeds_of(self, method: Method) -> tuple[int, ...]:
+        return self.seeds or self.preset.seeds_of(method)
 
 
 def benchmark_sites(data: Path) -> list[str]:
@@ -156,7 +161,7 @@ def run_benchmark(request: BenchRequest) -> list[dict]:
     sites = benchmark_sites(request.data)
     _check_runnable(request)
     inputs = run_inputs(request)
-    plan = [(method, seed) for method in request.methods for seed in request.run_seeds]
+    plan = [(method, seed) for method in request.methods for seed in request.seeds_of(method)]
     records = []
     for method, seed in tqdm(plan, desc="benchmark runs", disable=not request.progress):
         cfg = run_config(request, method, seed, len(sites))
@@ -431,11 +436,13 @@ def bench_results(name: str, request: BenchRequest, records: list[dict]) -> dict
         "settings": {
             "preset": request.preset.name,
             "config": request.config,
-            "seeds": list(request.run_seeds),
+            "seeds": list(request.seeds or request.preset.seeds),
+            "ablation_seeds": list(request.seeds or request.preset.ablation_seeds or request.preset.seeds),
             "methods": [method.name for method in request.methods],
             "rounds": first["fl"]["rounds"],
             "local_steps": first["fl"]["local_steps"],
             "local_epochs": first["fl"]["local_epochs"],
+            "public_data": first["train"]["public_data"],
             "test_limit": request.preset.test_limit,
             "global_limit": request.preset.global_limit,
             "decoding": ("greedy" if decoding["num_beams"] == 1 else f"beam {decoding['num_beams']}")
