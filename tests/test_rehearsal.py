@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from fedmrg.config import load_config
-from fedmrg.data.loaders import RehearsalSampler, own_studies, training_loader
+from fedmrg.data.loaders import RehearsalSampler, loader_records, own_studies, training_loader
+from fedmrg.model.mrg import MRGModel
+from fedmrg.model.training import Trainer
 
 
 def test_an_epoch_holds_every_own_study_once_and_a_fresh_public_draw():
@@ -49,6 +51,21 @@ def test_training_loader_mixes_public_studies_and_counts_the_own(tiny_bench):
     seen = [key for batch in mixed for key in batch["id"]]
     assert len(seen) == len(mixed.sampler)
     assert sum(key in public_ids for key in seen) == round(0.5 * own)
+
+
+def test_several_sites_with_rehearsal_give_their_records_and_class_counts(tiny_bench, tiny_base_llm):
+    """Centralized training over several sites rehearses too: the sites and the public studies are
+    nested datasets, and the diagnosis priors count every study the loader trains on."""
+    sites = [tiny_bench / "site-1", tiny_bench / "site-2"]
+    cfg = load_config("tiny", {"train.public_data": str(tiny_bench / "public")})
+    own = loader_records(training_loader(load_config("tiny"), sites))
+    mixed = training_loader(cfg, sites)
+    records = loader_records(mixed)
+    assert [r["id"] for r in records[: len(own)]] == [r["id"] for r in own] and len(records) > len(own)
+    assert own_studies(mixed) == len(own) and not any(r["rehearsed"] for r in records[: len(own)])
+    model = MRGModel.build(cfg, tiny_base_llm, device="cpu")
+    Trainer(model, cfg, total_steps=1).set_class_counts(mixed)
+    assert model.diagnosis.class_counts.sum(-1).eq(len(records)).all()
 
 
 def test_public_share_must_be_positive():

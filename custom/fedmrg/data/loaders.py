@@ -132,7 +132,7 @@ def training_loader(cfg: Config, sites: Sequence[str | os.PathLike], *, seed: in
         return own
     public = study_loader(cfg, [cfg.train.public_data], "train", train=True, seed=seed).dataset
     for dataset, rehearsed in ((own.dataset, False), (public, True)):
-        for part in getattr(dataset, "datasets", [dataset]):
+        for part in study_datasets(dataset):
             for record in part.data:
                 record[REHEARSED] = rehearsed
     sampler = RehearsalSampler(
@@ -172,11 +172,15 @@ def _seed_augmentations(dataset, seed: int) -> None:
 
 
 def _random_transforms(dataset) -> list[Randomizable]:
+    transforms = (getattr(part, "transform", None) for part in study_datasets(dataset))
+    return [transform for transform in transforms if isinstance(transform, Randomizable)]
+
+
+def study_datasets(dataset) -> list[StudyDataset]:
+    """The study datasets behind a loader's dataset: several sites, and rehearsed public studies beside
+    them, are nested ``ConcatDataset``s."""
     parts = getattr(dataset, "datasets", None)
-    if parts is not None:
-        return [transform for part in parts for transform in _random_transforms(part)]
-    transform = getattr(dataset, "transform", None)
-    return [transform] if isinstance(transform, Randomizable) else []
+    return [leaf for part in parts for leaf in study_datasets(part)] if parts is not None else [dataset]
 
 
 def own_studies(loader: DataLoader) -> int:
@@ -193,5 +197,4 @@ def _transform(cfg: Config, image_root: Path, train: bool):
 
 def loader_records(loader: DataLoader) -> list[dict]:
     """The records behind a :func:`study_loader`, in loader order when it does not shuffle."""
-    parts = getattr(loader.dataset, "datasets", [loader.dataset])
-    return [record for part in parts for record in part.data]
+    return [record for part in study_datasets(loader.dataset) for record in part.data]
