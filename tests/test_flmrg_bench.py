@@ -267,7 +267,7 @@ def test_the_results_page_section_between_the_markers_is_replaced_and_the_rest_k
 def test_plot_links_are_relative_to_the_results_page():
     assert br.image_links(REPO / "docs" / "benchmark.md", REPO / "bench" / "results") == "../bench/results/"
     assert br.image_links(REPO / "README.md", REPO / "bench" / "results") == "bench/results/"
-    results = json.loads((REPO / "bench" / "results" / "quick.json").read_text())
+    results = json.loads((REPO / "bench" / "results" / "cpu.json").read_text())
     block = br.markdown(results, image_dir=br.image_links(REPO / "docs" / "benchmark.md", REPO / "bench" / "results"))
     page = (REPO / "docs" / "benchmark.md").read_text()
     section = page.split(br.RESULTS_BEGIN, 1)[1].split(br.RESULTS_END, 1)[0]
