@@ -174,9 +174,7 @@ def _above(summary: Mapping, other: str, metric: str) -> dict[str, Any]:
     where = "test-global" if metric.startswith("test-global-") else "site mean"
     claim = f"fedmrg above {other} on {metric.removeprefix('test-global-')} ({where})"
     delta, clear = _difference(summary, metric, "fedmrg", other)
-    detail = " vs ".join(
-        _fmt(_value(summary, m, metric)) + _spread(_value(summary, m, f"{metric}_sd")) for m in ("fedmrg", other)
-    )
+    detail = " vs ".join(_with_sd(summary.get(m, {}), metric) for m in ("fedmrg", other))
     if delta is None:
         return _claim(claim, None, "not measured", detail)
     if clear is None:
@@ -184,10 +182,6 @@ def _above(summary: Mapping, other: str, metric: str) -> dict[str, Any]:
     if not clear:
         return _claim(claim, False, "within the seed spread", detail)
     return _claim(claim, delta > 0, "yes" if delta > 0 else "no: below", detail)
-
-
-def _spread(sd: float | None) -> str:
-    return "" if sd is None else f" ± {sd:.3f}"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
