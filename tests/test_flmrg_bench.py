@@ -18,7 +18,9 @@ from fedmrg.experiments.runner import (
     RUN_FORMAT,
     BenchRequest,
     _finished_record,
+    _published_record,
     benchmark_sites,
+    published_runs,
     random_llama_1b,
     round_curves,
     round_timing,
@@ -318,6 +320,34 @@ def test_a_finished_run_is_reused_only_with_the_same_config_and_inputs(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / RUN_FILE).write_text("{truncated")
     assert _finished_record(run_dir, cfg, inputs) is None and not run_dir.exists()
+
+
+def test_a_published_run_is_reused_only_with_the_same_method_seed_config_and_inputs(tmp_path):
+    inputs = {"base_llm": "/llm", "test_limit": 50}
+    request = BenchRequest(
+        preset=PRESETS["cpu"], methods=select_methods(None), data=REPO, base_llm=REPO, work=tmp_path, config="tiny"
+    )
+    cfg = load_config("tiny")
+    published = {"format": RUN_FORMAT, "method": "fedmrg", "seed": 1, "config": config_to_dict(cfg), "inputs": inputs}
+    request.published = (published,)
+    fedmrg = BY_NAME["fedmrg"]
+    assert _published_record(request, fedmrg, 0, cfg, inputs) is None  # another seed
+    assert _published_record(request, BY_NAME["fedavg_lora"], 1, cfg, inputs) is None
+    assert _published_record(request, fedmrg, 1, load_config("tiny", {"train.lr": 0.123}), inputs) is None
+    assert _published_record(request, fedmrg, 1, cfg, {**inputs, "test_limit": None}) is None
+    assert _published_record(request, fedmrg, 1, cfg, inputs) == published
+    run_dir = tmp_path / "fedmrg" / "seed-1"  # copied into its folder: found there next time
+    assert _finished_record(run_dir, cfg, inputs) == published
+
+
+def test_the_published_runs_come_from_a_results_file_and_a_foreign_file_is_named(tmp_path):
+    results = tmp_path / "cpu.json"
+    assert published_runs(results) == ()
+    results.write_text(json.dumps({"runs": [{"method": "local", "seed": 0}]}))
+    assert published_runs(results) == ({"method": "local", "seed": 0},)
+    results.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ConfigError, match="cpu.json: not a benchmark results file"):
+        published_runs(results)
 
 
 def test_a_benchmark_config_with_a_step_cap_is_refused():

@@ -972,7 +972,8 @@ def _bench_parser(sub) -> None:
         "with the same budget; federated methods run their FLARE job in the simulator. Writes "
         "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and rewrites the results section "
         "of the results page (--results-page, default docs/benchmark.md). Finished runs are reused, so "
-        "an interrupted benchmark resumes.",
+        "an interrupted benchmark resumes, and so are the runs OUT/NAME.json records when their config and "
+        "inputs are the same: extending a published benchmark runs only what it lacks.",
     )
     preset = p.add_mutually_exclusive_group(required=True)
     preset.add_argument(
@@ -1046,6 +1047,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         BenchRequest,
         bench_results,
         prepare_inputs,
+        published_runs,
         random_llama_1b,
         run_benchmark,
     )
@@ -1099,6 +1101,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             **public,
             **({"train.device": args.device} if args.device else {}),
         },
+        published=published_runs(Path(args.out) / f"{name}.json"),
     )
     records = run_benchmark(request)
     results = bench_results(name, request, records)

@@ -10,7 +10,9 @@ on each site's test split (generic adapter, and generic+specialized where there 
 Each run leaves ``<work>/<method>/seed-<k>/run.json``; a later ``fedmrg bench`` with the same
 config, benchmark, base LLM and scoring limits reuses it, so an interrupted benchmark resumes where
 it stopped, changing one method's settings reruns that method only, and re-running a finished
-benchmark only redoes its report.
+benchmark only redoes its report. The runs a published results file (``bench/results/<name>.json``)
+records are reused the same way when their folders are gone (a fresh clone): adding a method or a
+seed to a published benchmark runs only what it lacks.
 
 Presets (the budget and decoding differ, the benchmark and the model do not):
 
@@ -110,6 +112,7 @@ class BenchRequest:
     jobs_dir: Path = Path("jobs")
     progress: bool = True
     extra_overrides: Mapping[str, Any] = field(default_factory=dict)  # e.g. train.device
+    published: tuple[dict, ...] = ()  # run records of a results file, reused where no run folder has one
 
     def seeds_of(self, method: Method) -> tuple[int, ...]:
         return self.seeds or self.preset.seeds_of(method)
@@ -166,7 +169,7 @@ def run_benchmark(request: BenchRequest) -> list[dict]:
     for method, seed in tqdm(plan, desc="benchmark runs", disable=not request.progress):
         cfg = run_config(request, method, seed, len(sites))
         run_dir = request.work / method.name / f"seed-{seed}"
-        record = _finished_record(run_dir, cfg, inputs)
+        record = _finished_record(run_dir, cfg, inputs) or _published_record(request, method, seed, cfg, inputs)
         if record is None:
             log.info("%s, seed %d: running in %s", method.name, seed, run_dir)
             record = {**_run(request, method, seed, cfg, sites, run_dir), "inputs": inputs}
@@ -175,6 +178,19 @@ def run_benchmark(request: BenchRequest) -> list[dict]:
             log.info("%s, seed %d: reusing %s", method.name, seed, run_dir / RUN_FILE)
         records.append(record)
     return records
+
+
+def published_runs(results_file: Path) -> tuple[dict, ...]:
+    """The run records of a results file written by an earlier ``fedmrg bench`` (none if there is no file)."""
+    if not results_file.is_file():
+        return ()
+    results = load_json(results_file)
+    runs = results.get("runs") if isinstance(results, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+        raise ConfigError(
+            f"{results_file}: not a benchmark results file (no list of runs); move it away or pass another --name"
+        )
+    return tuple(runs)
 
 
 def _check_runnable(request: BenchRequest) -> None:
@@ -197,18 +213,30 @@ def _finished_record(run_dir: Path, cfg: Config, inputs: Mapping[str, Any]) -> d
         except FedMRGError as exc:
             record = None
             log.warning("%s", exc)
-        if (
-            isinstance(record, dict)
-            and record.get("format") == RUN_FORMAT
-            and record.get("config") == config_to_dict(cfg)
-            and record.get("inputs") == inputs
-        ):
+        if isinstance(record, dict) and _same_run(record, config_to_dict(cfg), inputs):
             return record
         log.info(
             "%s: settings, data or LLM changed since it ran (or its record is unreadable); running it again", run_dir
         )
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    return None
+
+
+def _same_run(record: Mapping[str, Any], config: dict, inputs: Mapping[str, Any]) -> bool:
+    return record.get("format") == RUN_FORMAT and record.get("config") == config and record.get("inputs") == inputs
+
+
+def _published_record(
+    request: BenchRequest, method: Method, seed: int, cfg: Config, inputs: Mapping[str, Any]
+) -> dict | None:
+    """The published record of this run when it ran with the same config and inputs, copied into its folder."""
+    config = config_to_dict(cfg)
+    for record in request.published:
+        if (record.get("method"), record.get("seed")) == (method.name, seed) and _same_run(record, config, inputs):
+            log.info("%s, seed %d: the results file's record ran with these settings", method.name, seed)
+            write_json(request.work / method.name / f"seed-{seed}" / RUN_FILE, record)
+            return record
     return None
 
 
