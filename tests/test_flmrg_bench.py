@@ -231,6 +231,23 @@ def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
     assert "| ablation | removes | ΔCE-F1-abnormal | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict |" in text
 
 
+def test_the_heterogeneity_table_gives_fedmrgs_gaps_on_each_partition(summary):
+    style = results_of(summary)
+    label = results_of({m: e for m, e in summary.items() if m in ("local", "fedmrg")})
+    label["settings"]["benchmark"] = {**style["settings"]["benchmark"], "partition": "label"}
+    label["name"] = "t-label"
+    rows = br.partition_rows([style, label])
+    assert [row["partition"] for row in rows] == ["style", "label"] and rows[0]["seeds"] == 2
+    # fedmrg's deployed (personalized) model: 0.2 CE-F1-abnormal everywhere, BLEU-4 0.12
+    assert rows[0]["fedmrg - local BLEU-4"] == pytest.approx(0.12 - 0.06)
+    assert rows[0]["fedmrg / centralized CE-F1-abnormal"] == pytest.approx(1.0)
+    assert rows[1]["fedmrg - fedavg_lora BLEU-4"] is None  # not run on that partition
+    text = br.markdown({**style, "partitions": rows})
+    line = next(line for line in text.splitlines() if line.startswith("| label (`t-label`) |"))
+    assert "| +0.000, +0.060 | n/a |" in line and line.count("n/a") >= 4
+    assert "Heterogeneity" not in br.markdown({**style, "partitions": rows[:1]})  # one partition: no table
+
+
 def test_runs_scored_before_the_abnormal_variant_existed_give_n_a_not_an_error():
     old = [predating_abnormal(r) for r in two_seeds("fedmrg", [(0.6, 0.1), (0.6, 0.1)], up=20_000)]
     mixed = [predating_abnormal(record("local", 0, {"site-1": (0.5, 0.1)})), record("local", 1, {"site-1": (0.5, 0.1)})]

@@ -13,14 +13,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import yaml
 
 from fedmrg import __version__
-from fedmrg.config import config_to_dict, load_config, named_configs
+from fedmrg.config import PartitionKind, config_to_dict, load_config, named_configs
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.io import write_json
+
+PARTITIONS = get_args(PartitionKind)
 
 if TYPE_CHECKING:
     from fedmrg.ops.poc import PocRun
@@ -75,7 +77,7 @@ def _prepare_data_parser(sub) -> None:
     )
     p.add_argument("--studies", type=int, help="number of studies (default: all; synthetic: 200)")
     p.add_argument("--sites", type=int, help="number of hospitals")
-    p.add_argument("--partition", choices=["style", "label", "iid"], help="how studies are dealt to sites")
+    p.add_argument("--partition", choices=PARTITIONS, help="how studies are dealt to sites")
     p.add_argument("--image-size", type=int, help="rendered image size in pixels")
     p.add_argument("--seed", type=int, help="random seed (the build is deterministic for a seed)")
     p.add_argument("--dirichlet-alpha", type=float, help="label skew for --partition label")
@@ -1001,7 +1003,7 @@ def _bench_parser(sub) -> None:
     _add_config_flag(p, "demo")
     p.add_argument(
         "--partition",
-        choices=["style", "label", "iid"],
+        choices=PARTITIONS,
         help="how studies are dealt to sites when the benchmark is built here (default: style)",
     )
     p.add_argument(
@@ -1041,7 +1043,7 @@ def _bench_parser(sub) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fedmrg.data.iuxray import data_dir
     from fedmrg.experiments.methods import select_methods
-    from fedmrg.experiments.report import image_links, markdown, refresh_results_page, write_outputs
+    from fedmrg.experiments.report import image_links, markdown, partition_rows, refresh_results_page, write_outputs
     from fedmrg.experiments.runner import (
         PRESETS,
         BenchRequest,
@@ -1056,13 +1058,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.data and args.partition:
         raise FedMRGError("--partition applies when the benchmark is built here; --data's partition is its own")
     partition = args.partition or "style"
-    parts = (
-        args.preset,
-        None if args.config == "demo" else Path(args.config).stem,
-        None if partition == "style" else partition,
-        "1b" if args.llm_1b else None,
-    )
-    name = args.name or "-".join(part for part in parts if part)
+    name = args.name or _bench_name(args, partition)
     if args.data:
         data, base_llm = Path(args.data), args.base_llm
         if base_llm is None:
@@ -1105,6 +1101,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     records = run_benchmark(request)
     results = bench_results(name, request, records)
+    if not args.name:
+        results["partitions"] = partition_rows(_partition_results(args, partition, results))
     paths = write_outputs(results, args.out)
     text = markdown(results)
     print(text)
@@ -1114,6 +1112,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"results section of {page} rewritten")
     print("written: " + ", ".join(str(path) for path in paths.values()))
     return 0
+
+
+def _bench_name(args: argparse.Namespace, partition: str) -> str:
+    """The default results name: the preset, plus the config unless demo, the partition unless style,
+    and 1b with --llm-1b."""
+    parts = (
+        args.preset,
+        None if args.config == "demo" else Path(args.config).stem,
+        None if partition == "style" else partition,
+        "1b" if args.llm_1b else None,
+    )
+    return "-".join(part for part in parts if part)
+
+
+def _partition_results(args: argparse.Namespace, partition: str, results: dict) -> list[dict]:
+    """These results with those of the same preset and config on the other partitions that OUT holds."""
+    from fedmrg.io import load_json
+
+    found = []
+    for other in PARTITIONS:
+        path = Path(args.out) / f"{_bench_name(args, other)}.json"
+        if other == partition:
+            found.append(results)
+        elif path.is_file():
+            found.append(load_json(path))
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -255,6 +255,33 @@ def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
     return effects
 
 
+HETEROGENEITY_METHODS = ("local", "fedavg_lora", "fedmrg", "centralized")
+
+
+def partition_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per benchmark partition (results of one preset on the style, label and iid partitions):
+    the main methods' CE-F1-abnormal and BLEU-4 (site means, mean over the seeds run), fedmrg's gap to
+    fedavg_lora and to local-only, and its share of centralized. How the gap moves with heterogeneity."""
+    rows = []
+    for result in results:
+        summary = result["summary"]
+        row: dict[str, Any] = {
+            "partition": result["settings"]["benchmark"]["partition"],
+            "name": result["name"],
+            "seeds": max((len(summary[m]["seeds"]) for m in HETEROGENEITY_METHODS if m in summary), default=0),
+        }
+        for metric in CLAIM_METRICS:
+            for method in HETEROGENEITY_METHODS:
+                row[f"{method} {metric}"] = _value(summary, method, metric)
+            for other in ("fedavg_lora", "local"):
+                row[f"fedmrg - {other} {metric}"] = _difference(summary, metric, "fedmrg", other)[0]
+        row["fedmrg / centralized CE-F1-abnormal"] = _ratio(
+            _value(summary, "fedmrg", "CE-F1-abnormal"), _value(summary, "centralized", "CE-F1-abnormal")
+        )
+        rows.append(row)
+    return rows
+
+
 def _verdict(verdicts: list[str]) -> str:
     clear = set(verdicts) - {"within noise"}
     if not clear:
@@ -366,8 +393,36 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
                 + " | ".join(_fmt(row.get(m), "+.3f") for m in KEY_METRICS)
                 + f" | {row['verdict']} | {_times(row.get('bytes_ratio'))} |"
             )
+    lines += _partition_lines(results.get("partitions", []))
     lines += [""] + [f"![{title}]({image_dir}{Path(path).name})" for title, path in results.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _partition_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if len(rows) < 2:
+        return []
+    lines = [
+        "",
+        "Heterogeneity: the same preset on each partition of the benchmark (site means; `seeds`: how many "
+        "each value averages; a gap from one seed has no spread to judge it by).",
+        "",
+        "| partition | seeds | "
+        + " | ".join(f"{m} {metric}" for metric in CLAIM_METRICS for m in HETEROGENEITY_METHODS)
+        + " | fedmrg − fedavg_lora (CE-F1-abnormal, BLEU-4) | fedmrg − local (CE-F1-abnormal, BLEU-4) "
+        "| fedmrg / centralized CE-F1-abnormal |",
+        "|---|---:|" + "---:|" * (len(CLAIM_METRICS) * len(HETEROGENEITY_METHODS) + 3),
+    ]
+    for row in rows:
+        gaps = [
+            ", ".join(_fmt(row[f"fedmrg - {other} {metric}"], "+.3f") for metric in CLAIM_METRICS)
+            for other in ("fedavg_lora", "local")
+        ]
+        lines.append(
+            f"| {row['partition']} (`{row['name']}`) | {row['seeds']} | "
+            + " | ".join(_fmt(row[f"{m} {metric}"]) for metric in CLAIM_METRICS for m in HETEROGENEITY_METHODS)
+            + f" | {gaps[0]} | {gaps[1]} | {_fmt(row['fedmrg / centralized CE-F1-abnormal'], '.0%')} |"
+        )
+    return lines
 
 
 def _settings_line(settings: Mapping[str, Any]) -> str:
