@@ -22,16 +22,7 @@ from fedmrg.config import load_config
 from fedmrg.data.loaders import study_loader
 from fedmrg.labels.observations import OBSERVATIONS
 from fedmrg.model.mrg import MRGModel
-
-
-def part_of(name: str) -> str:
-    """The model part a trainable parameter belongs to, in the words of the design."""
-    if name.startswith("llm."):
-        return "LoRA specialized" if ".specialized." in name else "LoRA generic"
-    head, _, rest = name.partition(".")
-    if head in ("encoder", "contrastive"):
-        return f"{head}.{rest.partition('.')[0]}"
-    return head
+from fedmrg.model.parameters import model_part
 
 
 def loss_reach(model: MRGModel, loader, batches: int) -> dict[str, dict[str, float]]:
@@ -49,7 +40,7 @@ def loss_reach(model: MRGModel, loader, batches: int) -> dict[str, dict[str, flo
             grads = torch.autograd.grad(weighted, list(params.values()), retain_graph=True, allow_unused=True)
             squares: dict[str, float] = defaultdict(float)
             for name, grad in zip(params, grads):
-                squares[part_of(name)] += 0.0 if grad is None else float(grad.float().pow(2).sum())
+                squares[model_part(name)] += 0.0 if grad is None else float(grad.float().pow(2).sum())
             for part, square in squares.items():
                 reach[term][part] += square**0.5 / batches
     return reach

@@ -54,6 +54,7 @@ ABLATIONS = {
     "fedavg_lora": FEDAVG_LORA,
     "fedavg_lora-nf4": {**FEDAVG_LORA, "fl.quantization": "normfloat4"},
     "fedmrg-no-compression": {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
+    "fedmrg-rank16": {"fl.rank": 16},
     "fedmrg-single-adapter": {"model.adapters": "single", "model.mutual_boosting": 0.0},
     "fedmrg-no-contrastive": {"model.contrastive": False},
     "fedmrg-no-diagnosis": {"model.diagnosis": False},

@@ -19,7 +19,7 @@ from fedmrg.model.inference import generate_for, study_batch
 from fedmrg.model.layout import ADAPTERS_DIR
 from fedmrg.model.llm import load_llm, random_llm
 from fedmrg.model.mrg import MRGModel
-from fedmrg.model.parameters import GENERIC, SPECIALIZED
+from fedmrg.model.parameters import GENERIC, SPECIALIZED, model_part
 from fedmrg.model.training import Trainer, train_centralized
 
 ALLOWED_TRAINABLE = (
@@ -101,6 +101,14 @@ def test_shared_and_local_state_partition_the_trainable_parameters(model):
         key.startswith("contrastive.client.") for key in local
     )
     assert not any(key.startswith("contrastive.client.") for key in shared)
+
+
+def test_each_trainable_parameter_is_named_by_its_model_part(model):
+    parts = {model_part(name) for name, p in model.named_parameters() if p.requires_grad}
+    assert {"LoRA generic", "LoRA specialized", "projector", "customizer", "diagnosis"} <= parts
+    assert {"contrastive.generic", "contrastive.client"} <= parts and "contrastive" not in parts
+    assert all(part.startswith("encoder.") for part in parts if "encoder" in part)
+    assert model_part("llm.base_model.model.layers.0.mlp.up_proj.lora_AB.specialized.weight") == "LoRA specialized"
 
 
 def test_loading_a_shared_state_changes_only_shared_parameters(model):

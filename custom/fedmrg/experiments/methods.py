@@ -10,7 +10,8 @@ A federated method runs its FLARE job (``jobs/<job>/job.py``), whose own setting
 folder's ``overrides.yaml``: FedAvg-LoRA's dense updates and single adapter) come with it.
 ``fedavg_lora-nf4`` is the same baseline behind FLARE's NF4 quantization filters, both ways: the
 cheapest way to send less that FLARE offers out of the box. The ablations switch off one FedMRG
-mechanism each and keep everything else as in ``fedmrg``.
+mechanism each (``fedmrg-rank16`` loosens one: the codec's rank) and keep everything else as in
+``fedmrg``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ METHODS: tuple[Method, ...] = (
         "federated",
         "FedMRG sending dense fp32 updates",
         {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
+        "fedmrg",
+        ablation=True,
+    ),
+    Method(
+        "fedmrg-rank16",
+        "federated",
+        "FedMRG with the codec at the LoRA rank (16, not 4): a round's adapter change sent whole",
+        {"fl.rank": 16},
         "fedmrg",
         ablation=True,
     ),

@@ -32,3 +32,15 @@ def is_local_parameter(name: str) -> bool:
 def local_parameters(names: Iterable[str]) -> list[str]:
     """The site-local names among ``names``, sorted."""
     return sorted(name for name in map(str, names) if is_local_parameter(name))
+
+
+def model_part(name: str) -> str:
+    """The part of the model a parameter (or a codec entry) belongs to, for tables that break a
+    measurement down: ``LoRA generic`` / ``LoRA specialized``, ``encoder.<submodule>``,
+    ``contrastive.generic`` / ``contrastive.client``, or the top module (``projector``, ...)."""
+    if name.startswith("llm."):
+        return f"LoRA {SPECIALIZED if f'.{SPECIALIZED}.' in name else GENERIC}"
+    head, _, rest = name.partition(".")
+    if head in ("encoder", "contrastive"):
+        return f"{head}.{rest.partition('.')[0]}"
+    return head
