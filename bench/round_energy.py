@@ -21,8 +21,6 @@ import dataclasses
 import tempfile
 from collections import defaultdict
 
-import torch
-
 from fedmrg.config import load_config
 from fedmrg.fl.codec import CodecSpec, Delta, as_dense, encode, payload_bytes, round_delta
 from fedmrg.fl.site import SiteTrainer
