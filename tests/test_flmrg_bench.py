@@ -20,6 +20,7 @@ from fedmrg.experiments.runner import (
     _finished_record,
     _published_record,
     benchmark_sites,
+    input_fingerprints,
     published_runs,
     random_llama_1b,
     round_curves,
@@ -339,22 +340,49 @@ def test_a_finished_run_is_reused_only_with_the_same_config_and_inputs(tmp_path)
     assert _finished_record(run_dir, cfg, inputs) is None and not run_dir.exists()
 
 
-def test_a_published_run_is_reused_only_with_the_same_method_seed_config_and_inputs(tmp_path):
-    inputs = {"base_llm": "/llm", "test_limit": 50}
+def test_a_published_run_is_reused_only_with_the_same_method_seed_config_inputs_and_bytes(tmp_path):
+    inputs, fingerprints = {"base_llm": "/llm", "test_limit": 50}, {"data": "d1", "base_llm": "l1"}
+    ran_with = {"inputs": inputs, "fingerprints": fingerprints}
     request = BenchRequest(
         preset=PRESETS["cpu"], methods=select_methods(None), data=REPO, base_llm=REPO, work=tmp_path, config="tiny"
     )
     cfg = load_config("tiny")
-    published = {"format": RUN_FORMAT, "method": "fedmrg", "seed": 1, "config": config_to_dict(cfg), "inputs": inputs}
-    request.published = (published,)
+    published = {"format": RUN_FORMAT, "method": "fedmrg", "seed": 1, "config": config_to_dict(cfg), **ran_with}
+    request.published = (published, {**published, "seed": 2, "fingerprints": None})
     fedmrg = BY_NAME["fedmrg"]
-    assert _published_record(request, fedmrg, 0, cfg, inputs) is None  # another seed
-    assert _published_record(request, BY_NAME["fedavg_lora"], 1, cfg, inputs) is None
-    assert _published_record(request, fedmrg, 1, load_config("tiny", {"train.lr": 0.123}), inputs) is None
-    assert _published_record(request, fedmrg, 1, cfg, {**inputs, "test_limit": None}) is None
-    assert _published_record(request, fedmrg, 1, cfg, inputs) == published
+    assert _published_record(request, fedmrg, 0, cfg, ran_with) is None  # another seed
+    assert _published_record(request, BY_NAME["fedavg_lora"], 1, cfg, ran_with) is None
+    assert _published_record(request, fedmrg, 1, load_config("tiny", {"train.lr": 0.123}), ran_with) is None
+    assert _published_record(request, fedmrg, 1, cfg, {**ran_with, "inputs": {**inputs, "test_limit": None}}) is None
+    rebuilt = {**ran_with, "fingerprints": {**fingerprints, "base_llm": "l2"}}  # same path, other bytes
+    assert _published_record(request, fedmrg, 1, cfg, rebuilt) is None
+    assert _published_record(request, fedmrg, 2, cfg, {**ran_with, "fingerprints": None}) is None  # none recorded
+    assert _published_record(request, fedmrg, 1, cfg, ran_with) == published
     run_dir = tmp_path / "fedmrg" / "seed-1"  # copied into its folder: found there next time
     assert _finished_record(run_dir, cfg, inputs) == published
+
+
+def test_the_input_fingerprints_change_with_the_bytes_of_the_data_and_the_encoder(tiny_bench, tiny_base_llm, tmp_path):
+    import shutil
+
+    data, encoder = tmp_path / "bench", tmp_path / "encoder.safetensors"
+    shutil.copytree(tiny_bench, data)
+    encoder.write_bytes(b"weights")
+    request = BenchRequest(
+        preset=PRESETS["cpu"],
+        methods=[],
+        data=data,
+        base_llm=tiny_base_llm,
+        work=tmp_path,
+        extra_overrides={"model.encoder.pretrained": str(encoder)},
+    )
+    before = input_fingerprints(request)
+    assert set(before) == {"data", "base_llm", "base_encoder"} and input_fingerprints(request) == before
+    encoder.write_bytes(b"other weights")
+    after = input_fingerprints(request)
+    assert after["base_encoder"] != before["base_encoder"] and after["data"] == before["data"]
+    (data / "site-1" / "annotation.json").write_text("{}")
+    assert input_fingerprints(request)["data"] != before["data"]
 
 
 def test_the_published_runs_come_from_a_results_file_and_a_foreign_file_is_named(tmp_path):

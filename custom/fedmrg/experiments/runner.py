@@ -11,8 +11,9 @@ Each run leaves ``<work>/<method>/seed-<k>/run.json``; a later ``fedmrg bench`` 
 config, benchmark, base LLM and scoring limits reuses it, so an interrupted benchmark resumes where
 it stopped, changing one method's settings reruns that method only, and re-running a finished
 benchmark only redoes its report. The runs a published results file (``bench/results/<name>.json``)
-records are reused the same way when their folders are gone (a fresh clone): adding a method or a
-seed to a published benchmark runs only what it lacks.
+records are reused the same way when their folders are gone (a fresh clone) and their inputs hold
+the same bytes (``fingerprints``): adding a method or a seed to a published benchmark then runs only
+what it lacks.
 
 Presets (the budget and decoding differ, the benchmark and the model do not):
 
@@ -30,6 +31,7 @@ Presets (the budget and decoding differ, the benchmark and the model do not):
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import platform
@@ -63,7 +65,7 @@ from fedmrg.model.base_encoder import make_base_encoder
 from fedmrg.model.base_llm import make_base_llm
 from fedmrg.model.inference import adapter_scores
 from fedmrg.model.llm import LLAMA_1B_SHAPE, random_llm
-from fedmrg.model.mrg import MRGModel
+from fedmrg.model.mrg import MRGModel, llm_fingerprint
 from fedmrg.model.training import train_centralized
 
 log = logging.getLogger(__name__)
@@ -164,15 +166,23 @@ def run_benchmark(request: BenchRequest) -> list[dict]:
     sites = benchmark_sites(request.data)
     _check_runnable(request)
     inputs = run_inputs(request)
+    fingerprints = input_fingerprints(request) if request.published else {}
     plan = [(method, seed) for method in request.methods for seed in request.seeds_of(method)]
     records = []
     for method, seed in tqdm(plan, desc="benchmark runs", disable=not request.progress):
         cfg = run_config(request, method, seed, len(sites))
         run_dir = request.work / method.name / f"seed-{seed}"
-        record = _finished_record(run_dir, cfg, inputs) or _published_record(request, method, seed, cfg, inputs)
+        record = _finished_record(run_dir, cfg, inputs) or _published_record(
+            request, method, seed, cfg, {"inputs": inputs, "fingerprints": fingerprints}
+        )
         if record is None:
             log.info("%s, seed %d: running in %s", method.name, seed, run_dir)
-            record = {**_run(request, method, seed, cfg, sites, run_dir), "inputs": inputs}
+            fingerprints = fingerprints or input_fingerprints(request)
+            record = {
+                **_run(request, method, seed, cfg, sites, run_dir),
+                "inputs": inputs,
+                "fingerprints": fingerprints,
+            }
             write_json(run_dir / RUN_FILE, record)
         else:
             log.info("%s, seed %d: reusing %s", method.name, seed, run_dir / RUN_FILE)
@@ -227,13 +237,39 @@ def _same_run(record: Mapping[str, Any], config: dict, inputs: Mapping[str, Any]
     return record.get("format") == RUN_FORMAT and record.get("config") == config and record.get("inputs") == inputs
 
 
+def input_fingerprints(request: BenchRequest) -> dict[str, str]:
+    """Digests of what the inputs hold, not only where they are: the benchmark folder, the base LLM and
+    a frozen encoder's weights. A rebuild in another checkout can give other bytes (the base encoder's
+    training is not bit-reproducible across sessions), and then a published run is not this one."""
+    fingerprints = {"data": folder_digest(request.data), "base_llm": llm_fingerprint(request.base_llm)}
+    encoder = request.extra_overrides.get("model.encoder.pretrained")
+    if encoder and Path(encoder).is_file():
+        fingerprints["base_encoder"] = hashlib.sha256(Path(encoder).read_bytes()).hexdigest()
+    return fingerprints
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes under ``folder``."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _published_record(
-    request: BenchRequest, method: Method, seed: int, cfg: Config, inputs: Mapping[str, Any]
+    request: BenchRequest, method: Method, seed: int, cfg: Config, ran_with: Mapping[str, Any]
 ) -> dict | None:
-    """The published record of this run when it ran with the same config and inputs, copied into its folder."""
+    """The published record of this run when it ran with the same config, inputs and input contents
+    (``ran_with``: ``inputs`` and ``fingerprints``), copied into its folder. A record without
+    fingerprints is never taken: nothing says its inputs held the same bytes."""
     config = config_to_dict(cfg)
     for record in request.published:
-        if (record.get("method"), record.get("seed")) == (method.name, seed) and _same_run(record, config, inputs):
+        if (
+            (record.get("method"), record.get("seed")) == (method.name, seed)
+            and _same_run(record, config, ran_with["inputs"])
+            and record.get("fingerprints")
+            and record["fingerprints"] == ran_with["fingerprints"]
+        ):
             log.info("%s, seed %d: the results file's record ran with these settings", method.name, seed)
             write_json(request.work / method.name / f"seed-{seed}" / RUN_FILE, record)
             return record
