@@ -239,8 +239,8 @@ def _same_run(record: Mapping[str, Any], config: dict, inputs: Mapping[str, Any]
 
 def input_fingerprints(request: BenchRequest) -> dict[str, str]:
     """Digests of what the inputs hold, not only where they are: the benchmark folder, the base LLM and
-    a frozen encoder's weights. A rebuild in another checkout can give other bytes (the base encoder's
-    training is not bit-reproducible across sessions), and then a published run is not this one."""
+    a frozen encoder's weights. A rebuild in another checkout can give other bytes, and then a published
+    run is not this one."""
     fingerprints = {"data": folder_digest(request.data), "base_llm": llm_fingerprint(request.base_llm)}
     encoder = request.extra_overrides.get("model.encoder.pretrained")
     if encoder and Path(encoder).is_file():
