@@ -31,13 +31,21 @@ def energy(value: Delta) -> float:
     return float(as_dense(value).float().pow(2).sum())
 
 
-def sent_shares(delta: dict[str, Delta], spec: CodecSpec) -> tuple[dict[str, float], float, int]:
-    """Per model part the share of the change's energy the payload carries, the overall share, the bytes."""
-    payload, left_out = encode(delta, spec)
-    total, lost = defaultdict(float), defaultdict(float)
+def part_energies(delta: dict[str, Delta]) -> dict[str, float]:
+    """The energy of ``delta`` summed per model part."""
+    energies: dict[str, float] = defaultdict(float)
     for name, value in delta.items():
-        total[model_part(name)] += energy(value)
-        lost[model_part(name)] += energy(left_out[name])
+        energies[model_part(name)] += energy(value)
+    return energies
+
+
+def sent_shares(
+    delta: dict[str, Delta], total: dict[str, float], spec: CodecSpec
+) -> tuple[dict[str, float], float, int]:
+    """Per model part the share of the change's energy (``total``, per part) the payload carries, the
+    overall share, the bytes."""
+    payload, left_out = encode(delta, spec)
+    lost = part_energies(left_out)
     shares = {part: 1 - lost[part] / total[part] for part in total if total[part] > 0}
     return shares, 1 - sum(lost.values()) / sum(total.values()), payload_bytes(payload)
 
@@ -68,9 +76,9 @@ def main() -> None:
         site.train_round(0)
         delta = round_delta(before, site.model.shared_state_dict())
     spec = CodecSpec.of(cfg.fl)
-    rows = {rank: sent_shares(delta, dataclasses.replace(spec, rank=rank)) for rank in args.ranks}
+    total = part_energies(delta)
+    rows = {rank: sent_shares(delta, total, dataclasses.replace(spec, rank=rank)) for rank in args.ranks}
     parts = sorted({part for shares, _, _ in rows.values() for part in shares})
-    total = {part: sum(energy(v) for n, v in delta.items() if model_part(n) == part) for part in parts}
     everything = sum(total.values())
     print(
         f"one round of {args.steps} steps at {args.data} ({cfg.name} config, seed {args.seed}); codec "

@@ -20,7 +20,7 @@ import yaml
 from fedmrg import __version__
 from fedmrg.config import PartitionKind, config_to_dict, load_config, named_configs
 from fedmrg.errors import ConfigError, FedMRGError
-from fedmrg.io import write_json
+from fedmrg.io import load_json, write_json
 
 PARTITIONS = get_args(PartitionKind)
 
@@ -324,7 +324,6 @@ def _cmd_fl_report(args: argparse.Namespace) -> int:
 def _held_out_section(scores_file: Path, data: str | None) -> str:
     from fedmrg.eval.texts import read_id_texts, read_references
     from fedmrg.fl.results import held_out_markdown
-    from fedmrg.io import load_json
 
     if not data:
         raise FedMRGError("--held-out needs --held-out-data (the split folder the scores are of)")
@@ -974,8 +973,9 @@ def _bench_parser(sub) -> None:
         "with the same budget; federated methods run their FLARE job in the simulator. Writes "
         "OUT/NAME.json (runs, summary, claims), OUT/NAME.md and plots, and rewrites the results section "
         "of the results page (--results-page, default docs/benchmark.md). Finished runs are reused, so "
-        "an interrupted benchmark resumes, and so are the runs OUT/NAME.json records when their config and "
-        "inputs are the same: extending a published benchmark runs only what it lacks.",
+        "an interrupted benchmark resumes, and so are the runs OUT/NAME.json records when their config, "
+        "inputs and the inputs' bytes (fingerprints) are the same: extending a published benchmark runs "
+        "only what it lacks.",
     )
     preset = p.add_mutually_exclusive_group(required=True)
     preset.add_argument(
@@ -1128,8 +1128,6 @@ def _bench_name(args: argparse.Namespace, partition: str) -> str:
 
 def _partition_results(args: argparse.Namespace, partition: str, results: dict) -> list[dict]:
     """These results with those of the same preset and config on the other partitions that OUT holds."""
-    from fedmrg.io import load_json
-
     found = []
     for other in PARTITIONS:
         path = Path(args.out) / f"{_bench_name(args, other)}.json"
