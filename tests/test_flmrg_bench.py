@@ -340,6 +340,24 @@ def test_a_finished_run_is_reused_only_with_the_same_config_and_inputs(tmp_path)
     assert _finished_record(run_dir, cfg, inputs) is None and not run_dir.exists()
 
 
+def test_a_run_recorded_before_an_option_existed_counts_as_run_at_its_default(tmp_path):
+    """An option added later keeps the old behaviour at its default: the old record is that run; a record
+    naming an option this version lacks is not."""
+    cfg, inputs = load_config("tiny"), {"base_llm": "/llm"}
+    run_dir = tmp_path / "fedmrg" / "seed-0"
+    older = config_to_dict(cfg)
+    del older["model"]["generic_from_dual"]
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_FILE).write_text(json.dumps({"format": RUN_FORMAT, "config": older, "inputs": inputs}))
+    assert _finished_record(run_dir, cfg, inputs) is not None
+    assert _finished_record(run_dir, load_config("tiny", {"model.generic_from_dual": False}), inputs) is None
+    foreign = config_to_dict(cfg)
+    foreign["model"]["retired_option"] = 1
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_FILE).write_text(json.dumps({"format": RUN_FORMAT, "config": foreign, "inputs": inputs}))
+    assert _finished_record(run_dir, cfg, inputs) is None
+
+
 def test_a_published_run_is_reused_only_with_the_same_method_seed_config_inputs_and_bytes(tmp_path):
     inputs, fingerprints = {"base_llm": "/llm", "test_limit": 50}, {"data": "d1", "base_llm": "l1"}
     ran_with = {"inputs": inputs, "fingerprints": fingerprints}

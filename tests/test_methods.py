@@ -55,6 +55,8 @@ ABLATIONS = {
     "fedavg_lora-nf4": {**FEDAVG_LORA, "fl.quantization": "normfloat4"},
     "fedmrg-no-compression": {"fl.update": "dense", "fl.error_feedback": False, "fl.server_residual": False},
     "fedmrg-rank16": {"fl.rank": 16},
+    "fedmrg-contrastive-projector": {"model.contrastive_features": "projector"},
+    "fedmrg-generic-own-loss": {"model.generic_from_dual": False},
     "fedmrg-single-adapter": {"model.adapters": "single", "model.mutual_boosting": 0.0},
     "fedmrg-no-contrastive": {"model.contrastive": False},
     "fedmrg-no-diagnosis": {"model.diagnosis": False},

@@ -15,6 +15,7 @@ from fedmrg.config import load_config
 from fedmrg.data.images import load_image, save_dicom
 from fedmrg.data.loaders import study_loader
 from fedmrg.errors import ConfigError
+from fedmrg.model.adapters import adapter_parameters
 from fedmrg.model.inference import generate_for, study_batch
 from fedmrg.model.layout import ADAPTERS_DIR
 from fedmrg.model.llm import load_llm, random_llm
@@ -177,6 +178,43 @@ def test_mutual_boosting_kl_is_zero_while_the_specialized_adapter_is_zero(model,
     losses = losses_of(model, first_batch(model.cfg, site))
     assert losses["lm_generic"] == pytest.approx(losses["lm_dual"])  # LoRA B starts at zero
     assert losses["mutual_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def gradient_reach(loss, params) -> float:
+    """How much gradient one loss term puts on ``params`` (sum of absolute values; 0 when none)."""
+    grads = torch.autograd.grad(loss, [p for p in params if p.requires_grad], retain_graph=True, allow_unused=True)
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+
+def test_the_dual_paths_loss_trains_the_generic_adapter_only_when_asked(tiny_base_llm, site):
+    """generic_from_dual: false keeps the federated adapter to its own path's loss; the losses are the same."""
+    reach, values = {}, {}
+    for setting in (True, False):
+        torch.manual_seed(0)
+        variant = MRGModel.build(tiny_cfg(generic_from_dual=setting), tiny_base_llm, device="cpu")
+        variant.train()
+        torch.manual_seed(1)
+        losses = variant(first_batch(variant.cfg, site))
+        values[setting] = losses["lm_dual"].item()
+        reach[setting] = {
+            name: gradient_reach(losses["lm_dual"], adapter_parameters(variant.llm, name).values())
+            for name in (GENERIC, SPECIALIZED)
+        }
+    assert values[True] == pytest.approx(values[False])
+    assert reach[True][GENERIC] > 0 and reach[True][SPECIALIZED] > 0
+    assert reach[False][GENERIC] == 0 and reach[False][SPECIALIZED] > 0
+
+
+@pytest.mark.parametrize("features", ["encoder", "projector"])
+def test_contrastive_features_decide_whether_the_contrastive_losses_train_the_projector(tiny_base_llm, site, features):
+    """On the projector's tokens the contrastive losses shape what the LLM reads, even with a frozen encoder."""
+    torch.manual_seed(0)
+    variant = MRGModel.build(tiny_cfg(contrastive_features=features), tiny_base_llm, device="cpu")
+    variant.train()
+    losses = variant(first_batch(variant.cfg, site))
+    reach = gradient_reach(losses["contrastive_generic"], variant.projector.parameters())
+    assert (reach > 0) == (features == "projector")
+    assert gradient_reach(losses["contrastive_generic"], variant.encoder.parameters()) > 0
 
 
 def test_a_short_run_lowers_the_loss_on_its_own_batch(tiny_base_llm, site):

@@ -84,6 +84,7 @@ class BenchmarkConfig:
 PromptMode = Literal["none", "prompt", "promptbook"]
 DiagnosisLoss = Literal["ce", "balanced", "logit_adjusted"]
 AdapterMode = Literal["single", "dual"]
+ContrastiveFeatures = Literal["encoder", "projector"]  # what the contrastive heads read of an image
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 EmbeddingQuant = Literal["nf4", "int8", "none"]  # the frozen input embedding of a 4-bit LLM
 
@@ -189,6 +190,9 @@ class ModelConfig:
     diagnosis_loss: DiagnosisLoss = "logit_adjusted"
     predicted_prompt_mix: float = 0.0  # share of training prompts built from predictions by the end (linear ramp)
     contrastive: bool = True  # FedMRG's client-aware contrastive learning
+    # the image side of the contrastive losses: the encoder's pooled feature (they train the encoder) or the
+    # mean of the projector's visual tokens (they train what the LLM reads: the choice for a frozen encoder)
+    contrastive_features: ContrastiveFeatures = "encoder"
     contrastive_dim: int = 128
     temperature: float = 0.07
     adapters: AdapterMode = "dual"  # FedMRG's dual adapters: generic (shared) + specialized (stays at the site)
@@ -197,6 +201,9 @@ class ModelConfig:
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None  # None = PEFT's default for the model family
     mutual_boosting: float = 0.5  # mu, weight of the symmetric KL between the two paths; 0 = off
+    # the dual path's report loss trains the generic adapter too; false: the generic adapter learns from its
+    # own path and the KL only, so the federated adapter is not fitted as one half of a pair
+    generic_from_dual: bool = True
     instruction: str = "Write the findings section of the chest X-ray report."
     max_report_tokens: int = 128  # target reports are truncated to this many tokens in training
 

@@ -9,9 +9,10 @@ training data of all sites, so it sees as many studies as the whole federation d
 A federated method runs its FLARE job (``jobs/<job>/job.py``), whose own settings (the job
 folder's ``overrides.yaml``: FedAvg-LoRA's dense updates and single adapter) come with it.
 ``fedavg_lora-nf4`` is the same baseline behind FLARE's NF4 quantization filters, both ways: the
-cheapest way to send less that FLARE offers out of the box. The ablations switch off one FedMRG
-mechanism each (``fedmrg-rank16`` loosens one: the codec's rank) and keep everything else as in
-``fedmrg``.
+cheapest way to send less that FLARE offers out of the box. The ablations change one FedMRG
+mechanism each and keep everything else as in ``fedmrg``: most switch one off, ``fedmrg-rank16``
+loosens the codec's rank, and two try a remedy for a mechanism that does nothing or harm at the
+benchmark's budget (``fedmrg-contrastive-projector``, ``fedmrg-generic-own-loss``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Method:
     description: str
     overrides: Mapping[str, Any] = field(default_factory=dict)  # on top of the job's own settings
     job: str | None = None  # the jobs/<job>/job.py of a federated method
-    ablation: bool = False  # fedmrg with one mechanism switched off
+    ablation: bool = False  # fedmrg with one mechanism changed (usually switched off)
 
     def budget_overrides(self, cfg: Config, sites: int) -> dict[str, Any]:
         """The overrides that give this method the benchmark's budget (see the module docstring)."""
@@ -78,6 +79,22 @@ METHODS: tuple[Method, ...] = (
         "federated",
         "FedMRG with the codec at the LoRA rank (16, not 4): a round's adapter change sent whole",
         {"fl.rank": 16},
+        "fedmrg",
+        ablation=True,
+    ),
+    Method(
+        "fedmrg-contrastive-projector",
+        "federated",
+        "FedMRG with contrastive learning on the projector's visual tokens (what the LLM reads), not the encoder's",
+        {"model.contrastive_features": "projector"},
+        "fedmrg",
+        ablation=True,
+    ),
+    Method(
+        "fedmrg-generic-own-loss",
+        "federated",
+        "FedMRG whose generic adapter learns from its own path and the KL, not from the dual path's loss",
+        {"model.generic_from_dual": False},
         "fedmrg",
         ablation=True,
     ),

@@ -49,7 +49,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, config_to_dict, load_config
+from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, config_to_dict, load_config, parse_config
 from fedmrg.data.benchmark import TEST_GLOBAL, build_benchmark, load_benchmark
 from fedmrg.data.iuxray import data_dir
 from fedmrg.data.loaders import loader_records, split_records, study_loader
@@ -234,7 +234,22 @@ def _finished_record(run_dir: Path, cfg: Config, inputs: Mapping[str, Any]) -> d
 
 
 def _same_run(record: Mapping[str, Any], config: dict, inputs: Mapping[str, Any]) -> bool:
-    return record.get("format") == RUN_FORMAT and record.get("config") == config and record.get("inputs") == inputs
+    return (
+        record.get("format") == RUN_FORMAT
+        and _recorded_config(record.get("config")) == config
+        and record.get("inputs") == inputs
+    )
+
+
+def _recorded_config(config: Any) -> dict | None:
+    """A record's config with the options added since it ran at their defaults (a new option's default
+    keeps the behaviour from before it existed), or None when it is no config of this version."""
+    if not isinstance(config, dict):
+        return None
+    try:
+        return config_to_dict(parse_config(config, "run record"))
+    except ConfigError:
+        return None
 
 
 def input_fingerprints(request: BenchRequest) -> dict[str, str]:

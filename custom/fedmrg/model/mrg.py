@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.func import functional_call
 from transformers import PreTrainedTokenizerBase
 
 from fedmrg import __version__
@@ -99,9 +100,8 @@ class MRGModel(nn.Module):
             init_std=init_std,
         )
         self.diagnosis = DiagnosisHead(self.encoder.out_dim, m.diagnosis_loss) if m.diagnosis else None
-        self.contrastive = (
-            ContrastiveHeads(self.encoder.out_dim, embed_dim, m.contrastive_dim) if m.contrastive else None
-        )
+        image_dim = self.encoder.out_dim if m.contrastive_features == "encoder" else embed_dim
+        self.contrastive = ContrastiveHeads(image_dim, embed_dim, m.contrastive_dim) if m.contrastive else None
         observations = len(OBSERVATIONS)
         self.register_buffer(
             "prototypes", torch.zeros(observations, m.contrastive_dim, device=info.device), persistent=False
@@ -188,11 +188,13 @@ class MRGModel(nn.Module):
             losses["diagnosis"] = self.diagnosis.loss(logits, truth)
             states = self._training_prompt_states(truth, self.diagnosis.predict(logits))
         report_ids = self.report_ids(batch["report"])
-        embeds, mask, positions, labels = self._sequences(encoded, states, report_ids)
+        visual = self.projector(encoded.tokens, encoded.view_mask)
+        embeds, mask, positions, labels = self._sequences(encoded, states, report_ids, visual)
         losses.update(self._language_losses(embeds, mask, positions, labels))
         if self.contrastive is not None:
             own = ~torch.as_tensor(batch.get(REHEARSED, [False] * len(report_ids)), dtype=torch.bool)
-            losses.update(self._contrastive_losses(encoded.pooled, report_ids, truth, own))
+            image = encoded.pooled if m.contrastive_features == "encoder" else _masked_mean(*visual)
+            losses.update(self._contrastive_losses(image, report_ids, truth, own))
         losses["loss"] = self._total(losses, m.mutual_boosting, t.diagnosis_weight, t.contrastive_weight)
         return losses
 
@@ -228,20 +230,27 @@ class MRGModel(nn.Module):
         if SPECIALIZED in adapter_names(self.cfg.model):
             paths["lm_dual"] = (GENERIC, SPECIALIZED)
         logits, losses = {}, {}
+        inputs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=tail)
         for name, adapters in paths.items():
             with active_adapters(self.llm, adapters):
-                out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=tail)
+                if name == "lm_dual" and not self.cfg.model.generic_from_dual:
+                    # the generic adapter's weights enter this path as constants: its loss trains the rest
+                    fixed = {k: p.detach() for k, p in adapter_parameters(self.llm, GENERIC).items()}
+                    out = functional_call(self.llm, fixed, args=(), kwargs=inputs, strict=False)
+                else:
+                    out = self.llm(**inputs)
             logits[name] = out.logits[:, :-1]
             losses[name] = F.cross_entropy(logits[name].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         if "lm_dual" in logits and self.cfg.model.mutual_boosting > 0:
             losses["mutual_kl"] = symmetric_kl(logits["lm_generic"], logits["lm_dual"], valid)
         return losses
 
-    def _contrastive_losses(self, pooled, report_ids, truth, own: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``own``: the batch's studies of the site's own (rehearsed public ones make no prototype)."""
+    def _contrastive_losses(self, image, report_ids, truth, own: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``image``: one feature per study (``model.contrastive_features``); ``own``: the batch's studies
+        of the site's own (rehearsed public ones make no prototype)."""
         tau = self.cfg.model.temperature
         text = self._mean_text_embedding(report_ids)
-        z = self.contrastive(pooled, text)
+        z = self.contrastive(image, text)
         positives = truth == _POSITIVE_STATE
         if self.training and self.prototype_collector is not None:
             own = own.to(positives.device)
@@ -261,11 +270,13 @@ class MRGModel(nn.Module):
         return torch.stack(rows)
 
     # ---------------------------------------------------------------------------- sequence making
-    def _sequences(self, encoded, states: torch.Tensor, report_ids: list[list[int]] | None):
-        """Left-padded input embeddings, attention mask, positions and labels (-100 outside the report)."""
+    def _sequences(self, encoded, states: torch.Tensor, report_ids: list[list[int]] | None, visual=None):
+        """Left-padded input embeddings, attention mask, positions and labels (-100 outside the report).
+
+        ``visual``: the projector's ``(tokens, mask)`` when the caller has them already."""
         batch = states.shape[0]
         prompts = self.customizer(encoded.pooled)
-        visual, visual_mask = self.projector(encoded.tokens, encoded.view_mask)
+        visual, visual_mask = visual or self.projector(encoded.tokens, encoded.view_mask)
         head = self._embed(self._head_ids()).unsqueeze(0).expand(batch, -1, -1)
         fixed = torch.cat([head, prompts.to(head.dtype), visual.to(head.dtype)], dim=1)
         fixed_mask = torch.cat(
@@ -528,6 +539,12 @@ def llm_fingerprint(path: str | os.PathLike) -> str:
         elif file.name == "config.json" or file.name.startswith("tokenizer"):
             digest.update(file.name.encode() + file.read_bytes())
     return digest.hexdigest()
+
+
+def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``tokens`` [B, T, D] averaged over the positions where ``mask`` [B, T] is True."""
+    weights = mask.to(tokens.dtype)[..., None]
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def _detached(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
