@@ -184,7 +184,7 @@ def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(s
     effects = {row["ablation"]: row for row in br.ablation_effects(summary)}
     assert effects["fedmrg-no-compression"]["CE-F1-example"] == pytest.approx(0.10)
     # CE-F1-abnormal and CIDEr level: 2 of the 4 key metrics clearly
-    assert effects["fedmrg-no-compression"]["verdict"].startswith("fedmrg's mechanism helps (2 of 4")
+    assert effects["fedmrg-no-compression"]["verdict"].startswith("fedmrg's setting helps (2 of 4")
     assert effects["fedmrg-no-compression"]["bytes_ratio"] == pytest.approx(50.0)  # round trip: 11 MB / 220 kB
     assert effects["fedmrg-no-contrastive"]["verdict"] == "no clear effect"  # 0.60 vs 0.60 ± 0.014
     for entry in summary.values():  # one seed: no spread
@@ -229,7 +229,7 @@ def test_markdown_reports_every_method_the_claims_and_the_ablations(summary):
     assert "![per-site quality](bench/results/t-sites.png)" in text
     assert "| method | setting | CE-F1-abnormal | CE-F1-example | BLEU-4 | CIDEr |" in text
     assert "test-global CE-F1-abnormal | test-global BLEU-4 |" in text
-    assert "| ablation | removes | ΔCE-F1-abnormal | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict |" in text
+    assert "| ablation | changes | ΔCE-F1-abnormal | ΔCE-F1-example | ΔBLEU-4 | ΔCIDEr | verdict |" in text
 
 
 def test_the_heterogeneity_table_gives_fedmrgs_gaps_on_each_partition(summary):
@@ -256,7 +256,7 @@ def test_runs_scored_before_the_abnormal_variant_existed_give_n_a_not_an_error()
     assert summary["fedmrg"]["CE-F1-abnormal"] is None and summary["fedmrg"]["CE-F1-example"] == pytest.approx(0.6)
     assert summary["local"]["CE-F1-abnormal"] == pytest.approx(0.2)  # the one seed that has it
     effect = br.ablation_effects(summary)[0]
-    assert effect["CE-F1-abnormal"] is None and effect["verdict"].startswith("fedmrg's mechanism helps (1 of 3")
+    assert effect["CE-F1-abnormal"] is None and effect["verdict"].startswith("fedmrg's setting helps (1 of 3")
     row = next(line for line in br.markdown(results_of(summary)).splitlines() if line.startswith("| fedmrg |"))
     assert row.startswith("| fedmrg | federated | n/a | 0.600 ± 0.000 | ")
 
