@@ -54,6 +54,15 @@ def test_public_renders_are_other_patients_of_the_public_reports_only(tiny_bench
     assert rows[0]["id"][:-3] == rows[1]["id"][:-3] and first != second  # the same report, another patient
 
 
+def test_the_same_benchmark_gives_the_same_encoder_bytes(base_encoder, tiny_bench, tmp_path):
+    """Order and augmentations follow the seed, so a rebuild in another checkout is the same encoder (a
+    published benchmark run is reused only when the encoder's bytes match)."""
+    out, _ = base_encoder
+    torch.manual_seed(123)  # whatever the process drew before
+    make_base_encoder(cnn_config(), tiny_bench, tmp_path / "again", epochs=2, progress=False)
+    assert (tmp_path / "again" / BASE_ENCODER_WEIGHTS).read_bytes() == (out / BASE_ENCODER_WEIGHTS).read_bytes()
+
+
 def test_the_base_encoder_is_saved_for_model_encoder_pretrained(base_encoder):
     out, summary = base_encoder
     assert json.loads((out / "base_encoder.json").read_text()) == summary

@@ -192,6 +192,19 @@ def test_ablation_effects_say_whether_a_mechanism_helps_beyond_the_seed_spread(s
     assert {row["verdict"] for row in br.ablation_effects(summary)} == {"one seed: no spread to judge by"}
 
 
+def test_an_ablation_with_fewer_seeds_is_compared_with_fedmrg_on_its_own_seeds():
+    """fedmrg's third seed is unlucky; the 2-seed ablation is level with fedmrg's first two, so no effect."""
+    records = [
+        *[record("fedmrg", seed, {s: v for s in SITES2}) for seed, v in enumerate([(0.60, 0.12)] * 2 + [(0.30, 0.01)])],
+        *two_seeds("fedmrg-no-contrastive", [(0.60, 0.12), (0.61, 0.12)]),
+    ]
+    summary = br.summarize(records)
+    assert summary["fedmrg"]["CE-F1-example"] == pytest.approx(0.50)  # the table keeps every seed
+    (effect,) = br.ablation_effects(summary)
+    assert effect["CE-F1-example"] == pytest.approx(-0.005)
+    assert effect["verdict"] == "no clear effect"
+
+
 def results_of(summary: dict) -> dict:
     """The results file's content around ``summary``, as ``fedmrg bench`` writes it."""
     return {
@@ -399,6 +412,9 @@ def test_the_input_fingerprints_change_with_the_bytes_of_the_data_and_the_encode
     encoder.write_bytes(b"other weights")
     after = input_fingerprints(request)
     assert after["base_encoder"] != before["base_encoder"] and after["data"] == before["data"]
+    summary = json.loads((data / "benchmark.json").read_text())
+    (data / "benchmark.json").write_text(json.dumps({**summary, "build_seconds": 1.0}))  # another build, same data
+    assert input_fingerprints(request)["data"] == before["data"]
     (data / "site-1" / "annotation.json").write_text("{}")
     assert input_fingerprints(request)["data"] != before["data"]
 

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: public rows carry mesh_major and categories (the base encoder renders them)
 TEST_GLOBAL = "test-global"
+SUMMARY_FILE = "benchmark.json"  # what was built and how; its build time changes with every build
 PUBLIC = "public"
 DEFAULT_SYNTHETIC_STUDIES = 200
 
@@ -178,7 +179,7 @@ def build_benchmark(
             },
             "build_seconds": round(time.time() - started, 1),
         }
-        write_json(tmp / "benchmark.json", summary)
+        write_json(tmp / SUMMARY_FILE, summary)
     return summary
 
 
@@ -235,7 +236,7 @@ def _request(cfg: BenchmarkConfig, include_impression: bool, source: dict[str, A
 def _existing(out: Path, request: dict[str, Any], reuse: bool, force: bool) -> dict[str, Any] | None:
     if not out.exists():
         return None
-    is_benchmark = (out / "benchmark.json").is_file()
+    is_benchmark = (out / SUMMARY_FILE).is_file()
     if not out.is_dir() or not (is_benchmark or not any(out.iterdir())):
         raise DataError(f"{out}: exists and is not a benchmark folder; refusing to replace it")
     if force:
@@ -384,7 +385,7 @@ def _map(function, jobs: list, workers: int) -> Iterator:
 
 def load_benchmark(folder: str | os.PathLike) -> dict[str, Any]:
     """benchmark.json of a built benchmark (a clear error if ``folder`` is not one)."""
-    marker = Path(folder) / "benchmark.json"
+    marker = Path(folder) / SUMMARY_FILE
     if not marker.is_file():
         raise DataError(f"{folder}: not a benchmark folder (no benchmark.json); build one with `fedmrg prepare-data`")
     summary = load_json(marker)

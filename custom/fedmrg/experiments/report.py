@@ -130,6 +130,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         for key, values in per_seed.items():
             entry[key], entry[f"{key}_sd"] = _mean(values), _sd(values)
         sites = sorted({site for run in runs for site in run["sites"]})
+        entry["by_seed"] = {
+            metric: {str(run["seed"]): value for run, value in zip(runs, per_seed[metric])} for metric in KEY_METRICS
+        }
         entry["per_site"] = {
             site: {
                 metric: _mean(
@@ -234,17 +237,19 @@ def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
     """For each ablation run: fedmrg minus the ablation on the key metrics (> 0: fedmrg's own setting of
     what the ablation changes is better; for most ablations, the mechanism they switch off helps).
 
-    A difference is called clear when it exceeds the sum of the two seed spreads; otherwise it is
-    within the noise of this many seeds and says nothing either way.
+    fedmrg counts on the ablation's seeds only (an ablation runs fewer), so that a seed's luck falls on
+    both sides. A difference is called clear when it exceeds the sum of the two seed spreads;
+    otherwise it is within the noise of this many seeds and says nothing either way.
     """
     effects = []
     for name in summary:
         if name not in BY_NAME or not BY_NAME[name].ablation or "fedmrg" not in summary:
             continue
         row: dict[str, Any] = {"ablation": name, "changes": BY_NAME[name].description}
+        pair = {"fedmrg": _on_seeds(summary["fedmrg"], summary[name]["seeds"]), name: summary[name]}
         verdicts = []
         for metric in KEY_METRICS:
-            delta, clear = _difference(summary, metric, "fedmrg", name)
+            delta, clear = _difference(pair, metric, "fedmrg", name)
             row[metric] = delta
             if clear is not None:
                 verdicts.append(("helps" if delta > 0 else "hurts") if clear else "within noise")
@@ -254,6 +259,17 @@ def ablation_effects(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
         )
         effects.append(row)
     return effects
+
+
+def _on_seeds(entry: Mapping[str, Any], seeds: Sequence[int]) -> Mapping[str, Any]:
+    """``entry`` with its key metrics (mean and sd) over those of its seeds in ``seeds``; as it is when it
+    shares none of them, or predates the per-seed values."""
+    matched = dict(entry)
+    for metric, values in entry.get("by_seed", {}).items():
+        chosen = [values[str(seed)] for seed in seeds if str(seed) in values]
+        if chosen:
+            matched[metric], matched[f"{metric}_sd"] = _mean(chosen), _sd(chosen)
+    return matched
 
 
 HETEROGENEITY_METHODS = ("local", "fedavg_lora", "fedmrg", "centralized")
@@ -381,7 +397,8 @@ def markdown(results: Mapping[str, Any], image_dir: str = "") -> str:
     if effects:
         lines += [
             "",
-            "Ablations: fedmrg minus the ablation (> 0: fedmrg's own setting of what the ablation changes is better).",
+            "Ablations: fedmrg on the ablation's seeds minus the ablation (> 0: fedmrg's own setting of what "
+            "the ablation changes is better).",
             "",
             "| ablation | changes | "
             + " | ".join(f"Δ{m}" for m in KEY_METRICS)

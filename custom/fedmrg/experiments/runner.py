@@ -50,7 +50,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, config_to_dict, load_config, parse_config
-from fedmrg.data.benchmark import TEST_GLOBAL, build_benchmark, load_benchmark
+from fedmrg.data.benchmark import SUMMARY_FILE, TEST_GLOBAL, build_benchmark, load_benchmark
 from fedmrg.data.iuxray import data_dir
 from fedmrg.data.loaders import loader_records, split_records, study_loader
 from fedmrg.errors import ConfigError, FedMRGError
@@ -264,9 +264,10 @@ def input_fingerprints(request: BenchRequest) -> dict[str, str]:
 
 
 def folder_digest(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes under ``folder``."""
+    """sha256 over every file's relative path and bytes under ``folder``, but the benchmark's summary
+    (its build time differs with every build; its request is part of the run's inputs)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / SUMMARY_FILE):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

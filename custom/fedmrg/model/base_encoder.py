@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from fedmrg import __version__
 from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, config_to_dict
-from fedmrg.data.loaders import study_loader
+from fedmrg.data.loaders import seed_epoch, study_loader
 from fedmrg.data.synthetic import CATEGORIES
 from fedmrg.errors import ConfigError, DataError
 from fedmrg.io import replacing_directory, write_json
@@ -96,7 +96,7 @@ def make_base_encoder(
     torch.manual_seed(seed)
     train = study_loader(cfg, [public], "train", train=True, seed=seed)
     net = PretrainingNet(build_backbone(cfg.model.encoder, cfg.data.image_size))
-    losses = _train(net, train, epochs, lr, progress)
+    losses = _train(net, train, epochs, lr, seed, progress)
     aucs = probe_aucs(net, cfg, bench / "test-global", progress) if (bench / "test-global").is_dir() else {}
     summary = {
         "kind": KIND,
@@ -120,7 +120,9 @@ def make_base_encoder(
     return summary
 
 
-def _train(net: PretrainingNet, loader, epochs: int, lr: float, progress: bool) -> list[float]:
+def _train(net: PretrainingNet, loader, epochs: int, lr: float, seed: int, progress: bool) -> list[float]:
+    """The mean loss of each epoch. Each epoch's order and augmentations follow from ``seed``, so the same
+    benchmark gives the same weights in every checkout."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     total = epochs * len(loader)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.1)
@@ -128,6 +130,7 @@ def _train(net: PretrainingNet, loader, epochs: int, lr: float, progress: bool) 
     net.train()
     with tqdm(total=total, desc="training base encoder", unit="step", disable=not progress) as bar:
         for epoch in range(epochs):
+            seed_epoch(loader, seed + epoch)
             running = 0.0
             for batch in loader:
                 loss = nn.functional.binary_cross_entropy_with_logits(net(batch), targets(batch))
