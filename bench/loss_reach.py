@@ -27,7 +27,6 @@ from fedmrg.model.parameters import model_part
 
 def loss_reach(model: MRGModel, loader, batches: int) -> dict[str, dict[str, float]]:
     """term -> part -> mean gradient norm of the weighted term over ``batches`` batches."""
-    m, t = model.cfg.model, model.cfg.train
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     reach: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     model.train()
@@ -36,7 +35,7 @@ def loss_reach(model: MRGModel, loader, batches: int) -> dict[str, dict[str, flo
         for term, value in losses.items():
             if term == "loss" or not value.requires_grad:
                 continue
-            weighted = model._total({term: value}, m.mutual_boosting, t.diagnosis_weight, t.contrastive_weight)
+            weighted = model.weighted_loss({term: value})
             grads = torch.autograd.grad(weighted, list(params.values()), retain_graph=True, allow_unused=True)
             squares: dict[str, float] = defaultdict(float)
             for name, grad in zip(params, grads):

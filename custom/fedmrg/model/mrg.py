@@ -177,7 +177,7 @@ class MRGModel(nn.Module):
         ``batch`` is a :func:`~fedmrg.data.loaders.collate_with_targets` batch: ``image``,
         ``view_mask``, ``report`` (cleaned text) and ``states`` (``[B, 14]`` diagnosis classes).
         """
-        m, t = self.cfg.model, self.cfg.train
+        m = self.cfg.model
         image, view_mask = self._to_device(batch["image"]), self._to_device(batch["view_mask"])
         truth = self._to_device(batch["states"])
         encoded = self.encoder(image, view_mask)
@@ -195,21 +195,20 @@ class MRGModel(nn.Module):
             own = ~torch.as_tensor(batch.get(REHEARSED, [False] * len(report_ids)), dtype=torch.bool)
             image = encoded.pooled if m.contrastive_features == "encoder" else _masked_mean(*visual)
             losses.update(self._contrastive_losses(image, report_ids, truth, own))
-        losses["loss"] = self._total(losses, m.mutual_boosting, t.diagnosis_weight, t.contrastive_weight)
+        losses["loss"] = self.weighted_loss(losses)
         return losses
 
-    @staticmethod
-    def _total(
-        losses: dict[str, torch.Tensor], mu: float, diagnosis_weight: float, contrastive_weight: float
-    ) -> torch.Tensor:
+    def weighted_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training objective over any subset of the loss terms, each at its configured weight."""
+        mu, t = self.cfg.model.mutual_boosting, self.cfg.train
         weights = {
             "lm_generic": 1.0,
             "lm_dual": 1.0,
             "mutual_kl": mu,
-            "diagnosis": diagnosis_weight,
-            "contrastive_prototype": contrastive_weight,
-            "contrastive_generic": contrastive_weight,
-            "contrastive_client": contrastive_weight,
+            "diagnosis": t.diagnosis_weight,
+            "contrastive_prototype": t.contrastive_weight,
+            "contrastive_generic": t.contrastive_weight,
+            "contrastive_client": t.contrastive_weight,
         }
         return sum(weights[name] * value for name, value in losses.items())
 
