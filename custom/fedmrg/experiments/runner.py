@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from fedmrg.config import BASE_ENCODER_WEIGHTS, Config, config_to_dict, load_config, parse_config
 from fedmrg.data.benchmark import SUMMARY_FILE, TEST_GLOBAL, build_benchmark, load_benchmark
-from fedmrg.data.iuxray import data_dir
+from fedmrg.data.iuxray import data_dir, sha256_file
 from fedmrg.data.loaders import loader_records, split_records, study_loader
 from fedmrg.errors import ConfigError, FedMRGError
 from fedmrg.eval.report import score_reports
@@ -259,7 +259,7 @@ def input_fingerprints(request: BenchRequest) -> dict[str, str]:
     fingerprints = {"data": folder_digest(request.data), "base_llm": llm_fingerprint(request.base_llm)}
     encoder = request.extra_overrides.get("model.encoder.pretrained")
     if encoder and Path(encoder).is_file():
-        fingerprints["base_encoder"] = hashlib.sha256(Path(encoder).read_bytes()).hexdigest()
+        fingerprints["base_encoder"] = sha256_file(Path(encoder))
     return fingerprints
 
 
