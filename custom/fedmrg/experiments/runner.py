@@ -97,7 +97,15 @@ GREEDY = MappingProxyType({"generate.num_beams": 1})
 PRESETS = MappingProxyType(
     {
         "quick": Preset("quick", {**GREEDY, "fl.local_steps": 10, "generate.max_new_tokens": 60}, 50, 100, (0, 1)),
-        "cpu": Preset("cpu", {**GREEDY, "fl.local_steps": 40, "generate.batch_size": 48}, 100, None, (0, 1, 2), (0, 1), rehearse_public=True),
+        "cpu": Preset(
+            "cpu",
+            {**GREEDY, "fl.local_steps": 40, "generate.batch_size": 48},
+            100,
+            None,
+            (0, 1, 2),
+            (0, 1),
+            rehearse_public=True,
+        ),
         "full": Preset("full", MappingProxyType({}), None, None, (0, 1, 2)),
     }
 )
