@@ -22,8 +22,8 @@ Presets (the budget and decoding differ, the benchmark and the model do not):
   normal-report floor: it checks the machinery, it decides nothing.
 - ``cpu``: the decisive run on 2 CPU cores: 3 rounds of 40 local steps with the benchmark's public
   studies rehearsed at every site (the demo's frozen encoder and decoder set-up, the same start for
-  every method), greedy decoding in batches of 48 (the same reports as batches of 8, in less than
-  half the time), 100 test studies per site and all of test-global; 3 seeds for the main methods,
+  every method), greedy decoding in batches of 48 (the same reports as batches of 8, in about half
+  the generation time), 100 test studies per site and all of test-global; 3 seeds for the main methods,
   2 for the ablations.
 - ``full``: a GPU: the config's own budget (3 rounds of one local epoch for ``demo``), beam
   search, every test study; 3 seeds.
